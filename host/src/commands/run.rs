@@ -1,0 +1,273 @@
+//! `wasm-run run`: run one guest under limits, like `timeout` + `ulimit` for
+//! wasm, and report what it used.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::io::AsyncWrite;
+use wasm_run::limits::{ByteSize, DEFAULT_MAX_MEMORY, HumanDuration};
+use wasm_run::{
+    DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, Outcome, Output,
+};
+
+use super::EXIT_LOAD_FAILED;
+
+const AFTER_HELP: &str = "\
+Limits:
+  --fuel 50000000        kill the guest after ~50 million wasm instructions
+  --max-memory 64MiB     kill the guest when its total linear memory would pass 64 MiB
+  --timeout 2s           kill the guest 2 seconds after it starts, even while it sleeps
+
+Exit status:
+  the guest's own exit code when it exits;
+  124 deadline_exceeded, 137 memory_exceeded, 152 fuel_exhausted (128 + SIGXCPU),
+  134 trapped, 125 wasm-run could not load or instantiate the guest, 2 bad usage.
+
+Report (--report PATH, or - for stderr), one JSON object:
+  {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
+   \"exit_code\": N|null, \"fuel_consumed\": N, \"peak_memory_bytes\": N,
+   \"wall_time_us\": N, \"message\": \"...\"|null}
+
+Examples:
+  wasm-run run hello.wasm
+  wasm-run run --max-memory 32MiB --timeout 500ms --report - bomb.wasm
+  wasm-run run --dir ./data::/data --env GREETING=hi app.wasm arg1 arg2";
+
+/// Run a WASI command module or component under limits.
+///
+/// MODULE is a wasm32-wasip1 core module with `_start`, a wasi:cli command
+/// component, or WebAssembly text of either. Its stdin, stdout and stderr are
+/// this process's; it sees only the environment variables and directories
+/// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
+/// with `wasm-run:`.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct RunCommand {
+    /// Fuel budget: roughly one unit per wasm instruction. The guest is
+    /// killed (exit 152) when it runs out. Default: unlimited (fuel is still
+    /// counted and reported).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+
+    /// Cap on the guest's total linear memory (all memories together), e.g.
+    /// `64MiB`, `1GiB`, `65536`. A grow past it kills the guest (exit 137).
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_MAX_MEMORY))]
+    max_memory: ByteSize,
+
+    /// Wall-clock deadline, e.g. `250ms`, `2s`, `1m`; it also fires while the
+    /// guest sleeps or waits on I/O (exit 124). Default: none.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<HumanDuration>,
+
+    /// Set an environment variable in the guest (repeatable). Nothing is
+    /// inherited from wasm-run's own environment.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Give the guest a host directory, as GUEST path if given (repeatable),
+    /// e.g. `--dir ./data::/data`. Default: no filesystem access.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+
+    /// Write a JSON usage report to PATH, or to stderr with `-`.
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
+
+    /// Do not use the compiled-module cache (by default compiled code is
+    /// cached in $WASM_RUN_CACHE_DIR, or $XDG_CACHE_HOME/wasm-run, or
+    /// ~/.cache/wasm-run, so repeated runs skip compilation).
+    #[arg(long)]
+    no_cache: bool,
+
+    /// The module or component to run.
+    #[arg(value_name = "MODULE")]
+    module: PathBuf,
+
+    /// Arguments passed to the guest (after its own name).
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "`{s}` is not KEY=VALUE (for example GREETING=hello)"
+        )),
+    }
+}
+
+impl RunCommand {
+    /// Runs the guest and returns the exit status per the `run` contract.
+    pub fn execute(self) -> ExitCode {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        };
+        let module = self.module.display().to_string();
+        let stdout_tail = LineTracker::default();
+        let stderr_tail = LineTracker::default();
+        let result = runtime.block_on(self.run(&stdout_tail, &stderr_tail));
+        // Our messages start on a fresh line even if the guest's did not end.
+        let mid_line = stdout_tail.mid_line() || stderr_tail.mid_line();
+        let lead = if mid_line { "\n" } else { "" };
+        match result {
+            Ok(outcome) => {
+                if let Some(message) = outcome.message() {
+                    eprint!(
+                        "{lead}wasm-run: {module}: {}: {message}\n",
+                        outcome.kind.name()
+                    );
+                }
+                ExitCode::from(exit_byte(outcome.kind.exit_status()))
+            }
+            Err(e) => {
+                eprint!("{lead}wasm-run: {e:#}\n");
+                ExitCode::from(EXIT_LOAD_FAILED)
+            }
+        }
+    }
+
+    async fn run(self, stdout: &LineTracker, stderr: &LineTracker) -> anyhow::Result<Outcome> {
+        let engine = Engine::new(EngineConfig {
+            // One invocation per process: pre-reserving a pool buys nothing.
+            pooling: false,
+            cache_dir: if self.no_cache { None } else { cache_dir() },
+            ..EngineConfig::default()
+        })?;
+        let guest = Guest::from_file(&engine, &self.module)?;
+        let invocation = Invocation {
+            args: self.args,
+            program_name: None,
+            env: self.env,
+            dirs: self.dirs.iter().map(|d| DirMapping::parse(d)).collect(),
+            stdin: Input::Inherit,
+            stdout: Output::Writer(Box::new(stdout.wrap(tokio::io::stdout()))),
+            stderr: Output::Writer(Box::new(stderr.wrap(tokio::io::stderr()))),
+            limits: Limits {
+                fuel: self.fuel,
+                max_memory: self.max_memory.0,
+                timeout: self.timeout.map(|t| t.0),
+                ..Limits::default()
+            },
+        };
+        let outcome = guest.run(invocation).await?;
+        if let Some(path) = &self.report {
+            write_report(path, &outcome)?;
+        }
+        Ok(outcome)
+    }
+}
+
+fn write_report(path: &std::path::Path, outcome: &Outcome) -> anyhow::Result<()> {
+    let json = serde_json::to_string(&outcome.report())?;
+    if path.as_os_str() == "-" {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "{json}").context("writing the report to stderr")?;
+    } else {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Where compiled code is cached between runs.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASM_RUN_CACHE_DIR") {
+        return Some(dir.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wasm-run"))
+}
+
+/// Unix keeps the low 8 bits of an exit status.
+fn exit_byte(status: i32) -> u8 {
+    (status & 0xff) as u8
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("wasm-run: {message}");
+    ExitCode::from(EXIT_LOAD_FAILED)
+}
+
+/// Remembers whether the last byte the guest wrote to a stream ended a line.
+#[derive(Clone, Default)]
+struct LineTracker(Arc<AtomicBool>);
+
+impl LineTracker {
+    fn mid_line(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn wrap<W>(&self, inner: W) -> Tracked<W> {
+        Tracked {
+            inner,
+            mid_line: self.0.clone(),
+        }
+    }
+}
+
+struct Tracked<W> {
+    inner: W,
+    mid_line: Arc<AtomicBool>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Tracked<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            if let Some(last) = buf[..*n].last() {
+                self.mid_line.store(*last != b'\n', Ordering::Relaxed);
+            }
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_flag_needs_key_and_value() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("NOEQUALS").unwrap_err().contains("NOEQUALS"));
+    }
+
+    #[test]
+    fn exit_status_keeps_the_low_byte() {
+        assert_eq!(exit_byte(3), 3);
+        assert_eq!(exit_byte(256 + 7), 7);
+        assert_eq!(exit_byte(-1), 255);
+    }
+}

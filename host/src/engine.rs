@@ -1,0 +1,160 @@
+//! The process-wide engine: one `wasmtime::Engine` configured for many short
+//! sandboxed invocations, plus the epoch ticker thread that drives deadlines.
+//!
+//! Settings follow `shared/PERF-NOTES.md`: the pooling instance allocator with
+//! copy-on-write memory images, linear memory and tables kept resident between
+//! uses and reset with the `PAGEMAP_SCAN` ioctl where the kernel has it. That
+//! removes page faults and TLB-shootdown IPIs from the per-invocation path.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::{Error, Result};
+
+/// Default interval between epoch ticks: 10 ms. Deadlines are checked and
+/// running guests yield to other tasks at this granularity.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Default wasm stack limit: 1 MiB.
+pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
+
+/// Default number of instances that may be live at once in the pool: 1000.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
+/// How the process-wide engine is built.
+///
+/// Plain data with safe defaults; see [`Engine::new`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Count fuel in every invocation so that budgets can be enforced and
+    /// usage reported. Default `true`.
+    pub fuel: bool,
+    /// Interval of the epoch ticker that drives deadlines and periodic
+    /// yields. Default [`DEFAULT_EPOCH_TICK`].
+    pub epoch_tick: Duration,
+    /// Largest wasm call stack, in bytes; a guest that recurses deeper traps
+    /// with "call stack exhausted". wasmtime fixes this per engine, not per
+    /// store, which is why it lives here rather than in [`crate::Limits`].
+    /// Default [`DEFAULT_MAX_WASM_STACK`].
+    pub max_wasm_stack: usize,
+    /// Use the pooling instance allocator (pre-reserved slots, fast reuse).
+    /// Default `true`.
+    pub pooling: bool,
+    /// Upper bound on concurrently live instances (and memories, tables and
+    /// stacks) in the pool. Default [`DEFAULT_MAX_INSTANCES`].
+    pub max_instances: u32,
+    /// Bytes of each linear memory and table kept resident between uses.
+    /// Default 1 MiB.
+    pub keep_resident: usize,
+    /// Directory of the compiled-module cache, so repeated runs of the same
+    /// module skip compilation. `None` (the default) disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            fuel: true,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            pooling: true,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            keep_resident: 1 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The process-wide engine: cheap to clone, shared by every guest and call.
+///
+/// Owns the epoch ticker thread, which holds only a weak reference to the
+/// engine and stops by itself once the last clone is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    config: Arc<EngineConfig>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(config: EngineConfig) -> Result<Engine> {
+        let mut wt = wasmtime::Config::new();
+        wt.consume_fuel(config.fuel);
+        wt.epoch_interruption(true);
+        wt.max_wasm_stack(config.max_wasm_stack);
+        // Async stacks must hold the wasm stack plus host frames.
+        wt.async_stack_size(config.max_wasm_stack + (1 << 20));
+        wt.memory_init_cow(true);
+        // wasip3 concurrency is not used; turning it off makes component
+        // instantiation markedly cheaper (PERF-NOTES).
+        wt.concurrency_support(false);
+        if config.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_core_instances(config.max_instances)
+                .total_component_instances(config.max_instances)
+                .total_memories(config.max_instances)
+                .total_tables(config.max_instances)
+                .total_stacks(config.max_instances)
+                .linear_memory_keep_resident(config.keep_resident)
+                .table_keep_resident(config.keep_resident)
+                .pagemap_scan(Enabled::Auto);
+            wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        if let Some(dir) = &config.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir.clone());
+            let cache = wasmtime::Cache::new(cache).map_err(|e| Error::Engine {
+                message: format!("compile cache at {}: {e:#}", dir.display()),
+            })?;
+            wt.cache(Some(cache));
+        }
+        let inner = wasmtime::Engine::new(&wt).map_err(|e| Error::Engine {
+            message: format!("{e:#}"),
+        })?;
+        spawn_epoch_ticker(&inner, config.epoch_tick)?;
+        Ok(Engine {
+            inner,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The wasmtime engine, for embedders that need it directly.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// The configuration this engine was built from.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+}
+
+fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-run-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map_err(|e| Error::Engine {
+            message: format!("cannot start the epoch ticker thread: {e}"),
+        })?;
+    Ok(())
+}

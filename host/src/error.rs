@@ -1,0 +1,88 @@
+//! Host errors: things that went wrong in wasm-run itself or with the module
+//! it was given, as opposed to a guest hitting a limit (an [`crate::Outcome`]).
+
+use std::path::PathBuf;
+
+/// `Result` with this crate's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A host error: the guest could not be loaded, linked or started, or the
+/// engine could not be built. Every variant names the guest it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The module file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The bytes are neither a wasm binary nor WebAssembly text.
+    #[error(
+        "{name}: not a WebAssembly module or component (no `\\0asm` header and not valid WAT text)"
+    )]
+    NotWasm {
+        /// The guest's name (usually its path).
+        name: String,
+    },
+    /// The bytes look like wasm but failed to validate or compile.
+    #[error("{name}: invalid WebAssembly: {message}")]
+    Invalid {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What the validator or compiler said.
+        message: String,
+    },
+    /// The guest does not have the entry point this host calls.
+    #[error("{name}: {message}")]
+    WrongShape {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What is missing, e.g. "core module has no `_start` export".
+        message: String,
+    },
+    /// The guest imports something the host does not provide.
+    #[error("{name}: unsatisfied import `{import}`: {message}")]
+    UnsatisfiedImport {
+        /// The guest's name (usually its path).
+        name: String,
+        /// The import, as `module::name` or a component interface name.
+        import: String,
+        /// What the linker said.
+        message: String,
+    },
+    /// Linking or instantiating failed for another reason.
+    #[error("{name}: cannot instantiate: {message}")]
+    Instantiate {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// A host resource needed for the invocation could not be set up, e.g. a
+    /// preopened directory that does not exist.
+    #[error("{name}: {message}")]
+    Setup {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The engine could not be built.
+    #[error("cannot build the wasm engine: {message}")]
+    Engine {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<super::Error>();
+    }
+}

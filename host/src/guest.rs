@@ -1,0 +1,270 @@
+//! Loading a guest: read the bytes, detect the kind (core module or
+//! component), compile once, link once (`InstancePre` / `CommandPre`).
+//!
+//! A [`Guest`] is a cheap `Clone` handle; every call made through it creates
+//! its own store (see [`crate::invoke`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{InstancePre, Linker, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::store::{MemoryLimiter, StoreState};
+
+/// What kind of guest a module is, detected from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A wasm32-wasip1 core module with a `_start` export.
+    CoreCommand,
+    /// A component exporting `wasi:cli/run` (a `wasi:cli/command`).
+    ComponentCommand,
+}
+
+/// A compiled and pre-linked guest, ready to be invoked many times.
+#[derive(Clone)]
+pub struct Guest {
+    pub(crate) inner: Arc<GuestInner>,
+}
+
+pub(crate) struct GuestInner {
+    pub(crate) name: String,
+    pub(crate) engine: Engine,
+    pub(crate) pre: Pre,
+}
+
+pub(crate) enum Pre {
+    Core(InstancePre<StoreState>),
+    Command(CommandPre<StoreState>),
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("name", &self.inner.name)
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guest {
+    /// Reads, compiles and links the module or component at `path`.
+    pub fn from_file(engine: &Engine, path: impl AsRef<Path>) -> Result<Guest> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Guest::from_bytes(engine, path.display().to_string(), &bytes)
+    }
+
+    /// Compiles and links a module or component from bytes (binary wasm or
+    /// WAT text). `name` identifies the guest in errors and logs.
+    pub fn from_bytes(engine: &Engine, name: impl Into<String>, bytes: &[u8]) -> Result<Guest> {
+        let name = name.into();
+        let binary = to_binary(&name, bytes)?;
+        let pre = if is_component(&binary) {
+            link_component(engine, &name, &binary)?
+        } else {
+            link_core(engine, &name, &binary)?
+        };
+        Ok(Guest {
+            inner: Arc::new(GuestInner {
+                name,
+                engine: engine.clone(),
+                pre,
+            }),
+        })
+    }
+
+    /// The guest's name (its path when loaded from a file).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// What kind of guest this is.
+    pub fn kind(&self) -> GuestKind {
+        match self.inner.pre {
+            Pre::Core(_) => GuestKind::CoreCommand,
+            Pre::Command(_) => GuestKind::ComponentCommand,
+        }
+    }
+}
+
+/// Binary wasm as is; WAT text converted; anything else rejected.
+fn to_binary<'a>(name: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes.into());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::NotWasm {
+        name: name.to_string(),
+    })?;
+    let looks_like_wat = text.trim_start().starts_with('(') || text.trim_start().starts_with(";;");
+    if !looks_like_wat {
+        return Err(Error::NotWasm {
+            name: name.to_string(),
+        });
+    }
+    wat::parse_str(text)
+        .map(Into::into)
+        .map_err(|e| Error::Invalid {
+            name: name.to_string(),
+            message: format!("WAT text does not parse: {e}"),
+        })
+}
+
+/// A component's header has layer 1 (bytes 6..8 of the preamble); a core
+/// module's has layer 0.
+fn is_component(binary: &[u8]) -> bool {
+    binary.len() >= 8 && binary[6..8] == [1, 0]
+}
+
+fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
+    let module = Module::new(engine.wasmtime(), binary).map_err(|e| Error::Invalid {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    })?;
+    match module.get_export("_start") {
+        Some(wasmtime::ExternType::Func(ty))
+            if ty.params().len() == 0 && ty.results().len() == 0 => {}
+        Some(_) => {
+            return Err(Error::WrongShape {
+                name: name.to_string(),
+                message: "the `_start` export is not a function taking and returning nothing"
+                    .into(),
+            });
+        }
+        None => {
+            return Err(Error::WrongShape {
+                name: name.to_string(),
+                message: "core module has no `_start` export; wasm-run runs WASI command \
+                          modules (built as a binary for wasm32-wasip1), not libraries or reactors"
+                    .into(),
+            });
+        }
+    }
+    let mut linker: Linker<StoreState> = Linker::new(engine.wasmtime());
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
+        .map_err(|e| link_error(name, e))?;
+    // Name the first import the linker cannot satisfy, rather than leaving
+    // the user to decode a link error.
+    let mut probe = wasmtime::Store::new(
+        engine.wasmtime(),
+        StoreState {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
+            limiter: MemoryLimiter::new(0),
+        },
+    );
+    for import in module.imports() {
+        if linker
+            .get(&mut probe, import.module(), import.name())
+            .is_err()
+        {
+            return Err(Error::UnsatisfiedImport {
+                name: name.to_string(),
+                import: format!("{}::{}", import.module(), import.name()),
+                message: "wasm-run provides only WASI preview 1 (`wasi_snapshot_preview1`) \
+                          to core modules"
+                    .into(),
+            });
+        }
+    }
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(|e| link_error(name, e))?;
+    Ok(Pre::Core(pre))
+}
+
+fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
+    let component = Component::new(engine.wasmtime(), binary).map_err(|e| Error::Invalid {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    })?;
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if !exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
+        let shown = if exports.is_empty() {
+            "none".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(Error::WrongShape {
+            name: name.to_string(),
+            message: format!(
+                "component does not export `wasi:cli/run@0.2.x`, so it is not a wasi:cli \
+                 command (its exports: {shown})"
+            ),
+        });
+    }
+    let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(engine.wasmtime());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| link_error(name, e))?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        let import = ty
+            .imports(engine.wasmtime())
+            .map(|(n, _)| n.to_string())
+            .find(|n| !WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p)))
+            .unwrap_or_else(|| "(see message)".into());
+        Error::UnsatisfiedImport {
+            name: name.to_string(),
+            import,
+            message: format!("{e:#}"),
+        }
+    })?;
+    let pre = CommandPre::new(pre).map_err(|e| Error::WrongShape {
+        name: name.to_string(),
+        message: format!("not a wasi:cli command: {e:#}"),
+    })?;
+    Ok(Pre::Command(pre))
+}
+
+/// Interface packages the component linker provides (any 0.2.x version).
+const WASI_P2_PACKAGES: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+fn link_error(name: &str, e: wasmtime::Error) -> Error {
+    Error::Instantiate {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_components_from_the_preamble() {
+        let core = wat::parse_str("(module)").unwrap();
+        let comp = wat::parse_str("(component)").unwrap();
+        assert!(!is_component(&core));
+        assert!(is_component(&comp));
+    }
+
+    #[test]
+    fn rejects_bytes_that_are_not_wasm() {
+        assert!(matches!(
+            to_binary("x", b"\x7fELF...."),
+            Err(Error::NotWasm { .. })
+        ));
+        assert!(matches!(
+            to_binary("x", b"hello"),
+            Err(Error::NotWasm { .. })
+        ));
+        assert!(matches!(
+            to_binary("x", b"(module"),
+            Err(Error::Invalid { .. })
+        ));
+    }
+}

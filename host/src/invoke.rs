@@ -1,0 +1,197 @@
+//! One invocation of a guest: a fresh store with its own WASI context and
+//! limits, instantiate, call the entry point, classify, drop.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use wasmtime::Store;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::Limits;
+use crate::error::{Error, Result};
+use crate::guest::{Guest, Pre};
+use crate::io::{self, Input, Output, Stream};
+use crate::outcome::{CallEnd, Outcome, Usage, classify};
+use crate::store::{StoreState, new_store};
+
+/// A directory of the host made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirMapping {
+    /// Path on the host.
+    pub host: PathBuf,
+    /// Path the guest sees it as, e.g. `/data` or `.`.
+    pub guest: String,
+    /// Whether the guest may modify it. Default for the CLI: read-write.
+    pub read_only: bool,
+}
+
+impl DirMapping {
+    /// Parses the CLI spelling `HOST[::GUEST]`; the guest path defaults to
+    /// the host path.
+    pub fn parse(spec: &str) -> DirMapping {
+        match spec.split_once("::") {
+            Some((host, guest)) => DirMapping {
+                host: host.into(),
+                guest: guest.to_string(),
+                read_only: false,
+            },
+            None => DirMapping {
+                host: spec.into(),
+                guest: spec.to_string(),
+                read_only: false,
+            },
+        }
+    }
+}
+
+/// Everything one invocation needs besides the guest itself.
+#[derive(Debug, Default)]
+pub struct Invocation {
+    /// Arguments after the program name; the guest's `argv[0]` is
+    /// [`Invocation::program_name`].
+    pub args: Vec<String>,
+    /// `argv[0]`; defaults to the guest's name.
+    pub program_name: Option<String>,
+    /// Environment variables, in order. Nothing is inherited from the host.
+    pub env: Vec<(String, String)>,
+    /// Preopened directories. None by default: no filesystem access.
+    pub dirs: Vec<DirMapping>,
+    /// The guest's stdin. Default: empty.
+    pub stdin: Input,
+    /// The guest's stdout. Default: discarded.
+    pub stdout: Output,
+    /// The guest's stderr. Default: discarded.
+    pub stderr: Output,
+    /// The limits this invocation runs under.
+    pub limits: Limits,
+}
+
+impl Guest {
+    /// Runs the guest once in a fresh store under `invocation.limits`.
+    ///
+    /// Returns `Ok(outcome)` whenever the guest ran, including when it was
+    /// killed for exceeding a limit; `Err` only when the host could not set
+    /// up or instantiate it (e.g. a preopened directory is missing or the
+    /// instance pool is exhausted).
+    pub async fn run(&self, invocation: Invocation) -> Result<Outcome> {
+        let started = Instant::now();
+        let Invocation {
+            args,
+            program_name,
+            env,
+            dirs,
+            stdin,
+            stdout,
+            stderr,
+            limits,
+        } = invocation;
+
+        let mut builder = WasiCtxBuilder::new();
+        builder.arg(program_name.as_deref().unwrap_or(self.name()));
+        builder.args(&args);
+        builder.envs(&env);
+        for dir in &dirs {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| Error::Setup {
+                    name: self.name().to_string(),
+                    message: format!("cannot preopen directory {}: {e:#}", dir.host.display()),
+                })?;
+        }
+        io::set_stdin(&mut builder, stdin);
+        let out_capture = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
+        let err_capture = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
+
+        let engine = &self.inner.engine;
+        let mut store = new_store(engine, builder.build_p1(), &limits, started);
+        let call = call_entry(&self.inner.pre, &mut store);
+        let result = match limits.timeout {
+            Some(t) => tokio::time::timeout_at((started + t).into(), call)
+                .await
+                .ok(),
+            None => Some(call.await),
+        };
+        let killed = store.data().limiter.killed;
+        let end = match result {
+            None => CallEnd::TimedOut,
+            Some(Ok(code)) => CallEnd::Returned(Ok(code)),
+            Some(Err(Failure::Running(e))) => CallEnd::Returned(Err(e)),
+            Some(Err(Failure::Instantiating(e))) => {
+                let guest_caused = killed
+                    || e.downcast_ref::<wasmtime::Trap>().is_some()
+                    || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
+                if !guest_caused {
+                    return Err(Error::Instantiate {
+                        name: self.name().to_string(),
+                        message: format!("{e:#}"),
+                    });
+                }
+                CallEnd::Returned(Err(e))
+            }
+        };
+        let kind = classify(end, killed);
+        let fuel_consumed = match (engine.config().fuel, store.get_fuel()) {
+            (true, Ok(left)) => Some(limits.fuel.unwrap_or(u64::MAX) - left),
+            _ => None,
+        };
+        let usage = Usage {
+            fuel_consumed,
+            peak_memory_bytes: store.data().limiter.peak(),
+            wall_time: started.elapsed(),
+        };
+        drop(store);
+        Ok(Outcome {
+            kind,
+            usage,
+            stdout: out_capture.map(|c| c.take()),
+            stderr: err_capture.map(|c| c.take()),
+        })
+    }
+}
+
+/// Where a failed call failed.
+enum Failure {
+    /// While instantiating: a trap or limit here is still the guest's
+    /// outcome (e.g. initial memory over the cap, a trapping start function);
+    /// anything else is a host failure.
+    Instantiating(wasmtime::Error),
+    /// While running the entry point.
+    Running(wasmtime::Error),
+}
+
+/// Instantiates and calls the entry point; `Ok(code)` is the exit code.
+async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Failure> {
+    match pre {
+        Pre::Core(pre) => {
+            let instance = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            let start = instance
+                .get_typed_func::<(), ()>(&mut *store, "_start")
+                .map_err(Failure::Instantiating)?;
+            start
+                .call_async(&mut *store, ())
+                .await
+                .map_err(Failure::Running)?;
+            Ok(0)
+        }
+        Pre::Command(pre) => {
+            let command = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            let status = command
+                .wasi_cli_run()
+                .call_run(&mut *store)
+                .await
+                .map_err(Failure::Running)?;
+            Ok(if status.is_ok() { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Where a guest's stdin comes from and where its stdout/stderr go.
+//!
+//! The CLI inherits the process's stdio; embedders and the HTTP host give
+//! byte buffers, readers and writers, or capture output into a buffer capped
+//! at [`crate::Limits::max_output`].
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+use crate::outcome::CapturedOutput;
+
+/// Bytes of output buffered between the guest and an async writer.
+const WRITE_BUDGET: usize = 64 * 1024;
+
+/// The guest's stdin.
+#[derive(Default)]
+pub enum Input {
+    /// Empty: the guest reads end-of-file at once. The default.
+    #[default]
+    Null,
+    /// The host process's own stdin.
+    Inherit,
+    /// These bytes, then end-of-file.
+    Bytes(Bytes),
+    /// Whatever this reader yields (e.g. a streamed request body).
+    Reader(Box<dyn AsyncRead + Send + Sync>),
+}
+
+/// Where the guest's stdout or stderr goes.
+#[derive(Default)]
+pub enum Output {
+    /// Discarded. The default.
+    #[default]
+    Null,
+    /// The host process's own stdout / stderr.
+    Inherit,
+    /// Kept in memory up to [`crate::Limits::max_output`] bytes and returned
+    /// in the [`crate::Outcome`]; the rest is discarded and marked truncated.
+    Capture,
+    /// Written to this writer (e.g. a response body or a log stream).
+    Writer(Box<dyn AsyncWrite + Send + Sync>),
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Null => f.write_str("Null"),
+            Input::Inherit => f.write_str("Inherit"),
+            Input::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Input::Reader(_) => f.write_str("Reader(..)"),
+        }
+    }
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Null => f.write_str("Null"),
+            Output::Inherit => f.write_str("Inherit"),
+            Output::Capture => f.write_str("Capture"),
+            Output::Writer(_) => f.write_str("Writer(..)"),
+        }
+    }
+}
+
+pub(crate) fn set_stdin(builder: &mut WasiCtxBuilder, input: Input) {
+    match input {
+        Input::Null => {}
+        Input::Inherit => {
+            builder.inherit_stdin();
+        }
+        Input::Bytes(bytes) => {
+            builder.stdin(MemoryInputPipe::new(bytes));
+        }
+        Input::Reader(reader) => {
+            builder.stdin(AsyncStdinStream::new(Box::into_pin(reader)));
+        }
+    }
+}
+
+/// Which of the guest's output streams is being set.
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Installs one output stream; returns the capture buffer when capturing.
+pub(crate) fn set_output(
+    builder: &mut WasiCtxBuilder,
+    which: Stream,
+    output: Output,
+    cap: u64,
+) -> Option<CaptureBuffer> {
+    let (stream, capture) = match output {
+        Output::Null => return None,
+        Output::Inherit => {
+            match which {
+                Stream::Stdout => builder.inherit_stdout(),
+                Stream::Stderr => builder.inherit_stderr(),
+            };
+            return None;
+        }
+        Output::Capture => {
+            let buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
+            let stream = AsyncStdoutStream::new(WRITE_BUDGET, buffer.clone());
+            (stream, Some(buffer))
+        }
+        Output::Writer(w) => (AsyncStdoutStream::new(WRITE_BUDGET, Box::into_pin(w)), None),
+    };
+    match which {
+        Stream::Stdout => builder.stdout(stream),
+        Stream::Stderr => builder.stderr(stream),
+    };
+    capture
+}
+
+/// An in-memory sink that keeps the first `cap` bytes written to it and
+/// quietly discards the rest, so a guest flooding its output cannot grow the
+/// host's memory. The guest keeps running; it is its other limits that stop
+/// a flood that never ends.
+#[derive(Clone, Debug)]
+pub(crate) struct CaptureBuffer {
+    inner: Arc<Mutex<CaptureState>>,
+}
+
+#[derive(Debug)]
+struct CaptureState {
+    bytes: BytesMut,
+    cap: usize,
+    truncated: bool,
+}
+
+impl CaptureBuffer {
+    pub(crate) fn new(cap: usize) -> Self {
+        CaptureBuffer {
+            inner: Arc::new(Mutex::new(CaptureState {
+                bytes: BytesMut::new(),
+                cap,
+                truncated: false,
+            })),
+        }
+    }
+
+    pub(crate) fn take(&self) -> CapturedOutput {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        CapturedOutput {
+            bytes: std::mem::take(&mut s.bytes).freeze(),
+            truncated: s.truncated,
+        }
+    }
+}
+
+impl AsyncWrite for CaptureBuffer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = s.cap.saturating_sub(s.bytes.len());
+        let keep = room.min(buf.len());
+        s.bytes.extend_from_slice(&buf[..keep]);
+        if keep < buf.len() {
+            s.truncated = true;
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn capture_keeps_the_first_cap_bytes() {
+        let mut b = CaptureBuffer::new(5);
+        b.write_all(b"hello world").await.unwrap();
+        b.write_all(b"more").await.unwrap();
+        let out = b.take();
+        assert_eq!(&out.bytes[..], b"hello");
+        assert!(out.truncated);
+    }
+}

@@ -1,0 +1,69 @@
+//! wasm-run: run WebAssembly guests with per-invocation limits.
+//!
+//! Every invocation is its own sandboxed computation, like a Unix process of
+//! old: a fresh wasmtime `Store` with its own fuel budget, its own cap on total
+//! linear memory and its own deadline. A guest that exceeds a limit is killed
+//! and its [`Outcome`] says which limit it hit; the host and every other
+//! invocation carry on.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasm_run::Error> {
+//! use std::time::Duration;
+//! use wasm_run::{Engine, EngineConfig, Guest, Invocation, Limits, Output};
+//!
+//! let engine = Engine::new(EngineConfig::default())?;
+//! let guest = Guest::from_file(&engine, "hello.wasm")?; // compiled and linked once
+//! let outcome = guest
+//!     .run(Invocation {
+//!         stdout: Output::Capture,
+//!         limits: Limits {
+//!             fuel: Some(10_000_000),
+//!             max_memory: 32 << 20,
+//!             timeout: Some(Duration::from_secs(1)),
+//!             ..Limits::default()
+//!         },
+//!         ..Invocation::default()
+//!     })
+//!     .await?;
+//! println!("{} after {:?}", outcome.kind.name(), outcome.usage.wall_time);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
+//!   and its epoch ticker thread.
+//! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
+//!   compile once, pre-link once.
+//! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify.
+//! - `store` (private): the store's host state, the memory limiter, and the
+//!   single function that installs [`Limits`] on a store.
+//! - [`limits`]: [`Limits`] and the human sizes and durations (`64MiB`, `250ms`).
+//! - [`outcome`]: [`Outcome`], [`Usage`], the JSON [`Report`] and the one
+//!   classifier that maps what happened to an outcome.
+//! - [`io`]: where stdin comes from and stdout/stderr go.
+//! - [`error`]: host [`Error`]s (bad module, failed set-up), as opposed to
+//!   outcomes.
+//!
+//! A call flows `Guest::run` → `store::new_store` (limits installed) →
+//! instantiate from the pre-linked guest → call `_start` / `wasi:cli/run` →
+//! `outcome::classify` → [`Outcome`].
+
+#![deny(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod guest;
+pub mod invoke;
+pub mod io;
+pub mod limits;
+pub mod outcome;
+mod store;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use guest::{Guest, GuestKind};
+pub use invoke::{DirMapping, Invocation};
+pub use io::{Input, Output};
+pub use limits::{ByteSize, HumanDuration, Limits};
+pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};

@@ -1,0 +1,284 @@
+//! Per-invocation limits and the human-readable sizes and durations used to
+//! write them on the command line and in config files.
+//!
+//! [`Limits`] is plain data: it travels with every invocation and is applied
+//! to a fresh store by [`crate::store`]. Parsing lives here so that the CLI,
+//! the config file and embedders all accept exactly the same spellings.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default cap on an invocation's total linear memory: 256 MiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 256 * MIB;
+
+/// The largest memory cap accepted: 4 GiB, all a wasm32 guest can address.
+pub const MAX_MEMORY_CEILING: u64 = 4 * GIB;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// The limits one invocation runs under.
+///
+/// Every field has a safe default: no fuel budget, a 256 MiB memory cap and
+/// no deadline. A guest that exceeds a limit is killed and the invocation's
+/// [`crate::Outcome`] says which limit it hit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Fuel budget: roughly one unit per wasm instruction executed. `None`
+    /// (the default) means unlimited; fuel is still counted and reported.
+    pub fuel: Option<u64>,
+    /// Cap on the invocation's *total* linear memory, in bytes, summed over
+    /// every memory of every instance (a component may have several). A grow
+    /// past it kills the invocation, like the OOM killer. Default 256 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_memory: u64,
+    /// Wall-clock deadline for the whole invocation, including time the guest
+    /// spends blocked in host calls such as sleeping. `None` (the default)
+    /// means no deadline.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Cap on the bytes of stdout and of stderr kept for an embedder that
+    /// captures output; output past it is discarded and the guest sees its
+    /// output stream closed. Inherited stdio (the CLI) is not capped.
+    /// Default 1 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_output: u64,
+}
+
+/// Default cap on captured stdout/stderr: 1 MiB each.
+pub const DEFAULT_MAX_OUTPUT: u64 = MIB;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: None,
+            max_memory: DEFAULT_MAX_MEMORY,
+            timeout: None,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
+/// A value that could not be parsed as a size or duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} `{value}`: {reason} (for example {example})")]
+pub struct ParseError {
+    /// What was being parsed: "size" or "duration".
+    pub what: &'static str,
+    /// The text that was rejected.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+    /// A valid spelling to show the user.
+    pub example: &'static str,
+}
+
+/// A byte size written as `65536`, `512KiB`, `64MiB`, `1GiB` (also `K`, `KB`,
+/// `M`, `MB`, `G`, `GB`, all binary multiples; case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
+            if n >= size && n % size == 0 {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+/// Parses a byte size: a whole number with an optional binary unit.
+pub fn parse_size(s: &str) -> Result<u64, ParseError> {
+    let err = |reason| ParseError {
+        what: "size",
+        value: s.to_string(),
+        reason,
+        example: "`64MiB`, `1GiB`, `512KiB` or `65536`",
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(err(
+            "expected a whole number of bytes, optionally with a unit",
+        ));
+    }
+    let n: u64 = digits.parse().map_err(|_| err("number too large"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => KIB,
+        "m" | "mb" | "mib" => MIB,
+        "g" | "gb" | "gib" => GIB,
+        _ => return Err(err("unknown unit; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| err("size too large"))
+}
+
+/// A duration written as `250ms`, `2s`, `1.5s`, `1m`, `1h` (also `us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+/// Parses a duration: a number followed by a unit (`us`, `ms`, `s`, `m`, `h`).
+pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
+    let err = |reason| ParseError {
+        what: "duration",
+        value: s.to_string(),
+        reason,
+        example: "`250ms`, `2s` or `1m`",
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(err("expected a number followed by a unit"));
+    }
+    let value: f64 = number.parse().map_err(|_| err("not a number"))?;
+    let secs_per_unit = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(err("missing unit")),
+        _ => return Err(err("unknown unit; use us, ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(value * secs_per_unit).map_err(|_| err("duration out of range"))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    SizeOrNumber::deserialize(d)?.into_bytes()
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Config files may write a size as a number of bytes or as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeOrNumber {
+    Number(u64),
+    Text(String),
+}
+
+impl SizeOrNumber {
+    fn into_bytes<E: serde::de::Error>(self) -> Result<u64, E> {
+        match self {
+            SizeOrNumber::Number(n) => Ok(n),
+            SizeOrNumber::Text(s) => parse_size(&s).map_err(E::custom),
+        }
+    }
+}
+
+/// Deserializes a [`ByteSize`] from a number of bytes or a string like `"64MiB"`.
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SizeOrNumber::deserialize(d)?.into_bytes().map(ByteSize)
+    }
+}
+
+/// Deserializes a [`HumanDuration`] from a string like `"250ms"`.
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64mb"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size(" 2 G "), Ok(2 << 30));
+    }
+
+    #[test]
+    fn bad_sizes_name_the_value_and_show_an_example() {
+        for bad in ["", "MiB", "12XB", "-1", "1.5GiB", "99999999999999999999"] {
+            let e = parse_size(bad).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("`{bad}`")), "{msg}");
+            assert!(msg.contains("64MiB"), "{msg}");
+        }
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+    }
+
+    #[test]
+    fn bad_durations_name_the_value_and_show_an_example() {
+        for bad in ["", "5", "ms", "2 fortnights", "1e999s", "-1s"] {
+            let e = parse_duration(bad).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("`{bad}`")), "{msg}");
+            assert!(msg.contains("250ms"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn byte_size_display_round_trips() {
+        for s in ["64MiB", "1GiB", "512KiB", "1000"] {
+            assert_eq!(s.parse::<ByteSize>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn limits_from_toml_accepts_strings_and_numbers() {
+        let l: Limits =
+            toml::from_str("fuel = 10\nmax-memory = \"32MiB\"\ntimeout = \"2s\"").expect("parses");
+        assert_eq!(l.fuel, Some(10));
+        assert_eq!(l.max_memory, 32 << 20);
+        assert_eq!(l.timeout, Some(Duration::from_secs(2)));
+        let l: Limits = toml::from_str("max-memory = 65536").expect("parses");
+        assert_eq!(l.max_memory, 65536);
+        let e = toml::from_str::<Limits>("max-memory = \"lots\"").unwrap_err();
+        assert!(e.to_string().contains("`lots`"), "{e}");
+        let e = toml::from_str::<Limits>("fuel = 1\nmemory = 2").unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+}

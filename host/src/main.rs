@@ -1,0 +1,31 @@
+//! The `wasm-run` binary: parses the command line and dispatches to one
+//! command struct per subcommand. All the work lives in the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Run WebAssembly guests with per-invocation limits: fuel, memory, deadline.
+///
+/// Every run is its own sandbox, like a Unix process of old: a guest that
+/// exceeds a limit is killed and wasm-run says which limit it hit.
+#[derive(Debug, Parser)]
+#[command(name = "wasm-run", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(commands::run::RunCommand),
+}
+
+fn main() -> ExitCode {
+    commands::init_tracing();
+    match Cli::parse().command {
+        Command::Run(cmd) => cmd.execute(),
+    }
+}

@@ -1,0 +1,265 @@
+//! What happened to one invocation, and the single classifier that decides it.
+//!
+//! The same vocabulary is used by the library, the CLI's exit status and JSON
+//! report, HTTP responses, logs and metrics: `exited`, `fuel_exhausted`,
+//! `memory_exceeded`, `deadline_exceeded`, `trapped`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use wasmtime::Trap;
+use wasmtime_wasi::I32Exit;
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The guest returned or called `exit`; the value is its exit code
+    /// (0 when `_start`/`run` returned normally, 1 when a component's `run`
+    /// returned an error).
+    Exited(i32),
+    /// The guest used up its fuel budget.
+    FuelExhausted,
+    /// The guest tried to grow its total linear memory past the cap and was
+    /// killed at that grow.
+    MemoryExceeded,
+    /// The guest was still running (or blocked in a host call) at its deadline.
+    DeadlineExceeded,
+    /// The guest trapped: unreachable (e.g. a Rust panic), stack overflow,
+    /// out-of-bounds access, a failed host call. The message says which.
+    Trapped(String),
+}
+
+impl OutcomeKind {
+    /// The outcome's name in the shared vocabulary, e.g. `"memory_exceeded"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OutcomeKind::Exited(_) => "exited",
+            OutcomeKind::FuelExhausted => "fuel_exhausted",
+            OutcomeKind::MemoryExceeded => "memory_exceeded",
+            OutcomeKind::DeadlineExceeded => "deadline_exceeded",
+            OutcomeKind::Trapped(_) => "trapped",
+        }
+    }
+
+    /// The exit status `wasm-run run` uses for this outcome: the guest's own
+    /// code when it exited, otherwise 124 deadline, 137 memory, 152 fuel
+    /// (128 + SIGXCPU), 134 trapped.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            OutcomeKind::Exited(code) => *code,
+            OutcomeKind::DeadlineExceeded => 124,
+            OutcomeKind::MemoryExceeded => 137,
+            OutcomeKind::FuelExhausted => 152,
+            OutcomeKind::Trapped(_) => 134,
+        }
+    }
+}
+
+/// Resources one invocation used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Fuel consumed; `None` when the engine does not meter fuel.
+    pub fuel_consumed: Option<u64>,
+    /// The highest total linear memory the invocation reached, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall time from the start of instantiation to the end of the call.
+    pub wall_time: Duration,
+}
+
+/// The result of one invocation that ran: how it ended, what it used, and
+/// any output that was captured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub kind: OutcomeKind,
+    /// What it used.
+    pub usage: Usage,
+    /// Captured stdout, when [`crate::Output::Capture`] was asked for.
+    pub stdout: Option<CapturedOutput>,
+    /// Captured stderr, when [`crate::Output::Capture`] was asked for.
+    pub stderr: Option<CapturedOutput>,
+}
+
+/// Output captured from the guest, capped at [`crate::Limits::max_output`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturedOutput {
+    /// The bytes kept (at most the cap).
+    pub bytes: Bytes,
+    /// Whether the guest wrote more than the cap; the rest was discarded.
+    pub truncated: bool,
+}
+
+impl Outcome {
+    /// A human-readable explanation for outcomes other than a clean exit.
+    pub fn message(&self) -> Option<String> {
+        let fuel = self.usage.fuel_consumed.unwrap_or(0);
+        match &self.kind {
+            OutcomeKind::Exited(_) => None,
+            OutcomeKind::FuelExhausted => Some(format!(
+                "guest ran out of fuel after consuming {fuel} units"
+            )),
+            OutcomeKind::MemoryExceeded => Some(format!(
+                "guest tried to grow its linear memory past the cap (peak {} bytes)",
+                self.usage.peak_memory_bytes
+            )),
+            OutcomeKind::DeadlineExceeded => Some(format!(
+                "guest did not finish within its deadline ({} ms elapsed)",
+                self.usage.wall_time.as_millis()
+            )),
+            OutcomeKind::Trapped(msg) => Some(msg.clone()),
+        }
+    }
+
+    /// The JSON usage report of `wasm-run run --report`.
+    pub fn report(&self) -> Report {
+        Report {
+            outcome: self.kind.name(),
+            exit_code: match self.kind {
+                OutcomeKind::Exited(code) => Some(code),
+                _ => None,
+            },
+            fuel_consumed: self.usage.fuel_consumed,
+            peak_memory_bytes: self.usage.peak_memory_bytes,
+            wall_time_us: u64::try_from(self.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
+            message: self.message(),
+        }
+    }
+}
+
+/// The usage report: exactly the fields of the `run` contract in DESIGN.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Outcome name, e.g. `"exited"`.
+    pub outcome: &'static str,
+    /// The guest's exit code when it exited, otherwise `null`.
+    pub exit_code: Option<i32>,
+    /// Fuel consumed, `null` when fuel is not metered.
+    pub fuel_consumed: Option<u64>,
+    /// Peak total linear memory in bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall time in microseconds.
+    pub wall_time_us: u64,
+    /// Explanation for anything but a clean exit, otherwise `null`.
+    pub message: Option<String>,
+}
+
+/// What the host observed about a finished call, handed to [`classify`].
+#[derive(Debug)]
+pub(crate) enum CallEnd {
+    /// The call returned; `Ok(code)` carries the exit code.
+    Returned(wasmtime::Result<i32>),
+    /// The host-side deadline fired while the guest was blocked in a host
+    /// call (or never yielded back to wasm).
+    TimedOut,
+}
+
+/// The one place that decides an invocation's outcome.
+///
+/// `memory_killed` is the limiter's own record that it refused a grow: a
+/// refused grow is a kill, whatever error the guest's code turned it into.
+pub(crate) fn classify(end: CallEnd, memory_killed: bool) -> OutcomeKind {
+    if memory_killed {
+        return OutcomeKind::MemoryExceeded;
+    }
+    let err = match end {
+        CallEnd::TimedOut => return OutcomeKind::DeadlineExceeded,
+        CallEnd::Returned(Ok(code)) => return OutcomeKind::Exited(code),
+        CallEnd::Returned(Err(err)) => err,
+    };
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return OutcomeKind::Exited(exit.0);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => OutcomeKind::FuelExhausted,
+        Some(Trap::Interrupt) => OutcomeKind::DeadlineExceeded,
+        Some(trap) => OutcomeKind::Trapped(describe_trap(trap, &err)),
+        None => OutcomeKind::Trapped(format!("{err:#}")),
+    }
+}
+
+/// The trap's description plus the innermost named wasm function, if known.
+fn describe_trap(trap: &Trap, err: &wasmtime::Error) -> String {
+    let frame = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| {
+            bt.frames()
+                .iter()
+                .find_map(|f| f.func_name().map(str::to_owned))
+        });
+    match frame {
+        Some(func) => format!("{trap} (in `{func}`)"),
+        None => trap.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_per_contract() {
+        assert_eq!(OutcomeKind::Exited(7).exit_status(), 7);
+        assert_eq!(OutcomeKind::DeadlineExceeded.exit_status(), 124);
+        assert_eq!(OutcomeKind::MemoryExceeded.exit_status(), 137);
+        assert_eq!(OutcomeKind::FuelExhausted.exit_status(), 152);
+        assert_eq!(OutcomeKind::Trapped("x".into()).exit_status(), 134);
+    }
+
+    #[test]
+    fn classify_prefers_the_limiters_record() {
+        let err = wasmtime::Error::from(Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(CallEnd::Returned(Err(err)), true),
+            OutcomeKind::MemoryExceeded
+        );
+    }
+
+    #[test]
+    fn classify_traps_and_exits() {
+        let c = |e: wasmtime::Error| classify(CallEnd::Returned(Err(e)), false);
+        assert_eq!(c(Trap::OutOfFuel.into()), OutcomeKind::FuelExhausted);
+        assert_eq!(c(Trap::Interrupt.into()), OutcomeKind::DeadlineExceeded);
+        assert_eq!(c(I32Exit(3).into()), OutcomeKind::Exited(3));
+        assert_eq!(c(Trap::StackOverflow.into()).name(), "trapped");
+        assert_eq!(
+            classify(CallEnd::Returned(Ok(0)), false),
+            OutcomeKind::Exited(0)
+        );
+        assert_eq!(
+            classify(CallEnd::TimedOut, false),
+            OutcomeKind::DeadlineExceeded
+        );
+    }
+
+    #[test]
+    fn report_has_exactly_the_contract_fields() {
+        let o = Outcome {
+            kind: OutcomeKind::FuelExhausted,
+            usage: Usage {
+                fuel_consumed: Some(10),
+                peak_memory_bytes: 65536,
+                wall_time: Duration::from_micros(1500),
+            },
+            stdout: None,
+            stderr: None,
+        };
+        let v = serde_json::to_value(o.report()).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "exit_code",
+                "fuel_consumed",
+                "message",
+                "outcome",
+                "peak_memory_bytes",
+                "wall_time_us"
+            ]
+        );
+        assert_eq!(v["outcome"], "fuel_exhausted");
+        assert!(v["exit_code"].is_null());
+        assert_eq!(v["wall_time_us"], 1500);
+    }
+}

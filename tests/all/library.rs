@@ -1,0 +1,253 @@
+//! The library API: every outcome, in obeyed/violated pairs, for core modules
+//! and their component twins; bad inputs give the right error.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasm_run::{DirMapping, Error, Guest, GuestKind, Input, OutcomeKind};
+use wasm_run_tests::Target;
+
+use crate::{MIB, engine, load, run_guest, stdout_of, wat_file};
+
+#[tokio::test]
+async fn hello_exits_zero_with_its_output_and_usage() {
+    for target in Target::ALL {
+        let o = run_guest("hello", target, |_| {}).await;
+        assert_eq!(o.kind, OutcomeKind::Exited(0), "{target:?}");
+        assert_eq!(stdout_of(&o), "Hello from wasm-run!\n");
+        assert!(o.usage.fuel_consumed.unwrap() > 0);
+        assert!(o.usage.peak_memory_bytes > 0);
+        assert!(o.message().is_none());
+    }
+}
+
+#[tokio::test]
+async fn kinds_are_detected() {
+    assert_eq!(load("hello", Target::P1).kind(), GuestKind::CoreCommand);
+    assert_eq!(
+        load("hello", Target::P2).kind(),
+        GuestKind::ComponentCommand
+    );
+}
+
+#[tokio::test]
+async fn exit_code_is_the_guests_own() {
+    for target in Target::ALL {
+        let o = run_guest("exit-code", target, |i| i.args = vec!["7".into()]).await;
+        // wasi:cli 0.2's `exit` carries only success or failure.
+        let expected = if target == Target::P1 { 7 } else { 1 };
+        assert_eq!(o.kind, OutcomeKind::Exited(expected), "{target:?}");
+        assert_eq!(o.kind.exit_status(), expected);
+    }
+}
+
+#[tokio::test]
+async fn memory_bomb_is_killed_at_the_cap_and_a_bounded_allocator_is_not() {
+    for target in Target::ALL {
+        let cap = 32 * MIB;
+        let bomb = run_guest("bomb", target, |i| i.limits.max_memory = cap).await;
+        assert_eq!(bomb.kind, OutcomeKind::MemoryExceeded, "{target:?}");
+        assert!(bomb.usage.peak_memory_bytes <= cap);
+        assert!(bomb.usage.peak_memory_bytes > cap / 2);
+        assert_eq!(bomb.kind.exit_status(), 137);
+
+        let alloc = run_guest("alloc", target, |i| {
+            i.limits.max_memory = cap;
+            i.args = vec!["16".into()];
+        })
+        .await;
+        assert_eq!(alloc.kind, OutcomeKind::Exited(0), "{target:?}");
+        assert!(alloc.usage.peak_memory_bytes >= 16 * MIB);
+        assert!(alloc.usage.peak_memory_bytes <= cap);
+    }
+}
+
+#[tokio::test]
+async fn spin_runs_out_of_fuel_and_hello_fits_in_the_same_budget() {
+    let budget = 20_000_000;
+    for target in Target::ALL {
+        let spin = run_guest("spin", target, |i| i.limits.fuel = Some(budget)).await;
+        assert_eq!(spin.kind, OutcomeKind::FuelExhausted, "{target:?}");
+        let used = spin.usage.fuel_consumed.unwrap();
+        assert!(used <= budget && used > budget / 2, "used {used}");
+
+        let hello = run_guest("hello", target, |i| i.limits.fuel = Some(budget)).await;
+        assert_eq!(hello.kind, OutcomeKind::Exited(0), "{target:?}");
+        assert!(hello.usage.fuel_consumed.unwrap() < budget);
+    }
+}
+
+#[tokio::test]
+async fn deadline_kills_spinning_and_sleeping_guests() {
+    for target in Target::ALL {
+        for (name, args) in [("spin", vec![]), ("sleeper", vec!["30".to_string()])] {
+            let start = Instant::now();
+            let o = run_guest(name, target, |i| {
+                i.limits.timeout = Some(Duration::from_millis(500));
+                i.args = args;
+            })
+            .await;
+            assert_eq!(o.kind, OutcomeKind::DeadlineExceeded, "{name} {target:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{name} took {:?}",
+                start.elapsed()
+            );
+        }
+        let o = run_guest("sleeper", target, |i| {
+            i.limits.timeout = Some(Duration::from_secs(5));
+            i.args = vec!["0.1".into()];
+        })
+        .await;
+        assert_eq!(o.kind, OutcomeKind::Exited(0), "{target:?}");
+        assert_eq!(stdout_of(&o), "slept\n");
+    }
+}
+
+#[tokio::test]
+async fn runaway_recursion_traps_with_a_stack_message() {
+    for target in Target::ALL {
+        let o = run_guest("recurse", target, |_| {}).await;
+        match &o.kind {
+            OutcomeKind::Trapped(msg) => assert!(msg.contains("stack"), "{msg}"),
+            other => panic!("{target:?}: expected a trap, got {other:?}"),
+        }
+        assert_eq!(o.kind.exit_status(), 134);
+    }
+}
+
+#[tokio::test]
+async fn output_flood_is_capped_and_only_hurts_itself() {
+    for target in Target::ALL {
+        let o = run_guest("flood", target, |i| {
+            i.limits.max_output = 64 * 1024;
+            i.limits.timeout = Some(Duration::from_millis(300));
+        })
+        .await;
+        assert_eq!(o.kind, OutcomeKind::DeadlineExceeded, "{target:?}");
+        let out = o.stdout.unwrap();
+        assert_eq!(out.bytes.len(), 64 * 1024);
+        assert!(out.truncated);
+    }
+}
+
+#[tokio::test]
+async fn args_env_stdin_and_dirs_reach_the_guest() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lib-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("note.txt"), "from the host\n").unwrap();
+    for target in Target::ALL {
+        let o = run_guest("printenv", target, |i| {
+            i.args = vec!["one".into(), "two".into()];
+            i.env = vec![("GREETING".into(), "hi".into())];
+        })
+        .await;
+        let out = stdout_of(&o);
+        assert!(out.contains("arg=one\narg=two\n"), "{out}");
+        assert!(out.contains("GREETING=hi\n"), "{out}");
+        assert!(!out.contains("PATH="), "host env leaked: {out}");
+
+        let o = run_guest("echo", target, |i| {
+            i.stdin = Input::Bytes(Bytes::from_static(b"round trip\n"))
+        })
+        .await;
+        assert_eq!(stdout_of(&o), "round trip\n");
+
+        let o = run_guest("cat", target, |i| {
+            i.args = vec!["/data/note.txt".into()];
+            i.dirs = vec![DirMapping::parse(&format!("{}::/data", dir.display()))];
+        })
+        .await;
+        assert_eq!(o.kind, OutcomeKind::Exited(0), "{target:?}");
+        assert_eq!(stdout_of(&o), "from the host\n");
+
+        // Without --dir the guest sees no filesystem.
+        let o = run_guest("cat", target, |i| i.args = vec!["/data/note.txt".into()]).await;
+        assert_eq!(o.kind, OutcomeKind::Exited(1), "{target:?}");
+    }
+}
+
+#[tokio::test]
+async fn wat_fixtures_cover_grow_kill_initial_memory_and_traps() {
+    let run = |path: std::path::PathBuf, cap: u64| async move {
+        let g = Guest::from_file(engine(), path).unwrap();
+        let inv = wasm_run::Invocation {
+            limits: wasm_run::Limits {
+                max_memory: cap,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        g.run(inv).await.unwrap()
+    };
+    // A grow past the cap kills; the guest never sees -1.
+    let grow = wat_file(
+        "grow",
+        r#"(module (memory 1)
+             (func (export "_start")
+               (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#,
+    );
+    let o = run(grow.clone(), MIB).await;
+    assert_eq!(o.kind, OutcomeKind::MemoryExceeded);
+    assert_eq!(o.usage.peak_memory_bytes, 64 * 1024);
+    assert_eq!(run(grow, 16 * MIB).await.kind, OutcomeKind::Exited(0));
+
+    // A grow past the memory's own maximum is the guest's business: -1.
+    let own_max = wat_file(
+        "own-max",
+        r#"(module (memory 1 2)
+             (func (export "_start")
+               (if (i32.ne (memory.grow (i32.const 5)) (i32.const -1)) (then unreachable))))"#,
+    );
+    assert_eq!(run(own_max, MIB).await.kind, OutcomeKind::Exited(0));
+
+    // Initial memory over the cap is killed at instantiation.
+    let big = wat_file(
+        "big-initial",
+        r#"(module (memory 100) (func (export "_start")))"#,
+    );
+    assert_eq!(
+        run(big.clone(), MIB).await.kind,
+        OutcomeKind::MemoryExceeded
+    );
+    assert_eq!(run(big, 16 * MIB).await.kind, OutcomeKind::Exited(0));
+
+    let trap = wat_file("trap", r#"(module (func (export "_start") unreachable))"#);
+    match run(trap, MIB).await.kind {
+        OutcomeKind::Trapped(msg) => assert!(msg.contains("unreachable"), "{msg}"),
+        other => panic!("expected trapped, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_modules_are_clear_errors() {
+    let e = engine();
+    let err = Guest::from_file(e, "/no/such/module.wasm").unwrap_err();
+    assert!(matches!(err, Error::Read { .. }), "{err}");
+    assert!(err.to_string().contains("/no/such/module.wasm"), "{err}");
+
+    let err = Guest::from_bytes(e, "elf", b"\x7fELF\x02\x01\x01").unwrap_err();
+    assert!(matches!(err, Error::NotWasm { .. }), "{err}");
+
+    let err = Guest::from_bytes(e, "truncated", b"\0asm\x01\0\0\0\x01").unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+
+    let err = Guest::from_bytes(e, "lib", b"(module (func (export \"f\")))").unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    assert!(err.to_string().contains("_start"), "{err}");
+
+    let err = Guest::from_bytes(
+        e,
+        "needs-env",
+        b"(module (import \"env\" \"magic\" (func)) (func (export \"_start\")))",
+    )
+    .unwrap_err();
+    match &err {
+        Error::UnsatisfiedImport { import, .. } => assert_eq!(import, "env::magic"),
+        other => panic!("expected an unsatisfied import, got {other}"),
+    }
+
+    let err = Guest::from_bytes(e, "empty-component", b"(component)").unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+}
