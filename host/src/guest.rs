@@ -10,10 +10,12 @@ use std::sync::Arc;
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{InstancePre, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::store::{MemoryLimiter, StoreState};
+use crate::outbound::OutboundPolicy;
+use crate::store::StoreState;
 
 /// What kind of guest a module is, detected from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,17 @@ pub enum GuestKind {
     CoreCommand,
     /// A component exporting `wasi:cli/run` (a `wasi:cli/command`).
     ComponentCommand,
+    /// A component exporting `wasi:http/incoming-handler` (a `wasi:http/proxy`),
+    /// called once per HTTP request by `wasm-run serve`.
+    HttpComponent,
+}
+
+impl GuestKind {
+    /// Whether this guest runs as a command (`_start` / `wasi:cli/run`),
+    /// which `wasm-run run` and the CGI path of `wasm-run serve` need.
+    pub fn is_command(self) -> bool {
+        matches!(self, GuestKind::CoreCommand | GuestKind::ComponentCommand)
+    }
 }
 
 /// A compiled and pre-linked guest, ready to be invoked many times.
@@ -39,6 +52,7 @@ pub(crate) struct GuestInner {
 pub(crate) enum Pre {
     Core(InstancePre<StoreState>),
     Command(CommandPre<StoreState>),
+    Http(ProxyPre<StoreState>),
 }
 
 impl std::fmt::Debug for Guest {
@@ -90,6 +104,7 @@ impl Guest {
         match self.inner.pre {
             Pre::Core(_) => GuestKind::CoreCommand,
             Pre::Command(_) => GuestKind::ComponentCommand,
+            Pre::Http(_) => GuestKind::HttpComponent,
         }
     }
 }
@@ -153,10 +168,11 @@ fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
     // the user to decode a link error.
     let mut probe = wasmtime::Store::new(
         engine.wasmtime(),
-        StoreState {
-            wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
-            limiter: MemoryLimiter::new(0),
-        },
+        StoreState::new(
+            wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
+            OutboundPolicy::default(),
+            0,
+        ),
     );
     for import in module.imports() {
         if linker
@@ -188,7 +204,11 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
         .exports(engine.wasmtime())
         .map(|(n, _)| n.to_string())
         .collect();
-    if !exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
+    let is_http = exports
+        .iter()
+        .any(|e| e.starts_with("wasi:http/incoming-handler@0.2"));
+    let is_command = exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2"));
+    if !is_http && !is_command {
         let shown = if exports.is_empty() {
             "none".to_string()
         } else {
@@ -197,18 +217,29 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
         return Err(Error::WrongShape {
             name: name.to_string(),
             message: format!(
-                "component does not export `wasi:cli/run@0.2.x`, so it is not a wasi:cli \
-                 command (its exports: {shown})"
+                "component exports neither `wasi:cli/run@0.2.x` (a command) nor \
+                 `wasi:http/incoming-handler@0.2.x` (an HTTP handler); its exports: {shown}"
             ),
         });
     }
     let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(engine.wasmtime());
+    // The whole wasi:cli world, and wasi:http for HTTP handlers: real
+    // components (componentize-py, componentize-js, Rust's `wasi` crate)
+    // import wasi:cli interfaces even when they only serve HTTP.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| link_error(name, e))?;
+    if is_http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| link_error(name, e))?;
+    }
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         let import = ty
             .imports(engine.wasmtime())
             .map(|(n, _)| n.to_string())
-            .find(|n| !WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p)))
+            .find(|n| {
+                let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
+                    || (is_http && n.starts_with("wasi:http/"));
+                !provided
+            })
             .unwrap_or_else(|| "(see message)".into());
         Error::UnsatisfiedImport {
             name: name.to_string(),
@@ -216,6 +247,13 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
             message: format!("{e:#}"),
         }
     })?;
+    if is_http {
+        let pre = ProxyPre::new(pre).map_err(|e| Error::WrongShape {
+            name: name.to_string(),
+            message: format!("not a wasi:http handler: {e:#}"),
+        })?;
+        return Ok(Pre::Http(pre));
+    }
     let pre = CommandPre::new(pre).map_err(|e| Error::WrongShape {
         name: name.to_string(),
         message: format!("not a wasi:cli command: {e:#}"),

@@ -11,7 +11,8 @@ use crate::Limits;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, Pre};
 use crate::io::{self, Input, Output, Stream};
-use crate::outcome::{CallEnd, Outcome, Usage, classify};
+use crate::outbound::OutboundPolicy;
+use crate::outcome::{CallEnd, Outcome, OutcomeKind, Usage, classify};
 use crate::store::{StoreState, new_store};
 
 /// A directory of the host made visible to the guest.
@@ -74,6 +75,15 @@ impl Guest {
     /// up or instantiate it (e.g. a preopened directory is missing or the
     /// instance pool is exhausted).
     pub async fn run(&self, invocation: Invocation) -> Result<Outcome> {
+        if !self.kind().is_command() {
+            return Err(Error::WrongShape {
+                name: self.name().to_string(),
+                message: "this is a wasi:http component (it exports \
+                          `wasi:http/incoming-handler`, not `wasi:cli/run`); serve it with \
+                          `wasm-run serve`"
+                    .into(),
+            });
+        }
         let started = Instant::now();
         let Invocation {
             args,
@@ -86,64 +96,20 @@ impl Guest {
             limits,
         } = invocation;
 
-        let mut builder = WasiCtxBuilder::new();
-        builder.arg(program_name.as_deref().unwrap_or(self.name()));
-        builder.args(&args);
-        builder.envs(&env);
-        for dir in &dirs {
-            let perms = if dir.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            builder
-                .preopened_dir(&dir.host, &dir.guest, perms)
-                .map_err(|e| Error::Setup {
-                    name: self.name().to_string(),
-                    message: format!("cannot preopen directory {}: {e:#}", dir.host.display()),
-                })?;
-        }
+        let mut builder = wasi_builder(self.name(), program_name.as_deref(), &args, &env, &dirs)?;
         io::set_stdin(&mut builder, stdin);
         let out_capture = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
         let err_capture = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
 
-        let engine = &self.inner.engine;
-        let mut store = new_store(engine, builder.build_p1(), &limits, started);
+        let state = StoreState::new(
+            builder.build_p1(),
+            OutboundPolicy::default(),
+            limits.max_memory,
+        );
+        let mut store = new_store(&self.inner.engine, state, &limits, started);
         let call = call_entry(&self.inner.pre, &mut store);
-        let result = match limits.timeout {
-            Some(t) => tokio::time::timeout_at((started + t).into(), call)
-                .await
-                .ok(),
-            None => Some(call.await),
-        };
-        let killed = store.data().limiter.killed;
-        let end = match result {
-            None => CallEnd::TimedOut,
-            Some(Ok(code)) => CallEnd::Returned(Ok(code)),
-            Some(Err(Failure::Running(e))) => CallEnd::Returned(Err(e)),
-            Some(Err(Failure::Instantiating(e))) => {
-                let guest_caused = killed
-                    || e.downcast_ref::<wasmtime::Trap>().is_some()
-                    || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
-                if !guest_caused {
-                    return Err(Error::Instantiate {
-                        name: self.name().to_string(),
-                        message: format!("{e:#}"),
-                    });
-                }
-                CallEnd::Returned(Err(e))
-            }
-        };
-        let kind = classify(end, killed);
-        let fuel_consumed = match (engine.config().fuel, store.get_fuel()) {
-            (true, Ok(left)) => Some(limits.fuel.unwrap_or(u64::MAX) - left),
-            _ => None,
-        };
-        let usage = Usage {
-            fuel_consumed,
-            peak_memory_bytes: store.data().limiter.peak(),
-            wall_time: started.elapsed(),
-        };
+        let result = with_deadline(&limits, started, call).await;
+        let (kind, usage) = conclude(self, &store, &limits, started, result)?;
         drop(store);
         Ok(Outcome {
             kind,
@@ -154,8 +120,92 @@ impl Guest {
     }
 }
 
+/// A WASI context builder with argv, environment and preopened directories.
+pub(crate) fn wasi_builder(
+    name: &str,
+    program_name: Option<&str>,
+    args: &[String],
+    env: &[(String, String)],
+    dirs: &[DirMapping],
+) -> Result<WasiCtxBuilder> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.arg(program_name.unwrap_or(name));
+    builder.args(args);
+    builder.envs(env);
+    for dir in dirs {
+        let perms = if dir.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| Error::Setup {
+                name: name.to_string(),
+                message: format!("cannot preopen directory {}: {e:#}", dir.host.display()),
+            })?;
+    }
+    Ok(builder)
+}
+
+/// Runs `call` under the invocation's wall-clock deadline; `None` if the
+/// deadline fired first (the call is dropped, which cancels the guest even
+/// while it is blocked in a host call).
+pub(crate) async fn with_deadline<T>(
+    limits: &Limits,
+    started: Instant,
+    call: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limits.timeout {
+        Some(t) => tokio::time::timeout_at((started + t).into(), call)
+            .await
+            .ok(),
+        None => Some(call.await),
+    }
+}
+
+/// Turns a finished (or timed-out) call into the outcome and usage, or into
+/// a host error when instantiation failed for a reason not the guest's.
+pub(crate) fn conclude(
+    guest: &Guest,
+    store: &Store<StoreState>,
+    limits: &Limits,
+    started: Instant,
+    result: Option<Result<i32, Failure>>,
+) -> Result<(OutcomeKind, Usage)> {
+    let killed = store.data().limiter.killed;
+    let end = match result {
+        None => CallEnd::TimedOut,
+        Some(Ok(code)) => CallEnd::Returned(Ok(code)),
+        Some(Err(Failure::Running(e))) => CallEnd::Returned(Err(e)),
+        Some(Err(Failure::Instantiating(e))) => {
+            let guest_caused = killed
+                || e.downcast_ref::<wasmtime::Trap>().is_some()
+                || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
+            if !guest_caused {
+                return Err(Error::Instantiate {
+                    name: guest.name().to_string(),
+                    message: format!("{e:#}"),
+                });
+            }
+            CallEnd::Returned(Err(e))
+        }
+    };
+    let kind = classify(end, killed);
+    let fuel_consumed = match (guest.inner.engine.config().fuel, store.get_fuel()) {
+        (true, Ok(left)) => Some(limits.fuel.unwrap_or(u64::MAX) - left),
+        _ => None,
+    };
+    let usage = Usage {
+        fuel_consumed,
+        peak_memory_bytes: store.data().limiter.peak(),
+        wall_time: started.elapsed(),
+    };
+    Ok((kind, usage))
+}
+
 /// Where a failed call failed.
-enum Failure {
+pub(crate) enum Failure {
     /// While instantiating: a trap or limit here is still the guest's
     /// outcome (e.g. initial memory over the cap, a trapping start function);
     /// anything else is a host failure.
@@ -193,5 +243,6 @@ async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Fai
                 .map_err(Failure::Running)?;
             Ok(if status.is_ok() { 0 } else { 1 })
         }
+        Pre::Http(_) => unreachable!("Guest::run rejects HTTP components before calling"),
     }
 }

@@ -57,7 +57,9 @@ pub mod guest;
 pub mod invoke;
 pub mod io;
 pub mod limits;
+pub mod outbound;
 pub mod outcome;
+pub mod serve;
 mod store;
 
 pub use engine::{Engine, EngineConfig};
@@ -66,4 +68,5 @@ pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, Invocation};
 pub use io::{Input, Output};
 pub use limits::{ByteSize, HumanDuration, Limits};
+pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};

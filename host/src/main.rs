@@ -21,11 +21,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Serve(commands::serve::ServeCommand),
 }
 
 fn main() -> ExitCode {
-    commands::init_tracing();
     match Cli::parse().command {
-        Command::Run(cmd) => cmd.execute(),
+        Command::Run(cmd) => {
+            commands::init_tracing(commands::LogFormat::Text, "warn");
+            cmd.execute()
+        }
+        Command::Serve(cmd) => {
+            commands::init_tracing(cmd.log_format, "info");
+            cmd.execute()
+        }
     }
 }

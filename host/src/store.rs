@@ -10,22 +10,50 @@ use std::time::Instant;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Limits;
 use crate::engine::Engine;
+use crate::outbound::OutboundPolicy;
 
 /// Host state of one store: WASI context and the memory limiter.
 pub(crate) struct StoreState {
     /// The WASI context. `WasiP1Ctx` also implements the p2 (`WasiView`)
     /// interfaces, so one type serves core modules and components.
     pub(crate) wasi: WasiP1Ctx,
+    /// wasi:http state; unused by guests that do not import wasi:http.
+    pub(crate) http: WasiHttpCtx,
+    /// Which outgoing HTTP requests the guest may make.
+    pub(crate) outbound: OutboundPolicy,
     /// Caps and records the invocation's total linear memory.
     pub(crate) limiter: MemoryLimiter,
+}
+
+impl StoreState {
+    pub(crate) fn new(wasi: WasiP1Ctx, outbound: OutboundPolicy, max_memory: u64) -> Self {
+        StoreState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            outbound,
+            limiter: MemoryLimiter::new(max_memory),
+        }
+    }
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.ctx()
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let WasiCtxView { table, .. } = self.wasi.ctx();
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 
@@ -124,14 +152,10 @@ impl ResourceLimiter for MemoryLimiter {
 /// covered by the caller's `tokio::time::timeout` around the whole call.
 pub(crate) fn new_store(
     engine: &Engine,
-    wasi: WasiP1Ctx,
+    state: StoreState,
     limits: &Limits,
     started: Instant,
 ) -> Store<StoreState> {
-    let state = StoreState {
-        wasi,
-        limiter: MemoryLimiter::new(limits.max_memory),
-    };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {

@@ -7,6 +7,7 @@
 mod cli;
 mod concurrency;
 mod library;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -4,17 +4,20 @@
 //! The build script builds the `guests` workspace for `wasm32-wasip1` and
 //! `wasm32-wasip2` (into `target/guests`, shared by every profile) and
 //! generates one constant per guest and target, such as [`HELLO_P1`] and
-//! [`HELLO_P2`], plus the table [`GUESTS`]. If that build fails, for example
-//! because a target is not installed, the crate still compiles: the error is
-//! kept in [`GUEST_BUILD_ERROR`] and [`guest`] panics with it, so only the
-//! tests that run a guest fail.
+//! [`HELLO_P2`], plus the table [`GUESTS`], and [`HTTP_GUEST`], the
+//! `wasi:http/proxy` component of `guests/http` (built for `wasm32-wasip2`
+//! only). If that build fails, for example because a target is not installed,
+//! the crate still compiles: the error is kept in [`GUEST_BUILD_ERROR`] and
+//! [`guest`] and [`http_guest`] panic with it, so only the tests that run a
+//! guest fail.
 //!
 //! ```no_run
-//! use wasm_run_tests::{Target, guest, guest_bytes};
+//! use wasm_run_tests::{Target, guest, guest_bytes, http_guest};
 //!
 //! let module = guest("hello", Target::P1);
 //! let component = guest_bytes("hello", Target::P2);
-//! # let _ = (module, component);
+//! let proxy = http_guest();
+//! # let _ = (module, component, proxy);
 //! ```
 #![deny(missing_docs)]
 
@@ -99,6 +102,30 @@ pub fn guest(name: &str, target: Target) -> PathBuf {
     path
 }
 
+/// The path of the `wasi:http/proxy` component built from `guests/http` for
+/// `wasm32-wasip2` ([`HTTP_GUEST`]); it exports `wasi:http/incoming-handler`.
+///
+/// # Panics
+///
+/// If the guests could not be built for `wasm32-wasip2`, or if the file is
+/// gone.
+#[must_use]
+#[track_caller]
+pub fn http_guest() -> PathBuf {
+    if let Some(error) = Target::P2.build_error() {
+        not_built(error);
+    }
+    let path = PathBuf::from(HTTP_GUEST);
+    assert!(
+        path.is_file(),
+        "the http guest for {} is missing at {}; rebuild the guests with \
+         `cargo clean -p wasm-run-tests` and run the tests again",
+        Target::P2.triple(),
+        path.display()
+    );
+    path
+}
+
 /// The contents of [`guest`]`(name, target)`.
 ///
 /// # Panics
@@ -141,6 +168,14 @@ mod tests {
                 "{name} P2"
             );
         }
+    }
+
+    #[test]
+    fn http_guest_is_a_component() {
+        let path = http_guest();
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+        assert!(bytes.starts_with(&COMPONENT_HEADER), "{}", path.display());
     }
 
     #[test]

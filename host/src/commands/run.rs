@@ -17,7 +17,7 @@ use wasm_run::{
     DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, Outcome, Output,
 };
 
-use super::EXIT_LOAD_FAILED;
+use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
 
 const AFTER_HELP: &str = "\
 Limits:
@@ -48,7 +48,7 @@ Examples:
 /// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
 /// with `wasm-run:`.
 #[derive(Debug, Args)]
-#[command(after_help = AFTER_HELP)]
+#[command(after_help = AFTER_HELP, args_override_self = true)]
 pub struct RunCommand {
     /// Fuel budget: roughly one unit per wasm instruction. The guest is
     /// killed (exit 152) when it runs out. Default: unlimited (fuel is still
@@ -97,15 +97,6 @@ pub struct RunCommand {
         allow_hyphen_values = true
     )]
     args: Vec<String>,
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!(
-            "`{s}` is not KEY=VALUE (for example GREETING=hello)"
-        )),
-    }
 }
 
 impl RunCommand {
@@ -185,17 +176,6 @@ fn write_report(path: &std::path::Path, outcome: &Outcome) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Where compiled code is cached between runs.
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("WASM_RUN_CACHE_DIR") {
-        return Some(dir.into());
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("wasm-run"))
-}
-
 /// Unix keeps the low 8 bits of an exit status.
 fn exit_byte(status: i32) -> u8 {
     (status & 0xff) as u8
@@ -255,14 +235,6 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tracked<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_flag_needs_key_and_value() {
-        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
-        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
-        assert!(parse_env("=x").is_err());
-        assert!(parse_env("NOEQUALS").unwrap_err().contains("NOEQUALS"));
-    }
 
     #[test]
     fn exit_status_keeps_the_low_byte() {

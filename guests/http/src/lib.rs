@@ -1,0 +1,328 @@
+//! A `wasi:http/proxy` component for `wasm-run serve`: exports
+//! `wasi:http/incoming-handler` and routes on the request path.
+//!
+//! | path | response |
+//! | --- | --- |
+//! | `/`, `/hello` | 200 `Hello from wasm-run over wasi:http!` |
+//! | `/echo` | 200: the method, the path, each header as `name: value`, a blank line, then the request body streamed through chunk by chunk |
+//! | `/spin` | loops forever (fuel) |
+//! | `/bomb` | allocates touched 1 MiB chunks forever (memory cap) |
+//! | `/sleep?s=N` | sleeps `N` seconds (a float, default 10) on the monotonic clock, then 200 `slept` (deadline) |
+//! | `/crash` | panics before responding (trap) |
+//! | `/late-crash` | starts a 200 response, writes and flushes `partial body`, panics 200 ms later without finishing the body |
+//! | `/stream?n=N&ms=M` | 200: `N` lines `line i` (default 100), one write and flush each, `M` ms apart (default 0) |
+//! | `/status/404` | 404 `not found` |
+//! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/outgoing-handler`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `ErrorCode::HttpRequestDenied`) |
+//! | `/env` | 200: the environment from `wasi:cli/environment`, sorted `KEY=VALUE` lines |
+//! | `/stdout` | prints a line to stdout and one to stderr, then 200 `logged` |
+//! | anything else | 404 `no route` |
+//!
+//! Every body is `text/plain`. Query parameters are split on `&` and `=`, with
+//! `+` and `%XX` decoded. Built for `wasm32-wasip2` only.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use wasi::exports::http::incoming_handler::Guest;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme, StatusCode,
+};
+use wasi::io::streams::{OutputStream, StreamError};
+
+wasi::http::proxy::export!(Handler);
+
+const MIB: usize = 1 << 20;
+
+/// The most `blocking-write-and-flush` and `blocking-read` take at once.
+const CHUNK: usize = 4096;
+
+struct Handler;
+
+impl Guest for Handler {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((&path_with_query, ""));
+        // Write errors mean the client is gone: there is no one to tell.
+        let _ = match path {
+            "/" | "/hello" => respond(response_out, 200, b"Hello from wasm-run over wasi:http!\n"),
+            "/echo" => echo(&request, &path_with_query, response_out),
+            "/spin" => spin(),
+            "/bomb" => bomb(),
+            "/sleep" => sleep(response_out, query),
+            "/crash" => panic!("http guest crash"),
+            "/late-crash" => late_crash(response_out),
+            "/stream" => stream(response_out, query),
+            "/status/404" => respond(response_out, 404, b"not found\n"),
+            "/outbound" => outbound(response_out, query),
+            "/env" => env(response_out),
+            "/stdout" => {
+                println!("hello from guest stdout");
+                eprintln!("and stderr");
+                respond(response_out, 200, b"logged\n")
+            }
+            _ => respond(response_out, 404, b"no route\n"),
+        };
+    }
+}
+
+/// A response body being written. The stream is declared, and so dropped,
+/// before the body it belongs to.
+struct Body {
+    stream: OutputStream,
+    body: OutgoingBody,
+}
+
+impl Body {
+    /// Sends a `text/plain` response head with `status` and opens its body.
+    fn start(response_out: ResponseOutparam, status: StatusCode) -> Body {
+        let headers = Fields::from_list(&[("content-type".to_owned(), b"text/plain".to_vec())])
+            .expect("content-type is a valid header");
+        let response = OutgoingResponse::new(headers);
+        response
+            .set_status_code(status)
+            .expect("the guest uses valid status codes");
+        let body = response.body().expect("the body is taken once");
+        ResponseOutparam::set(response_out, Ok(response));
+        let stream = body.write().expect("the body stream is taken once");
+        Body { stream, body }
+    }
+
+    /// Writes and flushes `bytes`, blocking, in chunks the host accepts.
+    fn write(&self, bytes: &[u8]) -> Result<(), StreamError> {
+        for chunk in bytes.chunks(CHUNK) {
+            self.stream.blocking_write_and_flush(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the body (no trailers).
+    fn finish(self) -> Result<(), ErrorCode> {
+        let Body { stream, body } = self;
+        drop(stream);
+        OutgoingBody::finish(body, None)
+    }
+}
+
+/// What a route returns; the error is only ever ignored.
+type Outcome = Result<(), StreamError>;
+
+/// A whole `text/plain` response.
+fn respond(response_out: ResponseOutparam, status: StatusCode, text: &[u8]) -> Outcome {
+    let body = Body::start(response_out, status);
+    body.write(text)?;
+    let _ = body.finish();
+    Ok(())
+}
+
+/// The value of `key` in a query string; `None` if absent.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(name) == key).then(|| decode(value))
+    })
+}
+
+/// Decodes `+` to a space and `%XX` to its byte; malformed escapes are kept.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => decoded.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(byte) => {
+                        decoded.push(byte);
+                        i += 2;
+                    }
+                    None => decoded.push(b'%'),
+                }
+            }
+            byte => decoded.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn method_name(method: &Method) -> &str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => other,
+    }
+}
+
+/// Describes the request, then copies its body to the response chunk by
+/// chunk as it arrives.
+fn echo(
+    request: &IncomingRequest,
+    path_with_query: &str,
+    response_out: ResponseOutparam,
+) -> Outcome {
+    let mut head = format!("{}\n{path_with_query}\n", method_name(&request.method()));
+    for (name, value) in request.headers().entries() {
+        head += &format!("{name}: {}\n", String::from_utf8_lossy(&value));
+    }
+    head += "\n";
+    let body = Body::start(response_out, 200);
+    body.write(head.as_bytes())?;
+
+    let incoming = request
+        .consume()
+        .expect("the request body is consumed once");
+    let input = incoming
+        .stream()
+        .expect("the request body stream is taken once");
+    loop {
+        match input.blocking_read(CHUNK as u64) {
+            Ok(chunk) => body.write(&chunk)?,
+            Err(StreamError::Closed) => break,
+            Err(err) => return Err(err),
+        }
+    }
+    drop(input);
+    drop(incoming);
+    let _ = body.finish();
+    Ok(())
+}
+
+fn spin() -> ! {
+    let mut counter: u64 = 0;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+fn bomb() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Nonzero fill so every page is written, not just reserved.
+        hoard.push(black_box(vec![0xA5; MIB]));
+    }
+}
+
+/// Blocks in the host on the monotonic clock.
+fn block_for(duration: Duration) {
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    wasi::clocks::monotonic_clock::subscribe_duration(nanos).block();
+}
+
+fn sleep(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let secs = query_param(query, "s").map_or(Ok(10.0), |s| s.parse::<f64>());
+    let Some(duration) = secs
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+    else {
+        return respond(response_out, 400, b"?s= must be a number of seconds\n");
+    };
+    block_for(duration);
+    respond(response_out, 200, b"slept\n")
+}
+
+fn late_crash(response_out: ResponseOutparam) -> Outcome {
+    let body = Body::start(response_out, 200);
+    body.write(b"partial body\n")?;
+    block_for(Duration::from_millis(200));
+    panic!("http guest late crash");
+}
+
+fn stream(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let number = |key: &str, default: u64| {
+        query_param(query, key)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let (n, ms) = (number("n", 100), number("ms", 0));
+    let body = Body::start(response_out, 200);
+    for i in 0..n {
+        if i > 0 && ms > 0 {
+            block_for(Duration::from_millis(ms));
+        }
+        body.write(format!("line {i}\n").as_bytes())?;
+    }
+    let _ = body.finish();
+    Ok(())
+}
+
+/// A GET request for `url` (`[SCHEME://]AUTHORITY[/PATH][?QUERY]`, scheme
+/// `http` by default), or `None` if the host refuses one of its parts.
+fn outgoing_get(url: &str) -> Option<OutgoingRequest> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((other, rest)) => (Scheme::Other(other.to_owned()), rest),
+        None => (Scheme::Http, url),
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_with_query) = rest.split_at(split);
+    let path_with_query = match path_with_query {
+        "" => "/".to_owned(),
+        pq if pq.starts_with('?') => format!("/{pq}"),
+        pq => pq.to_owned(),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Get).ok()?;
+    request.set_scheme(Some(&scheme)).ok()?;
+    request.set_authority(Some(authority)).ok()?;
+    request.set_path_with_query(Some(&path_with_query)).ok()?;
+    Some(request)
+}
+
+fn outbound(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let Some(url) = query_param(query, "url").filter(|url| !url.is_empty()) else {
+        return respond(response_out, 400, b"missing ?url=\n");
+    };
+    let Some(request) = outgoing_get(&url) else {
+        return respond(response_out, 400, format!("bad url: {url}\n").as_bytes());
+    };
+    let result = match outgoing_handler::handle(request, None) {
+        Err(code) => Err(format!("{code:?}")),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => Ok(response.status()),
+                Some(Ok(Err(code))) => Err(format!("{code:?}")),
+                Some(Err(())) => Err("the response was already taken".to_owned()),
+                None => Err("the response is not ready".to_owned()),
+            }
+        }
+    };
+    match result {
+        Ok(status) => respond(
+            response_out,
+            200,
+            format!("outbound ok: {status}\n").as_bytes(),
+        ),
+        Err(error) => respond(
+            response_out,
+            502,
+            format!("outbound error: {error}\n").as_bytes(),
+        ),
+    }
+}
+
+fn env(response_out: ResponseOutparam) -> Outcome {
+    let mut vars = wasi::cli::environment::get_environment();
+    vars.sort();
+    let text = vars
+        .iter()
+        .map(|(key, value)| format!("{key}={value}\n"))
+        .collect::<String>();
+    respond(response_out, 200, text.as_bytes())
+}

@@ -1,0 +1,325 @@
+//! `wasm-run serve`: flags and config file → [`ServeConfig`], listeners,
+//! signals (SIGTERM/SIGINT drain and exit, SIGHUP reloads).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use tokio::net::TcpListener;
+use wasm_run::limits::{ByteSize, HumanDuration};
+use wasm_run::serve::config::{
+    self, ConfigFile, DEFAULT_ADDR, DEFAULT_HEADER_TIMEOUT, DEFAULT_LOG_CAP, DEFAULT_MAX_BODY,
+    LimitsOverlay, ModuleSource, RouteSpec, ServeConfig,
+};
+use wasm_run::serve::{LoadError, Server};
+use wasm_run::{DirMapping, Engine, EngineConfig, Limits};
+
+use super::{EXIT_LOAD_FAILED, LogFormat, cache_dir, parse_env};
+
+/// The built-in demo guest (guests/cli/src/bin/demo.rs, built for wasm32-wasip1).
+static DEMO_WASM: &[u8] = include_bytes!(env!("WASM_RUN_DEMO_WASM"));
+
+/// Exit status for a configuration that does not validate.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+const AFTER_HELP: &str = "\
+Guests:
+  A component exporting wasi:http/incoming-handler is called once per request.
+  A wasm32-wasip1 command module or wasi:cli command component is run as CGI:
+  request meta-variables (REQUEST_METHOD, PATH_INFO, QUERY_STRING, HTTP_*, ...)
+  in its environment, the body on stdin, a CGI response (headers, blank line,
+  body) on stdout. With no MODULE and no --config, a built-in demo is served.
+
+When a request is killed (response header x-wasm-run-outcome):
+  fuel_exhausted, memory_exceeded, trapped → 500; deadline_exceeded → 504;
+  body over --max-body → 413 body_too_large; CGI guest with no valid head → 502
+  bad_gateway. Error bodies are JSON {\"error\": ..., \"message\": ...}. A kill after
+  the response head was sent aborts the body (the client sees a truncated reply).
+
+Config file (TOML), flags override it:
+  [server]  addr, admin-addr, max-body, header-timeout, max-log
+  [limits]  fuel, max-memory, timeout            (defaults of every route)
+  [[route]] path = \"/api\", module = \"api.wasm\" (relative to the file),
+            limits = { fuel = 1000000, max-memory = \"32MiB\", timeout = \"2s\" },
+            env = { KEY = \"value\" }, dirs = [\"data::/data\"],
+            allowed-outbound-hosts = [\"example.com\"]
+
+Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish, exit 0;
+SIGHUP reloads the config file and modules (on failure the old ones keep serving).
+
+Examples:
+  wasm-run serve                                  # the built-in demo on 127.0.0.1:8080
+  wasm-run serve --timeout 2s --max-memory 64MiB hello.wasm
+  wasm-run serve --config wasm-run.toml --admin-addr 127.0.0.1:9090";
+
+/// Serve HTTP: every request runs in its own sandbox with its own limits.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP, args_override_self = true)]
+pub struct ServeCommand {
+    /// TOML configuration file with [server], [limits] and [[route]] tables.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on (port 0 picks a free port). Default 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<SocketAddr>,
+
+    /// Address of the admin listener with /healthz, /readyz and /metrics
+    /// (Prometheus). Default: off.
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<SocketAddr>,
+
+    /// Fuel budget per request. Default: unlimited.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+
+    /// Cap on each request's total linear memory, e.g. `64MiB`. Default 256MiB.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<ByteSize>,
+
+    /// Deadline per request, e.g. `2s`. Default 30s.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<HumanDuration>,
+
+    /// Largest request body, e.g. `1MiB`; larger ones get 413. Default 16MiB.
+    #[arg(long, value_name = "SIZE")]
+    max_body: Option<ByteSize>,
+
+    /// Time a client has to send a request head, also the keep-alive idle
+    /// timeout. Default 10s.
+    #[arg(long, value_name = "DURATION")]
+    header_timeout: Option<HumanDuration>,
+
+    /// Environment variable for MODULE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Preopened directory for MODULE, `HOST[::GUEST]` (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+
+    /// Host MODULE may send outgoing HTTP requests to (repeatable; `*` for
+    /// any). Default: outgoing HTTP is denied.
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    allow_outbound: Vec<String>,
+
+    /// Log format on stderr (level from WASM_RUN_LOG or RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Do not use the compiled-code cache.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Module or component to serve at `/`.
+    #[arg(value_name = "MODULE")]
+    module: Option<PathBuf>,
+}
+
+impl ServeCommand {
+    /// Runs the server until SIGTERM/SIGINT.
+    pub fn execute(self) -> ExitCode {
+        let config = match self.resolve() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("wasm-run: {e:#}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("wasm-run: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(self.serve(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wasm-run: {e:#}");
+                if e.downcast_ref::<LoadError>().is_some() {
+                    ExitCode::from(EXIT_LOAD_FAILED)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+
+    async fn serve(self, config: ServeConfig) -> anyhow::Result<()> {
+        let engine = Engine::new(EngineConfig {
+            cache_dir: if self.no_cache { None } else { cache_dir() },
+            ..EngineConfig::default()
+        })?;
+        let server = Server::new(engine, config.clone())?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let admin = match config.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+            ),
+            None => None,
+        };
+        println!("Serving HTTP on http://{}/", listener.local_addr()?);
+        if let Some(admin) = &admin {
+            println!("Admin endpoints on http://{}/", admin.local_addr()?);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(admin) = admin {
+            let server = server.clone();
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                server
+                    .serve_admin(admin, async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            });
+        }
+        tokio::spawn(self.handle_signals(server.clone(), stop_tx));
+        let mut rx = stop_rx;
+        server
+            .serve(listener, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn handle_signals(self, server: Server, stop: tokio::sync::watch::Sender<bool>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration and modules");
+                    match self.resolve() {
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the old configuration"),
+                        Ok(config) => match server.reload(config) {
+                            Ok(()) => tracing::info!("reloaded"),
+                            Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
+                        },
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stop.send(true);
+    }
+
+    /// Defaults < config file < flags; validated before anything is bound.
+    fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => config::read_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let flag_limits = LimitsOverlay {
+            fuel: self.fuel,
+            max_memory: self.max_memory,
+            timeout: self.timeout,
+        };
+        let defaults = flag_limits.apply(&file.limits.apply(&config::default_limits()));
+        let mut routes = match &self.config {
+            Some(path) => config::resolve_routes(&file, path, &defaults)?,
+            None => Vec::new(),
+        };
+        if let Some(module) = &self.module {
+            if routes.iter().any(|r| r.prefix == "/") {
+                bail!("MODULE is served at `/`, but the config file routes `/` too");
+            }
+            routes.push(RouteSpec {
+                prefix: "/".into(),
+                module: ModuleSource::File(module.clone()),
+                limits: defaults.clone(),
+                env: self.env.clone(),
+                dirs: self.dirs.iter().map(|d| DirMapping::parse(d)).collect(),
+                allowed_outbound_hosts: self.allow_outbound.clone(),
+            });
+        } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
+            bail!("--env, --dir and --allow-outbound apply to MODULE, and no MODULE was given");
+        }
+        if routes.is_empty() {
+            if self.config.is_some() {
+                bail!("the config file has no [[route]] and no MODULE was given");
+            }
+            routes = demo_routes(&defaults);
+        }
+        let max_body = self
+            .max_body
+            .or(file.server.max_body)
+            .map_or(DEFAULT_MAX_BODY, |b| b.0);
+        Ok(ServeConfig {
+            addr: match self.addr.or(file.server.addr) {
+                Some(a) => a,
+                None => DEFAULT_ADDR.parse().expect("valid default address"),
+            },
+            admin_addr: self.admin_addr.or(file.server.admin_addr),
+            max_body,
+            header_timeout: self
+                .header_timeout
+                .or(file.server.header_timeout)
+                .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
+            max_log: file.server.max_log.map_or(DEFAULT_LOG_CAP, |b| b.0),
+            routes,
+        })
+    }
+}
+
+/// The built-in demo: one CGI guest on four routes, each with the limit it
+/// shows off (the guest's index page explains them).
+fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
+    let route = |prefix: &str, limits: Limits| RouteSpec {
+        prefix: prefix.into(),
+        module: ModuleSource::Embedded {
+            name: "demo.wasm (built in)".into(),
+            bytes: DEMO_WASM,
+        },
+        limits,
+        env: Vec::new(),
+        dirs: Vec::new(),
+        allowed_outbound_hosts: Vec::new(),
+    };
+    vec![
+        route("/", defaults.clone()),
+        route(
+            "/spin",
+            Limits {
+                fuel: Some(500_000_000),
+                timeout: Some(Duration::from_secs(2)),
+                ..defaults.clone()
+            },
+        ),
+        route(
+            "/bomb",
+            Limits {
+                max_memory: 32 << 20,
+                ..defaults.clone()
+            },
+        ),
+        route(
+            "/sleep",
+            Limits {
+                timeout: Some(Duration::from_secs(1)),
+                ..defaults.clone()
+            },
+        ),
+    ]
+}

@@ -1,0 +1,308 @@
+//! Server configuration: the TOML file, its layering under command-line
+//! flags, and validation before anything is bound.
+//!
+//! Layers, lowest first: built-in defaults < the file's `[limits]` < flags;
+//! a `[[route]]`'s own `limits` are more specific and win over all three for
+//! that route. Unknown keys are rejected with the key and the file named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::{ByteSize, HumanDuration};
+use crate::{DirMapping, Limits};
+
+/// Default address of the HTTP listener.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// Default cap on a request body: 16 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+/// Default per-request deadline of the server: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request head: 10 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on a guest's log output per request: 64 KiB.
+pub const DEFAULT_LOG_CAP: u64 = 64 << 10;
+
+/// The limits a server applies when nothing else is said: the library's
+/// defaults plus a 30 s deadline, since a server must not wait forever.
+pub fn default_limits() -> Limits {
+    Limits {
+        timeout: Some(DEFAULT_TIMEOUT),
+        ..Limits::default()
+    }
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// `[server]`: listeners and host-wide settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[limits]`: default limits of every route.
+    #[serde(default)]
+    pub limits: LimitsOverlay,
+    /// `[[route]]`: path prefix → module.
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+/// `[server]` of the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerSection {
+    /// HTTP listener address. Default `127.0.0.1:8080`.
+    pub addr: Option<SocketAddr>,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`). Default: off.
+    pub admin_addr: Option<SocketAddr>,
+    /// Largest request body accepted. Default 16 MiB.
+    pub max_body: Option<ByteSize>,
+    /// Time a client has to send a request head (also the keep-alive idle
+    /// timeout). Default 10 s.
+    pub header_timeout: Option<HumanDuration>,
+    /// Cap on a guest's stdout+stderr logged per request. Default 64 KiB.
+    pub max_log: Option<ByteSize>,
+}
+
+/// Limits where every field may be absent, for layering.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsOverlay {
+    /// Fuel budget per request.
+    pub fuel: Option<u64>,
+    /// Cap on a request's total linear memory.
+    pub max_memory: Option<ByteSize>,
+    /// Wall-clock deadline per request.
+    pub timeout: Option<HumanDuration>,
+}
+
+impl LimitsOverlay {
+    /// `base` with every field this overlay sets replaced.
+    pub fn apply(&self, base: &Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.or(base.fuel),
+            max_memory: self.max_memory.map_or(base.max_memory, |m| m.0),
+            timeout: self.timeout.map(|t| t.0).or(base.timeout),
+            max_output: base.max_output,
+        }
+    }
+}
+
+/// One `[[route]]` of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteSection {
+    /// Path prefix, e.g. `/api`; matches `/api` and `/api/...`.
+    pub path: String,
+    /// The module, relative to the configuration file's directory.
+    pub module: PathBuf,
+    /// This route's own limits.
+    #[serde(default)]
+    pub limits: LimitsOverlay,
+    /// Environment variables for the guest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Preopened directories, `HOST[::GUEST]`, relative to the file's directory.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// Hosts wasi:http guests may send requests to (`*` for any).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// Where a route's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModuleSource {
+    /// A file on disk (re-read on reload).
+    File(PathBuf),
+    /// Bytes built into the binary (the demo).
+    Embedded {
+        /// Name used in logs and errors.
+        name: String,
+        /// The module's bytes.
+        bytes: &'static [u8],
+    },
+}
+
+/// A fully resolved route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Path prefix, normalised: starts with `/`, no trailing `/` except `/`.
+    pub prefix: String,
+    /// The module to serve.
+    pub module: ModuleSource,
+    /// Limits of every request on this route.
+    pub limits: Limits,
+    /// Environment variables for the guest (CGI variables are added per request).
+    pub env: Vec<(String, String)>,
+    /// Preopened directories.
+    pub dirs: Vec<DirMapping>,
+    /// Hosts wasi:http guests may reach.
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// The whole resolved server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// HTTP listener address.
+    pub addr: SocketAddr,
+    /// Admin listener address, if any.
+    pub admin_addr: Option<SocketAddr>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Cap on a guest's log output per request, in bytes.
+    pub max_log: u64,
+    /// Routes, in any order (matching picks the longest prefix).
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A configuration problem, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct ConfigError {
+    /// The configuration file (or `command line`).
+    pub file: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads and parses a configuration file.
+pub fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let err = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))
+}
+
+/// Normalises a route prefix; `None` if it is not an absolute path.
+pub fn normalise_prefix(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.contains(['?', '#']) {
+        return None;
+    }
+    let trimmed = path.trim_end_matches('/');
+    Some(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// Resolves routes from the file, relative to `base_dir`, under `defaults`.
+pub fn resolve_routes(
+    file: &ConfigFile,
+    path: &Path,
+    defaults: &Limits,
+) -> Result<Vec<RouteSpec>, ConfigError> {
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let err = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        message,
+    };
+    let mut routes = Vec::new();
+    for (i, r) in file.route.iter().enumerate() {
+        let prefix = normalise_prefix(&r.path).ok_or_else(|| {
+            err(format!(
+                "route {}: path `{}` must start with `/` (for example \"/api\")",
+                i + 1,
+                r.path
+            ))
+        })?;
+        if routes.iter().any(|x: &RouteSpec| x.prefix == prefix) {
+            return Err(err(format!(
+                "route {}: path `{prefix}` is routed twice",
+                i + 1
+            )));
+        }
+        let dirs = r
+            .dirs
+            .iter()
+            .map(|d| {
+                let mut m = DirMapping::parse(d);
+                if m.host.is_relative() {
+                    m.host = base_dir.join(&m.host);
+                }
+                m
+            })
+            .collect();
+        routes.push(RouteSpec {
+            prefix,
+            module: ModuleSource::File(base_dir.join(&r.module)),
+            limits: r.limits.apply(defaults),
+            env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            dirs,
+            allowed_outbound_hosts: r.allowed_outbound_hosts.clone(),
+        });
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let f: ConfigFile = toml::from_str(
+            r#"
+            [server]
+            addr = "127.0.0.1:9000"
+            max-body = "1MiB"
+            [limits]
+            timeout = "2s"
+            [[route]]
+            path = "/api/"
+            module = "api.wasm"
+            limits = { fuel = 1000, max-memory = "32MiB" }
+            env = { MODE = "prod" }
+            allowed-outbound-hosts = ["example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.server.max_body, Some(ByteSize(1 << 20)));
+        let defaults = f.limits.apply(&default_limits());
+        let routes = resolve_routes(&f, Path::new("/etc/wr/config.toml"), &defaults).unwrap();
+        assert_eq!(routes[0].prefix, "/api");
+        assert_eq!(
+            routes[0].module,
+            ModuleSource::File("/etc/wr/api.wasm".into())
+        );
+        assert_eq!(routes[0].limits.fuel, Some(1000));
+        assert_eq!(routes[0].limits.max_memory, 32 << 20);
+        assert_eq!(routes[0].limits.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(routes[0].env, [("MODE".to_string(), "prod".to_string())]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (text, key) in [
+            ("[server]\nport = 1", "port"),
+            ("[limits]\nmemory = \"1MiB\"", "memory"),
+            ("[[route]]\npath = \"/\"\nmodule = \"a\"\nfuel = 3", "fuel"),
+            ("[srever]", "srever"),
+        ] {
+            let e = toml::from_str::<ConfigFile>(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalised_and_validated() {
+        assert_eq!(normalise_prefix("/"), Some("/".into()));
+        assert_eq!(normalise_prefix("/a/b/"), Some("/a/b".into()));
+        assert_eq!(normalise_prefix("api"), None);
+        assert_eq!(normalise_prefix("/a?b"), None);
+        let f: ConfigFile = toml::from_str(
+            "[[route]]\npath = \"/a\"\nmodule = \"x\"\n[[route]]\npath = \"/a/\"\nmodule = \"y\"",
+        )
+        .unwrap();
+        let e = resolve_routes(&f, Path::new("c.toml"), &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("routed twice"), "{e}");
+    }
+}

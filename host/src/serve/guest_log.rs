@@ -1,0 +1,115 @@
+//! A guest's stdout/stderr sent to the host log, line by line, each line
+//! tagged with the request id, and capped per request so a guest flooding
+//! its output cannot flood the log.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+/// Longest line logged as one event; longer lines are split.
+const MAX_LINE: usize = 4096;
+
+/// An `AsyncWrite` that logs complete lines as `tracing` events.
+pub struct GuestLog {
+    request_id: Arc<str>,
+    stream: &'static str,
+    line: Vec<u8>,
+    remaining: usize,
+    truncated: bool,
+}
+
+impl GuestLog {
+    /// Logs up to `cap` bytes of `stream` ("stdout" or "stderr") for the
+    /// request `request_id`; the rest is dropped with one notice.
+    pub fn new(request_id: Arc<str>, stream: &'static str, cap: usize) -> Self {
+        GuestLog {
+            request_id,
+            stream,
+            line: Vec::new(),
+            remaining: cap,
+            truncated: false,
+        }
+    }
+
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        tracing::info!(
+            target: "wasm_run::guest",
+            request_id = %self.request_id,
+            stream = self.stream,
+            "{}",
+            text.trim_end_matches(['\n', '\r'])
+        );
+        self.line.clear();
+    }
+
+    fn accept(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if self.remaining == 0 {
+                if !self.truncated {
+                    self.truncated = true;
+                    self.emit();
+                    tracing::warn!(
+                        target: "wasm_run::guest",
+                        request_id = %self.request_id,
+                        stream = self.stream,
+                        "guest output over the per-request log cap; the rest is dropped"
+                    );
+                }
+                return;
+            }
+            self.remaining -= 1;
+            self.line.push(b);
+            if b == b'\n' || self.line.len() >= MAX_LINE {
+                self.emit();
+            }
+        }
+    }
+}
+
+impl Drop for GuestLog {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
+
+impl AsyncWrite for GuestLog {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.accept(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.emit();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_output_is_capped() {
+        let mut log = GuestLog::new("r1".into(), "stdout", 10);
+        log.accept(b"abc\nde");
+        assert_eq!(log.line, b"de");
+        log.accept(b"fghijklmnop");
+        assert!(log.truncated);
+        assert_eq!(log.remaining, 0);
+        assert!(log.line.is_empty());
+    }
+}

@@ -1,0 +1,189 @@
+//! Serving one request with a wasi:http component: a fresh store, the
+//! request handed to `wasi:http/incoming-handler.handle`, the response head
+//! returned as soon as the guest sets it and the body streamed while the
+//! guest keeps running in its own task.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use super::RouteRuntime;
+use super::guest_log::GuestLog;
+use super::record::Record;
+use super::request_body::{BodyTooLarge, TooLarge};
+use super::response::{Body, GuardedBody, HostAnswer};
+use crate::OutcomeKind;
+use crate::invoke::{Failure, conclude, wasi_builder, with_deadline};
+use crate::io::{self, Output, Stream};
+use crate::store::{StoreState, new_store};
+
+/// Handles one request with the wasi:http guest `pre` of `route`.
+pub(crate) async fn handle<B>(
+    route: &RouteRuntime,
+    pre: &ProxyPre<StoreState>,
+    request: Request<B>,
+    too_large: TooLarge,
+    record: Record,
+) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let started = Instant::now();
+    let guest = route.guest.clone();
+    let limits = route.spec.limits.clone();
+    let mut builder = match wasi_builder(guest.name(), None, &[], &route.spec.env, &route.spec.dirs)
+    {
+        Ok(b) => b,
+        Err(e) => return host_error(&record, e.to_string()),
+    };
+    let log_cap = route.log_cap;
+    for (which, name) in [(Stream::Stdout, "stdout"), (Stream::Stderr, "stderr")] {
+        let log = GuestLog::new(record.id.clone(), name, log_cap);
+        io::set_output(&mut builder, which, Output::Writer(Box::new(log)), 0);
+    }
+    let state = StoreState::new(
+        builder.build_p1(),
+        route.outbound.clone(),
+        limits.max_memory,
+    );
+    let mut store = new_store(&guest.inner.engine, state, &limits, started);
+
+    let request = request.map(|body| body.map_err(to_wasi_http_error));
+    let incoming = match store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return host_error(
+                &record,
+                format!("cannot pass the request to the guest: {e:#}"),
+            );
+        }
+    };
+    let (head_tx, head_rx) = oneshot::channel();
+    let outparam = match store.data_mut().http().new_response_outparam(head_tx) {
+        Ok(o) => o,
+        Err(e) => return host_error(&record, format!("{e:#}")),
+    };
+
+    let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
+    let (done_tx, done_rx) = oneshot::channel::<Finished>();
+    let task_record = record.clone();
+    let pre = pre.clone();
+    tokio::spawn(async move {
+        let call = async {
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+                .map_err(Failure::Running)?;
+            Ok(0)
+        };
+        let result = with_deadline(&limits, started, call).await;
+        let finished = match conclude(&guest, &store, &limits, started, result) {
+            Ok((kind, usage)) => {
+                task_record.set_outcome(kind.clone(), usage);
+                Finished::Outcome(kind)
+            }
+            Err(e) => Finished::HostError(e.to_string()),
+        };
+        drop(store);
+        let clean = matches!(finished, Finished::Outcome(OutcomeKind::Exited(0)));
+        let _ = verdict_tx.send(clean);
+        let _ = done_tx.send(finished);
+    });
+
+    match head_rx.await {
+        Ok(Ok(response)) => {
+            record.set_status(response.status());
+            let (parts, body) = response.into_parts();
+            let body = GuardedBody::new(body, verdict_rx);
+            Response::from_parts(parts, body.boxed_unsync())
+        }
+        Ok(Err(code)) => {
+            let finished = done_rx.await.unwrap_or(Finished::Lost);
+            answer(&record, &too_large, route, finished, || {
+                format!("the guest answered with the wasi:http error code {code:?}")
+            })
+        }
+        Err(_) => {
+            let finished = done_rx.await.unwrap_or(Finished::Lost);
+            answer(&record, &too_large, route, finished, || {
+                "the guest returned without sending a response".to_string()
+            })
+        }
+    }
+}
+
+/// How the guest's task ended.
+enum Finished {
+    Outcome(OutcomeKind),
+    HostError(String),
+    /// The task panicked (a host bug); answered as a host error.
+    Lost,
+}
+
+fn answer(
+    record: &Record,
+    too_large: &TooLarge,
+    route: &RouteRuntime,
+    finished: Finished,
+    no_response: impl FnOnce() -> String,
+) -> Response<Body> {
+    let answer = if too_large.is_set() {
+        HostAnswer::BodyTooLarge(route.max_body)
+    } else {
+        match finished {
+            Finished::Outcome(OutcomeKind::Exited(_)) => HostAnswer::BadGateway(no_response()),
+            Finished::Outcome(kind) => {
+                let message = kill_message(&kind);
+                HostAnswer::Killed(kind, message)
+            }
+            Finished::HostError(m) => HostAnswer::HostError(m),
+            Finished::Lost => HostAnswer::HostError("the request's task failed".into()),
+        }
+    };
+    record.set_host_answer(answer.status(), answer.outcome());
+    answer.into_response()
+}
+
+/// The message of an error body for a killed guest.
+pub(crate) fn kill_message(kind: &OutcomeKind) -> String {
+    match kind {
+        OutcomeKind::FuelExhausted => "the request ran out of fuel".into(),
+        OutcomeKind::MemoryExceeded => "the request tried to grow its memory past its cap".into(),
+        OutcomeKind::DeadlineExceeded => "the request did not finish within its deadline".into(),
+        OutcomeKind::Trapped(m) => format!("the guest trapped: {m}"),
+        OutcomeKind::Exited(code) => format!("the guest exited with code {code}"),
+    }
+}
+
+fn host_error(record: &Record, message: String) -> Response<Body> {
+    let answer = HostAnswer::HostError(message);
+    record.set_host_answer(answer.status(), answer.outcome());
+    answer.into_response()
+}
+
+fn to_wasi_http_error(e: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
+    let e = match e.downcast::<BodyTooLarge>() {
+        Ok(too_large) => return wasmtime_wasi_http::Error::HttpRequestBodySize(Some(too_large.0)),
+        Err(e) => e,
+    };
+    match e.downcast::<hyper::Error>() {
+        Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
+        Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+    }
+}

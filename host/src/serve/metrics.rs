@@ -1,0 +1,106 @@
+//! Prometheus metrics of the server, served by the admin listener.
+//!
+//! Requests by route, status and outcome; histograms of wall time, fuel
+//! consumed and peak memory per route; requests in flight; instantiation
+//! failures are counted under the `host_error` outcome.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's path prefix, or `none` when no route matched.
+    pub route: String,
+    /// The HTTP status sent.
+    pub status: u16,
+    /// The outcome (`exited`, `fuel_exhausted`, ..., `body_too_large`).
+    pub outcome: String,
+}
+
+/// Labels of the per-route histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's path prefix.
+    pub route: String,
+}
+
+type Hist = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the server records.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests finished, by route, status and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Requests being handled right now.
+    pub in_flight: Gauge,
+    /// Wall time per request, in seconds.
+    pub wall_seconds: Hist,
+    /// Fuel consumed per request.
+    pub fuel: Hist,
+    /// Peak linear memory per request, in bytes.
+    pub peak_memory: Hist,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasm_run");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests handled, by route, status and outcome",
+            requests.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let wall_seconds: Hist =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
+        registry.register(
+            "request_wall_seconds",
+            "Wall time of a request, from instantiation to the guest's end",
+            wall_seconds.clone(),
+        );
+        let fuel: Hist =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1000.0, 4.0, 16)));
+        registry.register("request_fuel", "Fuel consumed by a request", fuel.clone());
+        let peak_memory: Hist =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(65536.0, 2.0, 16)));
+        registry.register(
+            "request_peak_memory_bytes",
+            "Peak total linear memory of a request",
+            peak_memory.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            in_flight,
+            wall_seconds,
+            fuel,
+            peak_memory,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,412 @@
+//! `wasm-run serve`: an HTTP function host in which every request runs in
+//! its own fresh store with its own limits.
+//!
+//! # Flow of a request
+//!
+//! The accept loop ([`Server::serve`]) hands each connection to hyper; each
+//! request gets an id and a [`record::RequestRecord`], is matched to the
+//! route with the longest path prefix, has its declared `Content-Length`
+//! checked against `--max-body`, and goes to one of two paths by guest kind:
+//!
+//! - [`http_guest`]: a wasi:http component's `incoming-handler` is called;
+//! - [`cgi_guest`]: a command (core module or component) is run CGI-style.
+//!
+//! Both run the guest in its own tokio task through the same store factory
+//! and limit code as `wasm-run run`, return the response head as soon as the
+//! guest produces it, and stream the body while the guest runs. A guest
+//! killed before its head gets the host's answer ([`response::HostAnswer`]);
+//! one killed after it has its body aborted.
+//!
+//! # Scheduling: why a spinning guest does not stall the others
+//!
+//! Guests run as ordinary tasks on tokio's multi-threaded runtime, beside
+//! the socket I/O. wasmtime's epoch ticker (every 10 ms) makes each running
+//! guest call back into the host, and the store's epoch callback answers
+//! "yield": the guest's task returns `Pending` and goes to the back of the
+//! run queue, so no guest holds a worker thread for more than one tick while
+//! others wait. The same callback traps the guest once its deadline has
+//! passed; a tokio timeout bounds time blocked in host calls. We chose this
+//! over a thread per guest because it costs nothing per request (no thread
+//! spawn, no cross-thread hand-off for the body) and keeps fairness
+//! proportional: N spinning guests share the CPU with everything else in
+//! 10 ms slices.
+
+pub mod cgi;
+mod cgi_guest;
+pub mod config;
+mod guest_log;
+mod http_guest;
+pub mod metrics;
+mod record;
+mod request_body;
+pub mod response;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use self::config::{ModuleSource, RouteSpec, ServeConfig};
+use self::metrics::Metrics;
+use self::record::RequestRecord;
+use self::request_body::{LimitedBody, TooLarge};
+use self::response::{Body, HostAnswer, full};
+use crate::guest::Pre;
+use crate::{Engine, Guest, GuestKind, OutboundPolicy};
+
+/// Header carrying the request id, also used in the guest's log lines.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Where a connection came from and arrived at (for CGI variables).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnInfo {
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+/// A route with its guest loaded.
+pub(crate) struct RouteRuntime {
+    spec: RouteSpec,
+    guest: Guest,
+    outbound: OutboundPolicy,
+    max_body: u64,
+    log_cap: usize,
+}
+
+/// The routes of one configuration generation; replaced whole on reload,
+/// so requests in flight finish on the generation they started with.
+struct RouteTable {
+    /// Longest prefix first.
+    routes: Vec<RouteRuntime>,
+}
+
+impl RouteTable {
+    fn find(&self, path: &str) -> Option<&RouteRuntime> {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.spec.prefix, path))
+    }
+}
+
+/// `/api` matches `/api` and `/api/...` but not `/apix`; `/` matches all.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// A loading failure, naming the route.
+#[derive(Debug, thiserror::Error)]
+#[error("route {prefix}: {source}")]
+pub struct LoadError {
+    /// The route whose module failed.
+    pub prefix: String,
+    /// Why it failed.
+    pub source: crate::Error,
+}
+
+/// The HTTP function host.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    table: RwLock<Arc<RouteTable>>,
+    config: RwLock<ServeConfig>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads every route's guest (compiling each module once).
+    pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
+        let table = load_table(&engine, &config)?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                engine,
+                table: RwLock::new(Arc::new(table)),
+                config: RwLock::new(config),
+                metrics: Arc::new(Metrics::new()),
+                draining: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Replaces the routes with those of `config`, loading every module
+    /// first; on failure the current routes keep serving. Listener settings
+    /// (addresses) are not changed by a reload.
+    pub fn reload(&self, config: ServeConfig) -> Result<(), LoadError> {
+        let table = load_table(&self.shared.engine, &config)?;
+        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then stops
+    /// accepting, lets requests in flight finish (each bounded by its
+    /// deadline) and returns.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let header_timeout = self.config().header_timeout;
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
+            let conn_info = ConnInfo { local, remote };
+            let shared = self.shared.clone();
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(shared.handle(req, conn_info).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let drain_for = self.drain_timeout();
+        tracing::info!(
+            timeout_ms = drain_for.as_millis() as u64,
+            "draining requests in flight"
+        );
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(drain_for) => tracing::warn!("drain timed out; closing"),
+        }
+    }
+
+    /// Serves the admin endpoints (`/healthz`, `/readyz`, `/metrics`) on
+    /// `listener` until `shutdown` completes.
+    pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                () = &mut shutdown => return,
+            };
+            let shared = self.shared.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(shared.admin(req.uri().path())) }
+            });
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    fn config(&self) -> ServeConfig {
+        self.shared
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Longest route deadline plus a margin (30 s when a route has none).
+    fn drain_timeout(&self) -> Duration {
+        self.config()
+            .routes
+            .iter()
+            .map(|r| r.limits.timeout.unwrap_or(Duration::from_secs(30)))
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(1)
+    }
+}
+
+impl Shared {
+    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = format!("{n:08x}").into();
+        let record = RequestRecord::start(
+            id.clone(),
+            req.method(),
+            req.uri().path(),
+            self.metrics.clone(),
+        );
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut response = match table.find(req.uri().path()) {
+            None => {
+                let answer = HostAnswer::NotFound(format!("no route for {}", req.uri().path()));
+                record.set_host_answer(answer.status(), answer.outcome());
+                answer.into_response()
+            }
+            Some(route) => {
+                record.set_route(&route.spec.prefix);
+                route_request(route, req, conn, record).await
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        response
+    }
+
+    fn admin(&self, path: &str) -> Response<Body> {
+        let (status, content_type, body) = match path {
+            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            "/readyz" if self.draining.load(Ordering::Relaxed) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "draining\n".to_string(),
+            ),
+            "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            "/metrics" => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "admin endpoints: /healthz /readyz /metrics\n".to_string(),
+            ),
+        };
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+}
+
+async fn route_request(
+    route: &RouteRuntime,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    record: record::Record,
+) -> Response<Body> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.max_body) {
+        let answer = HostAnswer::BodyTooLarge(route.max_body);
+        record.set_host_answer(answer.status(), answer.outcome());
+        return answer.into_response();
+    }
+    let too_large = TooLarge::default();
+    let req = req.map(|body| LimitedBody::new(body, route.max_body, too_large.clone()));
+    match &route.guest.inner.pre {
+        Pre::Http(pre) => http_guest::handle(route, pre, req, too_large, record).await,
+        Pre::Core(_) | Pre::Command(_) => {
+            cgi_guest::handle(route, req, conn, too_large, record).await
+        }
+    }
+}
+
+fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadError> {
+    let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
+    let mut routes = Vec::new();
+    for spec in &config.routes {
+        let guest = match loaded.get(&spec.module) {
+            Some(g) => g.clone(),
+            None => {
+                let guest = match &spec.module {
+                    ModuleSource::File(path) => Guest::from_file(engine, path),
+                    ModuleSource::Embedded { name, bytes } => {
+                        Guest::from_bytes(engine, name, bytes)
+                    }
+                }
+                .map_err(|source| LoadError {
+                    prefix: spec.prefix.clone(),
+                    source,
+                })?;
+                loaded.insert(&spec.module, guest.clone());
+                guest
+            }
+        };
+        tracing::info!(
+            route = %spec.prefix,
+            guest = guest.name(),
+            kind = match guest.kind() {
+                GuestKind::HttpComponent => "wasi:http",
+                GuestKind::CoreCommand | GuestKind::ComponentCommand => "cgi",
+            },
+            "route loaded"
+        );
+        routes.push(RouteRuntime {
+            spec: spec.clone(),
+            outbound: OutboundPolicy::allow(&spec.allowed_outbound_hosts),
+            guest,
+            max_body: config.max_body,
+            log_cap: usize::try_from(config.max_log).unwrap_or(usize::MAX),
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.spec.prefix.len()));
+    Ok(RouteTable { routes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(!prefix_matches("/api", "/"));
+    }
+}

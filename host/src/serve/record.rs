@@ -1,0 +1,148 @@
+//! One record per request, completed from two sides: the response path sets
+//! the status (or the host's answer), the guest's task sets the outcome and
+//! usage. When the last side lets go, the record becomes exactly one log
+//! event and one set of metric updates.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::StatusCode;
+
+use super::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::{OutcomeKind, Usage};
+
+/// Shared handle to a request's record.
+pub type Record = Arc<RequestRecord>;
+
+/// What is known about one request.
+#[derive(Debug)]
+pub struct RequestRecord {
+    /// The request id, also given to the guest's log lines.
+    pub id: Arc<str>,
+    method: String,
+    path: String,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    route: Option<String>,
+    status: Option<StatusCode>,
+    host_outcome: Option<&'static str>,
+    kind: Option<OutcomeKind>,
+    usage: Option<Usage>,
+}
+
+impl RequestRecord {
+    /// Starts the record of a request and counts it in flight.
+    pub fn start(id: Arc<str>, method: &http::Method, path: &str, metrics: Arc<Metrics>) -> Record {
+        metrics.in_flight.inc();
+        Arc::new(RequestRecord {
+            id,
+            method: method.to_string(),
+            path: path.to_string(),
+            started: Instant::now(),
+            metrics,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The route that matched.
+    pub fn set_route(&self, route: &str) {
+        self.with(|s| s.route = Some(route.to_string()));
+    }
+
+    /// The guest sent a response head with this status.
+    pub fn set_status(&self, status: StatusCode) {
+        self.with(|s| s.status = Some(status));
+    }
+
+    /// The host answered instead of the guest.
+    pub fn set_host_answer(&self, status: StatusCode, outcome: &'static str) {
+        self.with(|s| {
+            s.status = Some(status);
+            s.host_outcome = Some(outcome);
+        });
+    }
+
+    /// The guest's task finished.
+    pub fn set_outcome(&self, kind: OutcomeKind, usage: Usage) {
+        self.with(|s| {
+            s.kind = Some(kind);
+            s.usage = Some(usage);
+        });
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let s = std::mem::take(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.metrics.in_flight.dec();
+        let route = s.route.unwrap_or_else(|| "none".to_string());
+        let status = s.status.map_or(0, |s| s.as_u16());
+        let outcome = s
+            .host_outcome
+            .or_else(|| s.kind.as_ref().map(OutcomeKind::name))
+            .unwrap_or("none");
+        // A guest killed after its response head was sent: the body was aborted.
+        let aborted = s.host_outcome.is_none()
+            && s.kind
+                .as_ref()
+                .is_some_and(|k| !matches!(k, OutcomeKind::Exited(_)));
+        let usage = s.usage.unwrap_or_default();
+        let wall = if s.usage.is_some() {
+            usage.wall_time
+        } else {
+            self.started.elapsed()
+        };
+        let message = match &s.kind {
+            Some(OutcomeKind::Trapped(m)) => m.as_str(),
+            _ => "",
+        };
+        tracing::info!(
+            request_id = %self.id,
+            method = %self.method,
+            path = %self.path,
+            route = %route,
+            status,
+            outcome,
+            aborted,
+            fuel = usage.fuel_consumed.unwrap_or(0),
+            peak_memory = usage.peak_memory_bytes,
+            wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
+            trap = message,
+            "request"
+        );
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status,
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if s.usage.is_some() {
+            let labels = RouteLabels { route };
+            self.metrics
+                .wall_seconds
+                .get_or_create(&labels)
+                .observe(wall.as_secs_f64());
+            if let Some(fuel) = usage.fuel_consumed {
+                self.metrics
+                    .fuel
+                    .get_or_create(&labels)
+                    .observe(fuel as f64);
+            }
+            self.metrics
+                .peak_memory
+                .get_or_create(&labels)
+                .observe(usage.peak_memory_bytes as f64);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Response bodies and the host's own answers: the one mapping from what
+//! happened to a request to its HTTP status, `x-wasm-run-outcome` header and
+//! JSON error body (DESIGN.md status table).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::sync::oneshot;
+
+use crate::OutcomeKind;
+
+/// Error type of response bodies: a body that fails makes hyper abort the
+/// response, so the client sees a truncated message, never a clean end.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the server sends.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Name of the header that says why the host answered instead of the guest.
+pub const OUTCOME_HEADER: &str = "x-wasm-run-outcome";
+
+/// Why the host, not the guest, produced a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAnswer {
+    /// The guest was killed or trapped before sending a response head.
+    Killed(OutcomeKind, String),
+    /// The request body is larger than `--max-body`.
+    BodyTooLarge(u64),
+    /// A CGI guest did not print a valid CGI response head.
+    BadGateway(String),
+    /// No route matches the path.
+    NotFound(String),
+    /// The host could not run the guest (e.g. instance pool exhausted).
+    HostError(String),
+}
+
+impl HostAnswer {
+    /// The status, per the DESIGN.md table.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HostAnswer::Killed(OutcomeKind::DeadlineExceeded, _) => StatusCode::GATEWAY_TIMEOUT,
+            HostAnswer::Killed(_, _) => StatusCode::INTERNAL_SERVER_ERROR,
+            HostAnswer::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HostAnswer::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            HostAnswer::NotFound(_) => StatusCode::NOT_FOUND,
+            HostAnswer::HostError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The outcome name used in the header, the JSON body, logs and metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            HostAnswer::Killed(kind, _) => kind.name(),
+            HostAnswer::BodyTooLarge(_) => "body_too_large",
+            HostAnswer::BadGateway(_) => "bad_gateway",
+            HostAnswer::NotFound(_) => "not_found",
+            HostAnswer::HostError(_) => "host_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            HostAnswer::Killed(_, m)
+            | HostAnswer::BadGateway(m)
+            | HostAnswer::NotFound(m)
+            | HostAnswer::HostError(m) => m.clone(),
+            HostAnswer::BodyTooLarge(max) => {
+                format!("request body is larger than the limit of {max} bytes")
+            }
+        }
+    }
+
+    /// The response: status, `x-wasm-run-outcome` (for the outcomes of the
+    /// table), and `{"error": outcome, "message": ...}`.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.outcome(), "message": self.message() });
+        let mut response = Response::new(full(format!("{body}\n")));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if !matches!(self, HostAnswer::NotFound(_) | HostAnswer::HostError(_)) {
+            headers.insert(OUTCOME_HEADER, HeaderValue::from_static(self.outcome()));
+        }
+        response
+    }
+}
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Whether the guest finished cleanly, reported when its task ends.
+pub type Verdict = oneshot::Receiver<bool>;
+
+/// Wraps a streamed guest body: when the stream ends, waits for the guest's
+/// task to finish and turns the end into an error if the guest was killed,
+/// so that hyper aborts the response instead of ending it cleanly.
+#[derive(Debug)]
+pub struct GuardedBody<B> {
+    inner: B,
+    verdict: Option<Verdict>,
+}
+
+impl<B> GuardedBody<B> {
+    /// Guards `inner` with the task's verdict (`true`: finished cleanly).
+    pub fn new(inner: B, verdict: Verdict) -> Self {
+        GuardedBody {
+            inner,
+            verdict: Some(verdict),
+        }
+    }
+}
+
+/// The error that aborts a response whose guest was killed mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest was killed after sending the response head; response aborted")]
+pub struct Aborted;
+
+impl<B> HttpBody for GuardedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => {
+                self.verdict = None;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            None => {}
+        }
+        let Some(verdict) = self.verdict.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let clean = matches!(ready!(Pin::new(verdict).poll(cx)), Ok(true));
+        self.verdict = None;
+        if clean {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Err(Box::new(Aborted))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_headers_follow_the_table() {
+        let cases = [
+            (
+                HostAnswer::Killed(OutcomeKind::FuelExhausted, String::new()),
+                500,
+                Some("fuel_exhausted"),
+            ),
+            (
+                HostAnswer::Killed(OutcomeKind::MemoryExceeded, String::new()),
+                500,
+                Some("memory_exceeded"),
+            ),
+            (
+                HostAnswer::Killed(OutcomeKind::Trapped("x".into()), String::new()),
+                500,
+                Some("trapped"),
+            ),
+            (
+                HostAnswer::Killed(OutcomeKind::DeadlineExceeded, String::new()),
+                504,
+                Some("deadline_exceeded"),
+            ),
+            (HostAnswer::BodyTooLarge(10), 413, Some("body_too_large")),
+            (
+                HostAnswer::BadGateway("no head".into()),
+                502,
+                Some("bad_gateway"),
+            ),
+            (HostAnswer::NotFound("/x".into()), 404, None),
+        ];
+        for (answer, status, header) in cases {
+            let r = answer.into_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(
+                r.headers().get(OUTCOME_HEADER).map(|v| v.to_str().unwrap()),
+                header
+            );
+            assert_eq!(r.headers()["content-type"], "application/json");
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! `wasm-run serve` end to end, over loopback with a real HTTP client: the
+//! status table for both guest kinds, CGI round trips, streaming, body
+//! limits, fairness, graceful shutdown, reload, metrics and bad config.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use wasm_run_tests::{Target, guest, http_guest};
+
+/// A running `wasm-run serve`, killed on drop (its stderr is printed then,
+/// to explain failures).
+pub struct ServeGuard {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl ServeGuard {
+    /// Starts `wasm-run serve --addr 127.0.0.1:0 ARGS...` and waits for its
+    /// "Serving HTTP on" line.
+    pub fn start(args: &[&str]) -> ServeGuard {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "WASM_RUN_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wasm-run starts");
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let mut guard = ServeGuard {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
+            stderr: Some(stderr),
+        };
+        let Some(addr) = first
+            .strip_prefix("Serving HTTP on http://")
+            .and_then(|a| a.strip_suffix('/'))
+        else {
+            let status = guard.child.as_mut().unwrap().wait().ok();
+            let err = guard.stderr.take().unwrap().join().unwrap_or_default();
+            panic!("serve did not start ({status:?}); stdout {first:?}; stderr:\n{err}");
+        };
+        guard.addr = addr.parse().unwrap();
+        if args.contains(&"--admin-addr") {
+            let line = lines.next().and_then(Result::ok).unwrap_or_default();
+            let admin = line
+                .strip_prefix("Admin endpoints on http://")
+                .and_then(|a| a.strip_suffix('/'))
+                .unwrap_or_else(|| panic!("no admin line: {line:?}"));
+            guard.admin = Some(admin.parse().unwrap());
+        }
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        guard
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the server to exit (after a signal) and returns its status
+    /// code and stderr.
+    pub fn wait(mut self, within: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                panic!("server did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = self.stderr.take().unwrap().join().unwrap_or_default();
+        (status.code(), err)
+    }
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(h) = self.stderr.take() {
+                if std::thread::panicking() {
+                    eprintln!(
+                        "--- wasm-run serve stderr ---\n{}",
+                        h.join().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A response as the client saw it; `body` is `Err` when the body was cut off.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Result<String, String>,
+}
+
+impl Reply {
+    pub fn outcome(&self) -> Option<&str> {
+        self.headers
+            .get("x-wasm-run-outcome")
+            .map(|v| v.to_str().unwrap())
+    }
+
+    pub fn text(&self) -> &str {
+        self.body
+            .as_deref()
+            .unwrap_or_else(|e| panic!("body failed: {e}"))
+    }
+}
+
+/// Sends one request on a fresh connection.
+pub async fn send(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.expect("response head");
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, request("GET", addr, path, Bytes::new())).await
+}
+
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(body))
+        .unwrap()
+}
+
+fn json_error(reply: &Reply) -> serde_json::Value {
+    assert_eq!(reply.headers["content-type"], "application/json");
+    serde_json::from_str(reply.text()).expect("JSON error body")
+}
+
+fn assert_killed(reply: &Reply, status: u16, outcome: &str) {
+    assert_eq!(reply.status, status, "body: {:?}", reply.body);
+    assert_eq!(reply.outcome(), Some(outcome));
+    let body = json_error(reply);
+    assert_eq!(body["error"], outcome);
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_builtin_demo_serves_every_route_as_its_index_says() {
+    let server = ServeGuard::start(&[]);
+    let index = get(server.addr, "/").await;
+    assert_eq!(index.status, 200);
+    for route in ["/hello", "/spin", "/bomb", "/sleep"] {
+        assert!(index.text().contains(route), "index lacks {route}");
+    }
+    let hello = get(server.addr, "/hello").await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.text(), "Hello from wasm-run!\n");
+    assert!(hello.outcome().is_none());
+    assert!(hello.headers.contains_key("x-request-id"));
+
+    assert_killed(&get(server.addr, "/spin").await, 500, "fuel_exhausted");
+    assert_killed(&get(server.addr, "/bomb").await, 500, "memory_exceeded");
+    let start = Instant::now();
+    assert_killed(&get(server.addr, "/sleep").await, 504, "deadline_exceeded");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+/// Both CGI guest kinds: the demo as a core module and as a component.
+fn cgi_server(target: Target, extra: &[&str]) -> ServeGuard {
+    let module = guest("demo", target);
+    let mut args = vec![
+        "--timeout",
+        "1s",
+        "--fuel",
+        "300000000",
+        "--max-memory",
+        "32MiB",
+    ];
+    args.extend_from_slice(extra);
+    let module = module.to_str().unwrap().to_string();
+    args.push(&module);
+    ServeGuard::start(&args)
+}
+
+#[tokio::test]
+async fn cgi_status_table_for_core_modules_and_components() {
+    for target in Target::ALL {
+        let server = cgi_server(target, &[]);
+        let a = server.addr;
+        assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
+        assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
+        assert_killed(&get(a, "/crash").await, 500, "trapped");
+        assert_killed(&get(a, "/sleep").await, 504, "deadline_exceeded");
+        let nohead = get(a, "/nohead").await;
+        assert_killed(&nohead, 502, "bad_gateway");
+        let status = get(a, "/status").await;
+        assert_eq!(status.status, 404, "{target:?}");
+        assert!(status.outcome().is_none());
+        assert_eq!(status.text(), "no such thing\n");
+        let redirect = get(a, "/redirect").await;
+        assert_eq!(redirect.status, 302);
+        assert_eq!(redirect.headers["location"], "/hello");
+    }
+}
+
+#[tokio::test]
+async fn cgi_round_trip_carries_method_path_query_headers_and_body() {
+    let server = cgi_server(Target::P1, &[]);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo/extra?x=1&y=two")
+        .header("host", server.addr.to_string())
+        .header("x-custom", "yes")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(b"the request body")))
+        .unwrap();
+    let reply = send(server.addr, req).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    for needle in [
+        "method: POST",
+        "path: /echo/extra",
+        "query: x=1&y=two",
+        "header HTTP_X_CUSTOM=yes",
+        "content-type: text/plain",
+        "content-length: 16",
+        "the request body",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn cgi_streams_the_response_and_aborts_on_a_late_kill() {
+    let server = cgi_server(Target::P1, &[]);
+    let reply = get(server.addr, "/stream?n=500").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text().lines().count(), 500);
+    assert!(reply.text().ends_with("line 499\n"));
+    let late = get(server.addr, "/late-crash").await;
+    assert_eq!(late.status, 200);
+    assert!(
+        late.body.is_err(),
+        "a late kill must truncate the body: {:?}",
+        late.body
+    );
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_both_ways() {
+    let server = cgi_server(Target::P1, &["--max-body", "1KiB"]);
+    let declared = send(
+        server.addr,
+        request("POST", server.addr, "/echo", Bytes::from(vec![b'x'; 2048])),
+    )
+    .await;
+    assert_killed(&declared, 413, "body_too_large");
+    let fits = send(
+        server.addr,
+        request("POST", server.addr, "/echo", Bytes::from(vec![b'x'; 1000])),
+    )
+    .await;
+    assert_eq!(fits.status, 200);
+
+    // A chunked body with no declared length that grows past the limit.
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = mpsc_body();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", server.addr.to_string())
+        .body(body)
+        .unwrap();
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            if tx.send(Bytes::from(vec![b'y'; 512])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status().as_u16();
+    let collected = response.into_body().collect().await;
+    assert!(
+        status == 413 || collected.is_err(),
+        "chunked oversize body: status {status}, body ok: {}",
+        collected.is_ok()
+    );
+}
+
+/// A streaming request body fed from a channel (chunked, no length).
+fn mpsc_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (tx, ChannelBody(rx))
+}
+
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+fn http_server(extra: &[&str]) -> ServeGuard {
+    let module = http_guest().to_str().unwrap().to_string();
+    let mut args = vec!["--timeout", "1s", "--max-memory", "32MiB"];
+    args.extend_from_slice(extra);
+    args.push(&module);
+    ServeGuard::start(&args)
+}
+
+#[tokio::test]
+async fn wasi_http_status_table() {
+    let server = http_server(&["--fuel", "1000000000"]);
+    let a = server.addr;
+    let hello = get(a, "/").await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.text(), "Hello from wasm-run over wasi:http!\n");
+    assert!(hello.outcome().is_none());
+    assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
+    assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
+    assert_killed(&get(a, "/crash").await, 500, "trapped");
+    let start = Instant::now();
+    assert_killed(&get(a, "/sleep?s=10").await, 504, "deadline_exceeded");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let missing = get(a, "/status/404").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.outcome().is_none());
+    let late = get(a, "/late-crash").await;
+    assert_eq!(late.status, 200);
+    assert!(
+        late.body.is_err(),
+        "late kill must truncate: {:?}",
+        late.body
+    );
+}
+
+#[tokio::test]
+async fn wasi_http_streams_bodies_both_ways_and_denies_outbound() {
+    let server = http_server(&[]);
+    let a = server.addr;
+    let body = "0123456789".repeat(10_000);
+    let reply = send(a, request("POST", a, "/echo", Bytes::from(body.clone()))).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().ends_with(&body));
+    let stream = get(a, "/stream?n=300").await;
+    assert_eq!(stream.text().lines().count(), 300);
+    let outbound = get(a, "/outbound?url=http://example.com/").await;
+    assert!(
+        outbound.text().contains("HttpRequestDenied"),
+        "{}",
+        outbound.text()
+    );
+}
+
+#[tokio::test]
+async fn hello_is_answered_promptly_while_other_requests_spin() {
+    let server = cgi_server(Target::P1, &["--timeout", "4s", "--fuel", "100000000000"]);
+    let a = server.addr;
+    let spinners: Vec<_> = (0..6).map(|_| tokio::spawn(get(a, "/spin"))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let hello = get(a, "/hello").await;
+    let took = start.elapsed();
+    assert_eq!(hello.status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "hello took {took:?} behind spinning guests"
+    );
+    for s in spinners {
+        assert_eq!(s.await.unwrap().outcome(), Some("deadline_exceeded"));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_slow_request_then_exits_zero() {
+    let server = cgi_server(Target::P1, &["--timeout", "5s"]);
+    let a = server.addr;
+    let slow = tokio::spawn(get(a, "/sleep?s=1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "slept\n");
+    let (code, _) = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn sighup_reloads_good_config_and_keeps_serving_on_bad() {
+    let hello = guest("hello", Target::P1);
+    let demo = guest("demo", Target::P1);
+    let config = write_config(
+        "reload.toml",
+        &format!("[[route]]\npath = \"/\"\nmodule = \"{}\"\n", demo.display()),
+    );
+    let server = ServeGuard::start(&["--config", config.to_str().unwrap()]);
+    let a = server.addr;
+    assert_eq!(get(a, "/hello").await.text(), "Hello from wasm-run!\n");
+
+    // A bad config: the old routes keep serving.
+    std::fs::write(
+        &config,
+        "[[route]]\npath = \"/\"\nmodule = \"/no/such.wasm\"\n",
+    )
+    .unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(a, "/hello").await.text(), "Hello from wasm-run!\n");
+
+    // A good config with a new route.
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\npath = \"/\"\nmodule = \"{}\"\n[[route]]\npath = \"/other\"\nmodule = \"{}\"\n",
+            demo.display(),
+            demo.display()
+        ),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let start = Instant::now();
+    loop {
+        let r = get(a, "/other/hello").await;
+        if r.status == 200 {
+            assert_eq!(r.text(), "Hello from wasm-run!\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reload did not take effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = hello;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_status_and_outcome() {
+    let server = cgi_server(Target::P1, &["--admin-addr", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    get(server.addr, "/hello").await;
+    get(server.addr, "/hello").await;
+    get(server.addr, "/crash").await;
+    // A request is counted when its guest's task has ended, which may be
+    // just after the client has its response.
+    let start = Instant::now();
+    let metrics = loop {
+        let m = get(admin, "/metrics").await;
+        if m.text().contains(r#"outcome="exited"} 2"#) || start.elapsed() > Duration::from_secs(3) {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = metrics.text();
+    assert!(
+        text.contains(r#"wasm_run_requests_total{route="/",status="200",outcome="exited"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wasm_run_requests_total{route="/",status="500",outcome="trapped"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("wasm_run_request_fuel_bucket"), "{text}");
+    assert!(
+        text.contains("wasm_run_request_peak_memory_bytes_bucket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_configs_are_rejected_before_binding() {
+    let cases = [
+        ("unknown.toml", "[server]\nport = 8080\n", "port"),
+        ("badsize.toml", "[limits]\nmax-memory = \"lots\"\n", "lots"),
+        (
+            "badpath.toml",
+            "[[route]]\npath = \"api\"\nmodule = \"x.wasm\"\n",
+            "must start with `/`",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = write_config(name, text);
+        let out = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(name), "file not named: {stderr}");
+        assert!(stderr.contains(needle), "{needle} missing: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+        .args(["serve", "--addr", "127.0.0.1:0", "/no/such/module.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/module.wasm"));
+}
