@@ -3,7 +3,7 @@
 //! fuel metering. Results and how to read them: `benches/RESULTS.md`.
 //!
 //! ```text
-//! cargo bench -p wasm-run --bench invoke
+//! cargo bench -p wasm-run-benches --bench invoke
 //! ```
 
 use criterion::{Criterion, criterion_group, criterion_main};

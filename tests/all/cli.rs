@@ -280,3 +280,42 @@ fn help_explains_limits_defaults_and_exit_codes() {
         assert!(help.contains(needle), "help lacks {needle}");
     }
 }
+
+#[test]
+fn http_components_are_pointed_at_serve() {
+    let module = wasm_run_tests::http_guest();
+    let out = wasm_run(&["run", module.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wasm-run serve"), "{stderr}");
+}
+
+#[test]
+fn compiled_code_is_cached_between_runs() {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fresh-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+        .args(["run", &path("hello", Target::P1)])
+        .env("WASM_RUN_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cached = walk(&cache);
+    assert!(cached > 0, "nothing written to the compile cache");
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

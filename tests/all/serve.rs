@@ -553,6 +553,11 @@ fn bad_configs_are_rejected_before_binding() {
             "[[route]]\npath = \"api\"\nmodule = \"x.wasm\"\n",
             "must start with `/`",
         ),
+        (
+            "badqueue.toml",
+            "[server]\nmax-queue = \"many\"\n",
+            "max-queue",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = write_config(name, text);
@@ -571,4 +576,161 @@ fn bad_configs_are_rejected_before_binding() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/module.wasm"));
+}
+
+#[tokio::test]
+async fn wasi_http_guest_output_goes_to_the_log_with_the_request_id() {
+    let server = http_server(&[]);
+    let reply = get(server.addr, "/stdout").await;
+    assert_eq!(reply.status, 200);
+    let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    server.signal("TERM");
+    let (code, stderr) = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("hello from guest stdout"))
+        .unwrap_or_else(|| panic!("guest stdout not logged:\n{stderr}"));
+    assert!(line.contains(&id), "line lacks request id {id}: {line}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("and stderr") && l.contains(&id))
+    );
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_do_not_block_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = cgi_server(Target::P1, &["--header-timeout", "500ms"]);
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile others are served.
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow client was never cut off");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+fn budget_config(name: &str) -> PathBuf {
+    let demo = guest("demo", Target::P1);
+    write_config(
+        name,
+        &format!(
+            r#"
+[server]
+memory-budget = "72MiB"
+max-queue = 1
+queue-timeout = "400ms"
+
+[[route]]
+path = "/"
+module = "{demo}"
+limits = {{ max-memory = "4MiB" }}
+
+[[route]]
+path = "/slow"
+module = "{demo}"
+limits = {{ max-memory = "32MiB", timeout = "5s" }}
+"#,
+            demo = demo.display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn admission_queues_then_turns_away_with_503_and_retry_after() {
+    let config = budget_config("budget-queue.toml");
+    let server = ServeGuard::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let (a, admin) = (server.addr, server.admin.unwrap());
+    // Two slow requests fill 64 of the 72 MiB budget.
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get(a, "/slow/sleep?s=1.5")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A hello on the route with the smaller cap still fits and is answered.
+    let start = Instant::now();
+    let hello = get(a, "/hello").await;
+    assert_eq!(hello.status, 200);
+    assert!(start.elapsed() < Duration::from_millis(500));
+
+    // A third slow one waits in the queue (now full), so readyz says not ready
+    // and a fourth is turned away at once; the third times out in the queue.
+    let third = tokio::spawn(get(a, "/slow/hello"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(admin, "/readyz").await.status, 503);
+    let fourth = get(a, "/slow/hello").await;
+    assert_killed(&fourth, 503, "overloaded");
+    assert_eq!(fourth.headers["retry-after"], "1");
+    let third = third.await.unwrap();
+    assert_killed(&third, 503, "overloaded");
+    assert_eq!(third.headers["retry-after"], "1");
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+
+    for s in slow {
+        assert_eq!(s.await.unwrap().text(), "slept\n");
+    }
+    let metrics = get(admin, "/metrics").await;
+    assert!(
+        metrics
+            .text()
+            .contains(r#"wasm_run_admission_rejected_total{reason="queue_full"} 1"#),
+        "{}",
+        metrics.text()
+    );
+    assert!(
+        metrics
+            .text()
+            .contains(r#"wasm_run_admission_rejected_total{reason="queue_timeout"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn the_budget_is_never_exceeded_under_a_flood() {
+    let config = budget_config("budget-flood.toml");
+    let server = ServeGuard::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--max-queue",
+        "100",
+        "--queue-timeout",
+        "10s",
+    ]);
+    let (a, admin) = (server.addr, server.admin.unwrap());
+    let flood: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(get(a, "/slow/sleep?s=0.3")))
+        .collect();
+    let mut max_seen = 0u64;
+    for _ in 0..20 {
+        let text = get(admin, "/metrics").await.text().to_string();
+        let in_use: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wasm_run_memory_budget_in_use_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("budget gauge present");
+        max_seen = max_seen.max(in_use);
+        assert!(in_use <= 72 << 20, "budget exceeded: {in_use}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        max_seen >= 64 << 20,
+        "the flood never filled the budget ({max_seen})"
+    );
+    for f in flood {
+        assert_eq!(f.await.unwrap().status, 200);
+    }
 }

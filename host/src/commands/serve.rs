@@ -10,9 +10,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::net::TcpListener;
 use wasm_run::limits::{ByteSize, HumanDuration};
+use wasm_run::serve::admission::default_budget;
 use wasm_run::serve::config::{
     self, ConfigFile, DEFAULT_ADDR, DEFAULT_HEADER_TIMEOUT, DEFAULT_LOG_CAP, DEFAULT_MAX_BODY,
-    LimitsOverlay, ModuleSource, RouteSpec, ServeConfig,
+    DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT, LimitsOverlay, ModuleSource, RouteSpec, ServeConfig,
 };
 use wasm_run::serve::{LoadError, Server};
 use wasm_run::{DirMapping, Engine, EngineConfig, Limits};
@@ -36,11 +37,13 @@ Guests:
 When a request is killed (response header x-wasm-run-outcome):
   fuel_exhausted, memory_exceeded, trapped → 500; deadline_exceeded → 504;
   body over --max-body → 413 body_too_large; CGI guest with no valid head → 502
-  bad_gateway. Error bodies are JSON {\"error\": ..., \"message\": ...}. A kill after
+  bad_gateway; memory budget full and queue full or wait over --queue-timeout
+  → 503 overloaded with Retry-After. Error bodies are JSON {\"error\": ..., \"message\": ...}. A kill after
   the response head was sent aborts the body (the client sees a truncated reply).
 
 Config file (TOML), flags override it:
-  [server]  addr, admin-addr, max-body, header-timeout, max-log
+  [server]  addr, admin-addr, max-body, header-timeout, max-log,
+            memory-budget, max-queue, queue-timeout
   [limits]  fuel, max-memory, timeout            (defaults of every route)
   [[route]] path = \"/api\", module = \"api.wasm\" (relative to the file),
             limits = { fuel = 1000000, max-memory = \"32MiB\", timeout = \"2s\" },
@@ -87,6 +90,22 @@ pub struct ServeCommand {
     /// Largest request body, e.g. `1MiB`; larger ones get 413. Default 16MiB.
     #[arg(long, value_name = "SIZE")]
     max_body: Option<ByteSize>,
+
+    /// Host-wide memory budget: the sum of the memory caps (--max-memory)
+    /// of admitted requests never exceeds it; a request that does not fit
+    /// waits in a FIFO queue. Default: half of this machine's memory.
+    #[arg(long, value_name = "SIZE")]
+    memory_budget: Option<ByteSize>,
+
+    /// Requests that may wait for memory budget; past it → 503 overloaded
+    /// with Retry-After. Default 256.
+    #[arg(long, value_name = "N")]
+    max_queue: Option<usize>,
+
+    /// Longest a request waits for memory budget before 503 overloaded.
+    /// Default 5s.
+    #[arg(long, value_name = "DURATION")]
+    queue_timeout: Option<HumanDuration>,
 
     /// Time a client has to send a request head, also the keep-alive idle
     /// timeout. Default 10s.
@@ -278,6 +297,18 @@ impl ServeCommand {
                 .or(file.server.header_timeout)
                 .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
             max_log: file.server.max_log.map_or(DEFAULT_LOG_CAP, |b| b.0),
+            memory_budget: self
+                .memory_budget
+                .or(file.server.memory_budget)
+                .map_or_else(default_budget, |b| b.0),
+            max_queue: self
+                .max_queue
+                .or(file.server.max_queue)
+                .unwrap_or(DEFAULT_MAX_QUEUE),
+            queue_timeout: self
+                .queue_timeout
+                .or(file.server.queue_timeout)
+                .map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
             routes,
         })
     }

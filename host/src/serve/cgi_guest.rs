@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream, ReadBuf};
 use tokio::sync::oneshot;
 
+use super::admission::Permit;
 use super::cgi::{self, CgiHeadParser, RequestMeta};
 use super::guest_log::GuestLog;
 use super::http_guest::kill_message;
@@ -32,6 +33,7 @@ pub(crate) async fn handle<B>(
     conn: ConnInfo,
     too_large: TooLarge,
     record: Record,
+    permit: Permit,
 ) -> Response<Body>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -71,6 +73,7 @@ where
             }
             Err(e) => Err(e.to_string()),
         };
+        drop(permit);
         let clean = matches!(result, Ok(OutcomeKind::Exited(_))) && !task_too_large.is_set();
         let _ = verdict_tx.send(clean);
         let _ = done_tx.send(result);

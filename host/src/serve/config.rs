@@ -25,6 +25,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on a guest's log output per request: 64 KiB.
 pub const DEFAULT_LOG_CAP: u64 = 64 << 10;
+/// Default number of requests that may wait for memory budget.
+pub const DEFAULT_MAX_QUEUE: usize = 256;
+/// Default longest wait for memory budget: 5 s.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The limits a server applies when nothing else is said: the library's
 /// defaults plus a 30 s deadline, since a server must not wait forever.
@@ -65,6 +69,13 @@ pub struct ServerSection {
     pub header_timeout: Option<HumanDuration>,
     /// Cap on a guest's stdout+stderr logged per request. Default 64 KiB.
     pub max_log: Option<ByteSize>,
+    /// Sum of the memory caps of admitted requests. Default: half of the
+    /// machine's memory.
+    pub memory_budget: Option<ByteSize>,
+    /// Requests that may wait for budget. Default 256.
+    pub max_queue: Option<usize>,
+    /// Longest wait for budget. Default 5 s.
+    pub queue_timeout: Option<HumanDuration>,
 }
 
 /// Limits where every field may be absent, for layering.
@@ -157,6 +168,12 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// Cap on a guest's log output per request, in bytes.
     pub max_log: u64,
+    /// Sum of the memory caps of admitted requests, in bytes.
+    pub memory_budget: u64,
+    /// Requests that may wait for budget.
+    pub max_queue: usize,
+    /// Longest wait for budget.
+    pub queue_timeout: Duration,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
 }

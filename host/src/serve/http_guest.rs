@@ -15,6 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::RouteRuntime;
+use super::admission::Permit;
 use super::guest_log::GuestLog;
 use super::record::Record;
 use super::request_body::{BodyTooLarge, TooLarge};
@@ -31,6 +32,7 @@ pub(crate) async fn handle<B>(
     request: Request<B>,
     too_large: TooLarge,
     record: Record,
+    permit: Permit,
 ) -> Response<Body>
 where
     B: HttpBody<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -78,6 +80,7 @@ where
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
     let (done_tx, done_rx) = oneshot::channel::<Finished>();
     let task_record = record.clone();
+    let task_too_large = too_large.clone();
     let pre = pre.clone();
     tokio::spawn(async move {
         let call = async {
@@ -101,7 +104,9 @@ where
             Err(e) => Finished::HostError(e.to_string()),
         };
         drop(store);
-        let clean = matches!(finished, Finished::Outcome(OutcomeKind::Exited(0)));
+        drop(permit);
+        let clean = matches!(finished, Finished::Outcome(OutcomeKind::Exited(0)))
+            && !task_too_large.is_set();
         let _ = verdict_tx.send(clean);
         let _ = done_tx.send(finished);
     });

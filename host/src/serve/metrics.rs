@@ -45,6 +45,21 @@ pub struct Metrics {
     pub fuel: Hist,
     /// Peak linear memory per request, in bytes.
     pub peak_memory: Hist,
+    /// Sum of the memory caps of admitted requests, in bytes.
+    pub budget_in_use: Gauge,
+    /// Requests waiting for memory budget.
+    pub queue_length: Gauge,
+    /// Time requests waited for memory budget, in seconds.
+    pub queue_wait_seconds: Histogram,
+    /// Requests turned away (503), by reason.
+    pub rejected: Family<ReasonLabels, Counter>,
+}
+
+/// Labels of the rejection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `queue_full` or `queue_timeout`.
+    pub reason: String,
 }
 
 impl Default for Metrics {
@@ -86,8 +101,36 @@ impl Metrics {
             "Peak total linear memory of a request",
             peak_memory.clone(),
         );
+        let budget_in_use = Gauge::default();
+        registry.register(
+            "memory_budget_in_use_bytes",
+            "Sum of the memory caps of admitted requests",
+            budget_in_use.clone(),
+        );
+        let queue_length = Gauge::default();
+        registry.register(
+            "admission_queue_length",
+            "Requests waiting for memory budget",
+            queue_length.clone(),
+        );
+        let queue_wait_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "admission_queue_wait_seconds",
+            "Time requests waited for memory budget",
+            queue_wait_seconds.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "admission_rejected",
+            "Requests turned away with 503 because the memory budget was full",
+            rejected.clone(),
+        );
         Metrics {
             registry,
+            budget_in_use,
+            queue_length,
+            queue_wait_seconds,
+            rejected,
             requests,
             in_flight,
             wall_seconds,

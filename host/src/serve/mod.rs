@@ -31,6 +31,7 @@
 //! proportional: N spinning guests share the CPU with everything else in
 //! 10 ms slices.
 
+pub mod admission;
 pub mod cgi;
 mod cgi_guest;
 pub mod config;
@@ -57,6 +58,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use self::admission::{Admission, AdmissionConfig, Permit, Rejected};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::metrics::Metrics;
 use self::record::RequestRecord;
@@ -124,6 +126,7 @@ pub struct Server {
 
 struct Shared {
     engine: Engine,
+    admission: Arc<Admission>,
     table: RwLock<Arc<RouteTable>>,
     config: RwLock<ServeConfig>,
     metrics: Arc<Metrics>,
@@ -141,9 +144,15 @@ impl Server {
     /// Loads every route's guest (compiling each module once).
     pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
         let table = load_table(&engine, &config)?;
+        let admission = Admission::new(AdmissionConfig {
+            budget: config.memory_budget,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
+        });
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,
+                admission,
                 table: RwLock::new(Arc::new(table)),
                 config: RwLock::new(config),
                 metrics: Arc::new(Metrics::new()),
@@ -154,9 +163,11 @@ impl Server {
     }
 
     /// Replaces the routes with those of `config`, loading every module
-    /// first; on failure the current routes keep serving. Listener settings
-    /// (addresses) are not changed by a reload.
-    pub fn reload(&self, config: ServeConfig) -> Result<(), LoadError> {
+    /// first; on failure the current routes keep serving. Listener
+    /// addresses and the admission settings are fixed at start.
+    pub fn reload(&self, mut config: ServeConfig) -> Result<(), LoadError> {
+        let admission = self.shared.admission.config();
+        config.memory_budget = admission.budget;
         let table = load_table(&self.shared.engine, &config)?;
         *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         *self
@@ -291,13 +302,74 @@ impl Shared {
             }
             Some(route) => {
                 record.set_route(&route.spec.prefix);
-                route_request(route, req, conn, record).await
+                self.route_request(route, req, conn, record).await
             }
         };
         if let Ok(v) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, v);
         }
         response
+    }
+
+    async fn route_request(
+        &self,
+        route: &RouteRuntime,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        record: record::Record,
+    ) -> Response<Body> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > route.max_body) {
+            return host_answer(&record, HostAnswer::BodyTooLarge(route.max_body));
+        }
+        let permit = match self.admit(route).await {
+            Ok(permit) => permit,
+            Err(answer) => return host_answer(&record, answer),
+        };
+        let too_large = TooLarge::default();
+        let req = req.map(|body| LimitedBody::new(body, route.max_body, too_large.clone()));
+        match &route.guest.inner.pre {
+            Pre::Http(pre) => http_guest::handle(route, pre, req, too_large, record, permit).await,
+            Pre::Core(_) | Pre::Command(_) => {
+                cgi_guest::handle(route, req, conn, too_large, record, permit).await
+            }
+        }
+    }
+
+    /// Waits for the route's memory cap to fit in the budget.
+    async fn admit(&self, route: &RouteRuntime) -> Result<Permit, HostAnswer> {
+        let need = route.spec.limits.max_memory;
+        match self.admission.admit(need).await {
+            Ok((permit, waited)) => {
+                self.metrics
+                    .queue_wait_seconds
+                    .observe(waited.as_secs_f64());
+                Ok(permit)
+            }
+            Err(rejected) => {
+                let (reason, message) = match rejected {
+                    Rejected::QueueFull => (
+                        "queue_full",
+                        "the host's memory budget is in use and its admission queue is full",
+                    ),
+                    Rejected::Timeout => (
+                        "queue_timeout",
+                        "the host's memory budget stayed in use for longer than the queue timeout",
+                    ),
+                };
+                self.metrics
+                    .rejected
+                    .get_or_create(&metrics::ReasonLabels {
+                        reason: reason.to_string(),
+                    })
+                    .inc();
+                Err(HostAnswer::Overloaded(format!("{message}; retry later")))
+            }
+        }
     }
 
     fn admin(&self, path: &str) -> Response<Body> {
@@ -308,12 +380,24 @@ impl Shared {
                 "text/plain",
                 "draining\n".to_string(),
             ),
-            "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            "/metrics" => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
+            "/readyz" if self.admission.saturated() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "saturated: the admission queue is full\n".to_string(),
             ),
+            "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            "/metrics" => {
+                let in_use = i64::try_from(self.admission.in_use()).unwrap_or(i64::MAX);
+                self.metrics.budget_in_use.set(in_use);
+                self.metrics
+                    .queue_length
+                    .set(self.admission.queued() as i64);
+                (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.encode(),
+                )
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
@@ -329,36 +413,28 @@ impl Shared {
     }
 }
 
-async fn route_request(
-    route: &RouteRuntime,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-    record: record::Record,
-) -> Response<Body> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > route.max_body) {
-        let answer = HostAnswer::BodyTooLarge(route.max_body);
-        record.set_host_answer(answer.status(), answer.outcome());
-        return answer.into_response();
-    }
-    let too_large = TooLarge::default();
-    let req = req.map(|body| LimitedBody::new(body, route.max_body, too_large.clone()));
-    match &route.guest.inner.pre {
-        Pre::Http(pre) => http_guest::handle(route, pre, req, too_large, record).await,
-        Pre::Core(_) | Pre::Command(_) => {
-            cgi_guest::handle(route, req, conn, too_large, record).await
-        }
-    }
+fn host_answer(record: &record::Record, answer: HostAnswer) -> Response<Body> {
+    record.set_host_answer(answer.status(), answer.outcome());
+    answer.into_response()
 }
 
 fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadError> {
     let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
     let mut routes = Vec::new();
     for spec in &config.routes {
+        if spec.limits.max_memory > config.memory_budget {
+            return Err(LoadError {
+                prefix: spec.prefix.clone(),
+                source: crate::Error::Setup {
+                    name: format!("{:?}", spec.module),
+                    message: format!(
+                        "the route's memory cap ({} bytes) is larger than the whole memory \
+                         budget ({} bytes), so no request could ever be admitted",
+                        spec.limits.max_memory, config.memory_budget
+                    ),
+                },
+            });
+        }
         let guest = match loaded.get(&spec.module) {
             Some(g) => g.clone(),
             None => {

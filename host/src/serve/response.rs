@@ -38,6 +38,8 @@ pub enum HostAnswer {
     NotFound(String),
     /// The host could not run the guest (e.g. instance pool exhausted).
     HostError(String),
+    /// The memory budget is full and the queue is full or the wait too long.
+    Overloaded(String),
 }
 
 impl HostAnswer {
@@ -50,6 +52,7 @@ impl HostAnswer {
             HostAnswer::BadGateway(_) => StatusCode::BAD_GATEWAY,
             HostAnswer::NotFound(_) => StatusCode::NOT_FOUND,
             HostAnswer::HostError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HostAnswer::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -61,6 +64,7 @@ impl HostAnswer {
             HostAnswer::BadGateway(_) => "bad_gateway",
             HostAnswer::NotFound(_) => "not_found",
             HostAnswer::HostError(_) => "host_error",
+            HostAnswer::Overloaded(_) => "overloaded",
         }
     }
 
@@ -69,7 +73,8 @@ impl HostAnswer {
             HostAnswer::Killed(_, m)
             | HostAnswer::BadGateway(m)
             | HostAnswer::NotFound(m)
-            | HostAnswer::HostError(m) => m.clone(),
+            | HostAnswer::HostError(m)
+            | HostAnswer::Overloaded(m) => m.clone(),
             HostAnswer::BodyTooLarge(max) => {
                 format!("request body is larger than the limit of {max} bytes")
             }
@@ -89,6 +94,9 @@ impl HostAnswer {
         );
         if !matches!(self, HostAnswer::NotFound(_) | HostAnswer::HostError(_)) {
             headers.insert(OUTCOME_HEADER, HeaderValue::from_static(self.outcome()));
+        }
+        if matches!(self, HostAnswer::Overloaded(_)) {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -195,6 +203,11 @@ mod tests {
                 Some("bad_gateway"),
             ),
             (HostAnswer::NotFound("/x".into()), 404, None),
+            (
+                HostAnswer::Overloaded("full".into()),
+                503,
+                Some("overloaded"),
+            ),
         ];
         for (answer, status, header) in cases {
             let r = answer.into_response();

@@ -1,0 +1,254 @@
+//! Admission by memory budget: a request is admitted when its route's memory
+//! cap fits in what is left of the host's budget, so the sum of the caps of
+//! admitted requests never exceeds the budget. A request that does not fit
+//! waits in a FIFO queue bounded in length and in time; past either it is
+//! turned away (503 `overloaded`).
+//!
+//! Because each request is *killed* at its cap (never allowed past it), the
+//! budget is a real bound on guest linear memory, not a guess: an
+//! event-loop server must pick a concurrency limit and hope; this host knows
+//! what each admitted request may use.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The queue already holds `max_queue` requests.
+    QueueFull,
+    /// The request waited `queue_timeout` without fitting.
+    Timeout,
+}
+
+/// Settings of the admission controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Sum of memory caps that may be admitted at once, in bytes.
+    pub budget: u64,
+    /// Requests that may wait for budget at once.
+    pub max_queue: usize,
+    /// Longest a request may wait.
+    pub queue_timeout: Duration,
+}
+
+/// The admission controller, shared by every request.
+#[derive(Debug)]
+pub struct Admission {
+    config: AdmissionConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    in_use: u64,
+    next_ticket: u64,
+    queue: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    need: u64,
+    grant: oneshot::Sender<()>,
+}
+
+/// Budget held by one admitted request; given back when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+    amount: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission.release(self.amount);
+    }
+}
+
+impl Admission {
+    /// A controller with nothing admitted.
+    pub fn new(config: AdmissionConfig) -> Arc<Admission> {
+        Arc::new(Admission {
+            config,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> AdmissionConfig {
+        self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of budget held by admitted requests.
+    pub fn in_use(&self) -> u64 {
+        self.lock().in_use
+    }
+
+    /// Requests waiting for budget.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether the queue is full (new requests would be turned away).
+    pub fn saturated(&self) -> bool {
+        self.queued() >= self.config.max_queue
+    }
+
+    /// Admits a request needing `need` bytes, waiting in line if it does not
+    /// fit yet. Returns the permit and how long the request waited.
+    pub async fn admit(self: &Arc<Self>, need: u64) -> Result<(Permit, Duration), Rejected> {
+        let start = Instant::now();
+        let (ticket, mut granted) = {
+            let mut s = self.lock();
+            // FIFO: nobody overtakes a waiting request.
+            if s.queue.is_empty() && s.in_use + need <= self.config.budget {
+                s.in_use += need;
+                return Ok((self.permit(need), Duration::ZERO));
+            }
+            if s.queue.len() >= self.config.max_queue {
+                return Err(Rejected::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            s.next_ticket += 1;
+            let ticket = s.next_ticket;
+            s.queue.push_back(Waiter {
+                ticket,
+                need,
+                grant: tx,
+            });
+            (ticket, rx)
+        };
+        // `granted` stays alive until the queue is checked under the lock, so
+        // a grant racing with the timeout is never lost.
+        match tokio::time::timeout(self.config.queue_timeout, &mut granted).await {
+            Ok(Ok(())) => Ok((self.permit(need), start.elapsed())),
+            _ => {
+                let mut s = self.lock();
+                if let Some(i) = s.queue.iter().position(|w| w.ticket == ticket) {
+                    s.queue.remove(i);
+                    // Leaving may let the next in line through.
+                    self.grant_waiters(&mut s);
+                    return Err(Rejected::Timeout);
+                }
+                // Granted just as the wait timed out: the budget is ours.
+                drop(s);
+                Ok((self.permit(need), start.elapsed()))
+            }
+        }
+    }
+
+    fn permit(self: &Arc<Self>, amount: u64) -> Permit {
+        Permit {
+            admission: self.clone(),
+            amount,
+        }
+    }
+
+    fn release(&self, amount: u64) {
+        let mut s = self.lock();
+        s.in_use = s.in_use.saturating_sub(amount);
+        self.grant_waiters(&mut s);
+    }
+
+    /// Admits waiters from the head of the queue while they fit.
+    fn grant_waiters(&self, s: &mut State) {
+        while let Some(head) = s.queue.front() {
+            if s.in_use + head.need > self.config.budget {
+                break;
+            }
+            let w = s.queue.pop_front().expect("head exists");
+            s.in_use += w.need;
+            if w.grant.send(()).is_err() {
+                // The waiter gave up (its connection closed): take it back.
+                s.in_use -= w.need;
+            }
+        }
+    }
+}
+
+/// The default budget: half of the machine's memory (from /proc/meminfo),
+/// or 1 GiB where that cannot be read.
+pub fn default_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024 / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(budget: u64, max_queue: usize, ms: u64) -> Arc<Admission> {
+        Admission::new(AdmissionConfig {
+            budget,
+            max_queue,
+            queue_timeout: Duration::from_millis(ms),
+        })
+    }
+
+    #[tokio::test]
+    async fn admits_while_caps_fit_and_never_exceeds_the_budget() {
+        let a = admission(100, 10, 50);
+        let (p1, _) = a.admit(60).await.unwrap();
+        let (p2, _) = a.admit(40).await.unwrap();
+        assert_eq!(a.in_use(), 100);
+        assert_eq!(a.admit(1).await.unwrap_err(), Rejected::Timeout);
+        assert_eq!(a.in_use(), 100);
+        drop(p1);
+        assert_eq!(a.in_use(), 40);
+        drop(p2);
+        assert_eq!(a.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_rejects_at_once() {
+        let a = admission(10, 1, 5_000);
+        let (_held, _) = a.admit(10).await.unwrap();
+        let a2 = a.clone();
+        let waiting = tokio::spawn(async move { a2.admit(5).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(a.saturated());
+        assert_eq!(a.admit(5).await.unwrap_err(), Rejected::QueueFull);
+        waiting.abort();
+    }
+
+    #[tokio::test]
+    async fn waiters_are_admitted_in_order_when_budget_frees() {
+        let a = admission(10, 10, 5_000);
+        let (held, _) = a.admit(10).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let a = a.clone();
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let (p, waited) = a.admit(10).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(p);
+                waited
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(held);
+        for t in tasks {
+            assert!(t.await.unwrap() > Duration::ZERO);
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(a.in_use(), 0);
+    }
+}
