@@ -5,11 +5,16 @@
 //! copy-on-write memory images, linear memory and tables kept resident between
 //! uses and reset with the `PAGEMAP_SCAN` ioctl where the kernel has it. That
 //! removes page faults and TLB-shootdown IPIs from the per-invocation path.
+//!
+//! The engine also owns the background CPU slots that long-running
+//! invocations take turns on (see [`crate::store`]'s epoch callback), so
+//! that short requests are never stuck behind guests that spin.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
@@ -52,6 +57,24 @@ pub struct EngineConfig {
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Wall time after which a still-running invocation counts as
+    /// long-running and is demoted to the background CPU slots. Default
+    /// [`DEFAULT_DEMOTE_AFTER`].
+    pub demote_after: Duration,
+    /// How many demoted (long-running) invocations may run wasm at once;
+    /// the others wait their turn, one epoch tick at a time, in FIFO order.
+    /// Default: one less than the number of CPUs (at least 1), so short
+    /// requests always find a free core.
+    pub background_slots: usize,
+}
+
+/// Default wall time before an invocation is demoted: 20 ms.
+pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(20);
+
+fn default_background_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 impl Default for EngineConfig {
@@ -64,6 +87,8 @@ impl Default for EngineConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             keep_resident: 1 << 20,
             cache_dir: None,
+            demote_after: DEFAULT_DEMOTE_AFTER,
+            background_slots: default_background_slots(),
         }
     }
 }
@@ -76,6 +101,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     inner: wasmtime::Engine,
     config: Arc<EngineConfig>,
+    background: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -125,6 +151,7 @@ impl Engine {
         spawn_epoch_ticker(&inner, config.epoch_tick)?;
         Ok(Engine {
             inner,
+            background: Arc::new(Semaphore::new(config.background_slots.max(1))),
             config: Arc::new(config),
         })
     }
@@ -137,6 +164,11 @@ impl Engine {
     /// The configuration this engine was built from.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The CPU slots long-running invocations take turns on.
+    pub(crate) fn background_slots(&self) -> &Arc<Semaphore> {
+        &self.background
     }
 }
 

@@ -5,9 +5,12 @@
 //! embedders) gets its store from [`new_store`], so limits are applied in
 //! exactly one place.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use tokio::sync::OwnedSemaphorePermit;
+
+use wasmtime::{CallHook, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -145,11 +148,19 @@ impl ResourceLimiter for MemoryLimiter {
 /// Creates a store for one invocation and installs its limits: the memory
 /// limiter, the fuel budget and the epoch deadline.
 ///
-/// The epoch callback runs every engine tick while wasm code runs: it traps
-/// with [`wasmtime::Trap::Interrupt`] once the deadline has passed, and
-/// otherwise yields to the async executor so a busy guest never monopolises
-/// a thread shared with other requests. Time spent blocked in host calls is
-/// covered by the caller's `tokio::time::timeout` around the whole call.
+/// The epoch callback runs every engine tick (10 ms) while wasm code runs:
+///
+/// - past the deadline it traps with [`wasmtime::Trap::Interrupt`];
+/// - otherwise it yields to the async executor, so a busy guest never holds
+///   a thread shared with other requests for more than a tick;
+/// - once the invocation has run longer than `demote_after` it is
+///   *demoted*: each further tick it gives back its background CPU slot and
+///   waits (FIFO) for one before running again. With one slot fewer than
+///   cores, spinning guests share what is left among themselves and short
+///   requests always find a free core.
+///
+/// Time spent blocked in host calls (or waiting for a slot) is covered by the
+/// caller's `tokio::time::timeout` around the whole call.
 pub(crate) fn new_store(
     engine: &Engine,
     state: StoreState,
@@ -164,12 +175,41 @@ pub(crate) fn new_store(
             .expect("fuel is enabled in this engine");
     }
     let deadline = limits.timeout.map(|t| started + t);
+    let demote_at = started + engine.config().demote_after;
+    let slots = engine.background_slots().clone();
+    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
+    // A demoted guest that blocks in a host call (sleep, I/O) gives its slot
+    // back at once rather than holding it while it waits.
+    let held_by_hook = held.clone();
+    store.call_hook(move |_, hook| {
+        if matches!(hook, CallHook::CallingHost) {
+            if let Ok(mut slot) = held_by_hook.try_lock() {
+                slot.take();
+            }
+        }
+        Ok(())
+    });
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }
-        Ok(UpdateDeadline::Yield(1))
+        if now < demote_at {
+            return Ok(UpdateDeadline::Yield(1));
+        }
+        // Demoted: give back the slot held for the last tick, queue for the next.
+        drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let slots = slots.clone();
+        let held = held.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                if let Ok(permit) = slots.acquire_owned().await {
+                    *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+                }
+            }),
+        ))
     });
     store
 }

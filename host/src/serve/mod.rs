@@ -17,19 +17,31 @@
 //! killed before its head gets the host's answer ([`response::HostAnswer`]);
 //! one killed after it has its body aborted.
 //!
+//! # Admission
+//!
+//! Before a guest runs, its route's memory cap must fit in the host's memory
+//! budget ([`admission`]); the permit is held until the guest's task ends.
+//!
 //! # Scheduling: why a spinning guest does not stall the others
 //!
 //! Guests run as ordinary tasks on tokio's multi-threaded runtime, beside
 //! the socket I/O. wasmtime's epoch ticker (every 10 ms) makes each running
 //! guest call back into the host, and the store's epoch callback answers
 //! "yield": the guest's task returns `Pending` and goes to the back of the
-//! run queue, so no guest holds a worker thread for more than one tick while
-//! others wait. The same callback traps the guest once its deadline has
-//! passed; a tokio timeout bounds time blocked in host calls. We chose this
-//! over a thread per guest because it costs nothing per request (no thread
-//! spawn, no cross-thread hand-off for the body) and keeps fairness
-//! proportional: N spinning guests share the CPU with everything else in
-//! 10 ms slices.
+//! run queue, so no guest holds a worker thread for more than one tick. The
+//! same callback traps the guest once its deadline has passed; a tokio
+//! timeout bounds time blocked in host calls.
+//!
+//! Yielding alone is not enough: with N spinners and 2 cores, a short
+//! request would still wait behind N/2 slices. So a request still running
+//! after 20 ms is demoted: each further tick it must hold one of the engine's
+//! background CPU slots (cores − 1 of them, FIFO, given back on every tick
+//! and whenever it blocks in a host call). Spinners then share those slots
+//! among themselves, and at least one core is always free for requests that
+//! finish within their first 20 ms — which is what keeps hello's latency flat
+//! under an abusive mix. We chose this over a thread per guest (or OS
+//! priorities) because it costs nothing on the fast path: a request that
+//! ends within 20 ms never touches the slots.
 
 pub mod admission;
 pub mod cgi;
