@@ -132,18 +132,34 @@ impl Engine {
                 .total_memories(config.max_instances)
                 .total_tables(config.max_instances)
                 .total_stacks(config.max_instances)
+                // Room for real-world guests (componentize-py/-js runtimes have
+                // big function tables and instance state); these are bounds,
+                // reserved lazily, not memory spent per instance.
+                .table_elements(1_000_000)
+                .max_tables_per_module(8)
+                .max_memories_per_module(2)
+                .max_core_instance_size(16 << 20)
+                .max_component_instance_size(16 << 20)
                 .linear_memory_keep_resident(config.keep_resident)
                 .table_keep_resident(config.keep_resident)
                 .pagemap_scan(Enabled::Auto);
             wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         if let Some(dir) = &config.cache_dir {
+            // The cache only saves time: if it cannot be set up (e.g. an
+            // unwritable home directory), run without it.
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir.clone());
-            let cache = wasmtime::Cache::new(cache).map_err(|e| Error::Engine {
-                message: format!("compile cache at {}: {e:#}", dir.display()),
-            })?;
-            wt.cache(Some(cache));
+            match wasmtime::Cache::new(cache) {
+                Ok(cache) => {
+                    wt.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %format!("{e:#}"),
+                    "compile cache unavailable; compiling without it"
+                ),
+            }
         }
         let inner = wasmtime::Engine::new(&wt).map_err(|e| Error::Engine {
             message: format!("{e:#}"),

@@ -61,6 +61,15 @@ pub enum Error {
         /// What wasmtime said.
         message: String,
     },
+    /// The engine had no free instance slot (every pooled instance, memory
+    /// or stack is in use); the invocation may succeed later.
+    #[error("{name}: the host is at capacity: {message}")]
+    Capacity {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What ran out.
+        message: String,
+    },
     /// A host resource needed for the invocation could not be set up, e.g. a
     /// preopened directory that does not exist.
     #[error("{name}: {message}")]

@@ -164,6 +164,9 @@ fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
     let mut linker: Linker<StoreState> = Linker::new(engine.wasmtime());
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
         .map_err(|e| link_error(name, e))?;
+    // Old modules import the pre-preview-1 names (`wasi_unstable`).
+    wasmtime_wasi::p0::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
+        .map_err(|e| link_error(name, e))?;
     // Name the first import the linker cannot satisfy, rather than leaving
     // the user to decode a link error.
     let mut probe = wasmtime::Store::new(
@@ -182,8 +185,8 @@ fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
             return Err(Error::UnsatisfiedImport {
                 name: name.to_string(),
                 import: format!("{}::{}", import.module(), import.name()),
-                message: "wasm-run provides only WASI preview 1 (`wasi_snapshot_preview1`) \
-                          to core modules"
+                message: "wasm-run provides only WASI preview 1 (`wasi_snapshot_preview1`, \
+                          and the older `wasi_unstable`) to core modules"
                     .into(),
             });
         }

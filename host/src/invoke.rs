@@ -182,6 +182,14 @@ pub(crate) fn conclude(
             let guest_caused = killed
                 || e.downcast_ref::<wasmtime::Trap>().is_some()
                 || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
+                return Err(Error::Capacity {
+                    name: guest.name().to_string(),
+                    message: format!("{e:#}"),
+                });
+            }
             if !guest_caused {
                 return Err(Error::Instantiate {
                     name: guest.name().to_string(),

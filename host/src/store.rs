@@ -5,6 +5,7 @@
 //! embedders) gets its store from [`new_store`], so limits are applied in
 //! exactly one place.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -178,13 +179,22 @@ pub(crate) fn new_store(
     let demote_at = started + engine.config().demote_after;
     let slots = engine.background_slots().clone();
     let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
-    // A demoted guest that blocks in a host call (sleep, I/O) gives its slot
-    // back at once rather than holding it while it waits.
-    let held_by_hook = held.clone();
-    store.call_hook(move |_, hook| {
-        if matches!(hook, CallHook::CallingHost) {
-            if let Ok(mut slot) = held_by_hook.try_lock() {
-                slot.take();
+    let demoted = Arc::new(AtomicBool::new(false));
+    // A demoted guest gives its slot back whenever it enters a host call
+    // (which may block: sleep, I/O), and on return must queue for a slot
+    // again before running more wasm: the deadline of 0 ticks sends it to
+    // the epoch callback at its next check.
+    let (held_by_hook, demoted_by_hook) = (held.clone(), demoted.clone());
+    store.call_hook(move |mut ctx, hook| {
+        if demoted_by_hook.load(Ordering::Relaxed) {
+            match hook {
+                CallHook::CallingHost => {
+                    if let Ok(mut slot) = held_by_hook.try_lock() {
+                        slot.take();
+                    }
+                }
+                CallHook::ReturningFromHost => ctx.set_epoch_deadline(0),
+                _ => {}
             }
         }
         Ok(())
@@ -198,6 +208,7 @@ pub(crate) fn new_store(
         if now < demote_at {
             return Ok(UpdateDeadline::Yield(1));
         }
+        demoted.store(true, Ordering::Relaxed);
         // Demoted: give back the slot held for the last tick, queue for the next.
         drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
         let slots = slots.clone();

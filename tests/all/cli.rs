@@ -211,6 +211,10 @@ fn messages_start_on_their_own_line() {
     assert_eq!(out.status.code(), Some(134));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("partial\nwasm-run: "), "{stderr:?}");
+    let out = wasm_run(&["run", "--report", "-", wat.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("partial\n{\"outcome\""), "{stderr:?}");
+    assert!(stderr.contains("}\nwasm-run: "), "{stderr:?}");
 }
 
 #[test]

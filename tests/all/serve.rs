@@ -522,7 +522,9 @@ async fn metrics_count_requests_by_route_status_and_outcome() {
     let start = Instant::now();
     let metrics = loop {
         let m = get(admin, "/metrics").await;
-        if m.text().contains(r#"outcome="exited"} 2"#) || start.elapsed() > Duration::from_secs(3) {
+        let done = m.text().contains(r#"outcome="exited"} 2"#)
+            && m.text().contains(r#"outcome="trapped"} 1"#);
+        if done || start.elapsed() > Duration::from_secs(3) {
             break m;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

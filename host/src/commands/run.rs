@@ -110,6 +110,7 @@ impl RunCommand {
             Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
         };
         let module = self.module.display().to_string();
+        let report = self.report.clone();
         let stdout_tail = LineTracker::default();
         let stderr_tail = LineTracker::default();
         let result = runtime.block_on(self.run(&stdout_tail, &stderr_tail));
@@ -118,6 +119,16 @@ impl RunCommand {
         let lead = if mid_line { "\n" } else { "" };
         match result {
             Ok(outcome) => {
+                let mut lead = lead;
+                if let Some(path) = &report {
+                    if let Err(e) = write_report(path, &outcome, lead) {
+                        eprint!("{lead}wasm-run: {e:#}\n");
+                        return ExitCode::from(EXIT_LOAD_FAILED);
+                    }
+                    if path.as_os_str() == "-" {
+                        lead = "";
+                    }
+                }
                 if let Some(message) = outcome.message() {
                     eprint!(
                         "{lead}wasm-run: {module}: {}: {message}\n",
@@ -156,19 +167,16 @@ impl RunCommand {
                 ..Limits::default()
             },
         };
-        let outcome = guest.run(invocation).await?;
-        if let Some(path) = &self.report {
-            write_report(path, &outcome)?;
-        }
-        Ok(outcome)
+        Ok(guest.run(invocation).await?)
     }
 }
 
-fn write_report(path: &std::path::Path, outcome: &Outcome) -> anyhow::Result<()> {
+/// Writes the report to `path`, or to stderr (after `lead`) for `-`.
+fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow::Result<()> {
     let json = serde_json::to_string(&outcome.report())?;
     if path.as_os_str() == "-" {
         let mut err = std::io::stderr().lock();
-        writeln!(err, "{json}").context("writing the report to stderr")?;
+        write!(err, "{lead}{json}\n").context("writing the report to stderr")?;
     } else {
         std::fs::write(path, format!("{json}\n"))
             .with_context(|| format!("writing the report to {}", path.display()))?;

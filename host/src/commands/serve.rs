@@ -59,7 +59,7 @@ Examples:
   wasm-run serve --config wasm-run.toml --admin-addr 127.0.0.1:9090";
 
 /// Serve HTTP: every request runs in its own sandbox with its own limits.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(after_help = AFTER_HELP, args_override_self = true)]
 pub struct ServeCommand {
     /// TOML configuration file with [server], [limits] and [[route]] tables.
@@ -230,12 +230,21 @@ impl ServeCommand {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration and modules");
-                    match self.resolve() {
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the old configuration"),
-                        Ok(config) => match server.reload(config) {
-                            Ok(()) => tracing::info!("reloaded"),
-                            Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
-                        },
+                    // Reading files and compiling modules blocks: keep it off
+                    // the threads that serve requests.
+                    let (cmd, srv) = (self.clone(), server.clone());
+                    let result = tokio::task::spawn_blocking(move || {
+                        let config = cmd.resolve()?;
+                        srv.reload(config).map_err(anyhow::Error::from)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(())) => tracing::info!("reloaded"),
+                        Ok(Err(e)) => tracing::error!(
+                            error = %format!("{e:#}"),
+                            "reload failed; keeping the old configuration"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "reload task failed"),
                     }
                 }
             }

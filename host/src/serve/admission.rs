@@ -56,6 +56,30 @@ struct Waiter {
     grant: oneshot::Sender<()>,
 }
 
+/// Cleans up after an `admit` future dropped while queued.
+struct QueueGuard<'a> {
+    admission: &'a Arc<Admission>,
+    ticket: u64,
+    need: u64,
+    armed: bool,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut s = self.admission.lock();
+        if let Some(i) = s.queue.iter().position(|w| w.ticket == self.ticket) {
+            s.queue.remove(i);
+        } else {
+            // Granted, but nobody will hold the permit: give it back.
+            s.in_use = s.in_use.saturating_sub(self.need);
+        }
+        self.admission.grant_waiters(&mut s);
+    }
+}
+
 /// Budget held by one admitted request; given back when dropped.
 #[derive(Debug)]
 pub struct Permit {
@@ -99,7 +123,8 @@ impl Admission {
 
     /// Whether the queue is full (new requests would be turned away).
     pub fn saturated(&self) -> bool {
-        self.queued() >= self.config.max_queue
+        let queued = self.queued();
+        queued > 0 && queued >= self.config.max_queue
     }
 
     /// Admits a request needing `need` bytes, waiting in line if it does not
@@ -126,9 +151,18 @@ impl Admission {
             });
             (ticket, rx)
         };
+        // If this future is dropped while waiting (the client went away),
+        // the guard takes the waiter out of the line, or gives back a grant
+        // that raced with the drop.
+        let mut guard = QueueGuard {
+            admission: self,
+            ticket,
+            need,
+            armed: true,
+        };
         // `granted` stays alive until the queue is checked under the lock, so
         // a grant racing with the timeout is never lost.
-        match tokio::time::timeout(self.config.queue_timeout, &mut granted).await {
+        let result = match tokio::time::timeout(self.config.queue_timeout, &mut granted).await {
             Ok(Ok(())) => Ok((self.permit(need), start.elapsed())),
             _ => {
                 let mut s = self.lock();
@@ -136,13 +170,16 @@ impl Admission {
                     s.queue.remove(i);
                     // Leaving may let the next in line through.
                     self.grant_waiters(&mut s);
-                    return Err(Rejected::Timeout);
+                    Err(Rejected::Timeout)
+                } else {
+                    // Granted just as the wait timed out: the budget is ours.
+                    drop(s);
+                    Ok((self.permit(need), start.elapsed()))
                 }
-                // Granted just as the wait timed out: the budget is ours.
-                drop(s);
-                Ok((self.permit(need), start.elapsed()))
             }
-        }
+        };
+        guard.armed = false;
+        result
     }
 
     fn permit(self: &Arc<Self>, amount: u64) -> Permit {
@@ -166,10 +203,9 @@ impl Admission {
             }
             let w = s.queue.pop_front().expect("head exists");
             s.in_use += w.need;
-            if w.grant.send(()).is_err() {
-                // The waiter gave up (its connection closed): take it back.
-                s.in_use -= w.need;
-            }
+            // The receiver lives as long as the waiter's `admit` future, whose
+            // guard handles a grant that arrives as it is dropped.
+            let _ = w.grant.send(());
         }
     }
 }
@@ -212,6 +248,24 @@ mod tests {
         assert_eq!(a.in_use(), 40);
         drop(p2);
         assert_eq!(a.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_no_trace() {
+        let a = admission(10, 10, 5_000);
+        let (held, _) = a.admit(10).await.unwrap();
+        let a2 = a.clone();
+        let waiting = tokio::spawn(async move { a2.admit(10).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.queued(), 1);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(a.queued(), 0);
+        drop(held);
+        assert_eq!(a.in_use(), 0);
+        // The whole budget is available again.
+        let (_p, waited) = a.admit(10).await.unwrap();
+        assert_eq!(waited, Duration::ZERO);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use super::guest_log::GuestLog;
 use super::http_guest::kill_message;
 use super::record::Record;
 use super::request_body::{BodyReader, TooLarge};
-use super::response::{Body, GuardedBody, HostAnswer};
+use super::response::{Body, GuardedBody, HostAnswer, content_length, sanitize_guest_headers};
 use super::{ConnInfo, RouteRuntime};
 use crate::{Input, Invocation, OutcomeKind, Output};
 
@@ -61,7 +61,7 @@ where
     };
 
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
-    let (done_tx, done_rx) = oneshot::channel::<Result<OutcomeKind, String>>();
+    let (done_tx, done_rx) = oneshot::channel::<Result<OutcomeKind, crate::Error>>();
     let guest = route.guest.clone();
     let task_record = record.clone();
     let task_too_large = too_large.clone();
@@ -71,7 +71,7 @@ where
                 task_record.set_outcome(outcome.kind.clone(), outcome.usage);
                 Ok(outcome.kind)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         drop(permit);
         let clean = matches!(result, Ok(OutcomeKind::Exited(_))) && !task_too_large.is_set();
@@ -92,14 +92,27 @@ where
         match parser.push(&buf) {
             Ok(None) => continue,
             Ok(Some(head)) => {
+                if too_large.is_set() {
+                    return answer(
+                        &record,
+                        &too_large,
+                        route,
+                        HostAnswer::BodyTooLarge(route.max_body),
+                    );
+                }
+                if head.status.is_informational() {
+                    let message = format!(
+                        "the CGI response head has the informational status {}, which cannot \
+                         end a response",
+                        head.status.as_u16()
+                    );
+                    return answer(&record, &too_large, route, HostAnswer::BadGateway(message));
+                }
                 record.set_status(head.status);
                 let mut response = Response::new(());
                 *response.status_mut() = head.status;
                 *response.headers_mut() = head.headers;
-                for hop in [header::CONNECTION, header::TRANSFER_ENCODING] {
-                    response.headers_mut().remove(hop);
-                }
-                response.headers_mut().remove("keep-alive");
+                sanitize_guest_headers(response.headers_mut());
                 if !response.headers().contains_key(header::CONTENT_TYPE)
                     && response.headers().contains_key(header::LOCATION)
                 {
@@ -107,12 +120,14 @@ where
                         .headers_mut()
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
+                let length = content_length(response.headers());
                 let body = StdoutBody {
                     first: Some(head.body_start),
                     pipe: stdout,
                     buf: vec![0; 16 * 1024],
                 };
-                return response.map(|()| GuardedBody::new(body, verdict_rx).boxed_unsync());
+                return response
+                    .map(|()| GuardedBody::new(body, verdict_rx, length).boxed_unsync());
             }
             // An invalid head: stop reading; the guest's further writes fail.
             Err(e) => {
@@ -141,7 +156,8 @@ where
             let message = kill_message(&kind);
             HostAnswer::Killed(kind, message)
         }
-        Ok(Err(host_error)) => HostAnswer::HostError(host_error),
+        Ok(Err(e @ crate::Error::Capacity { .. })) => HostAnswer::Overloaded(e.to_string()),
+        Ok(Err(host_error)) => HostAnswer::HostError(host_error.to_string()),
         Err(_) => HostAnswer::HostError("the request's task failed".into()),
     };
     answer(&record, &too_large, route, answer_for)

@@ -19,7 +19,7 @@ use super::admission::Permit;
 use super::guest_log::GuestLog;
 use super::record::Record;
 use super::request_body::{BodyTooLarge, TooLarge};
-use super::response::{Body, GuardedBody, HostAnswer};
+use super::response::{Body, GuardedBody, HostAnswer, content_length, sanitize_guest_headers};
 use crate::OutcomeKind;
 use crate::invoke::{Failure, conclude, wasi_builder, with_deadline};
 use crate::io::{self, Output, Stream};
@@ -101,6 +101,7 @@ where
                 task_record.set_outcome(kind.clone(), usage);
                 Finished::Outcome(kind)
             }
+            Err(e @ crate::Error::Capacity { .. }) => Finished::Overloaded(e.to_string()),
             Err(e) => Finished::HostError(e.to_string()),
         };
         drop(store);
@@ -113,9 +114,23 @@ where
 
     match head_rx.await {
         Ok(Ok(response)) => {
+            if too_large.is_set() {
+                return answer(&record, &too_large, route, Finished::Lost, String::new);
+            }
+            if response.status().is_informational() {
+                let status = response.status().as_u16();
+                let answer = HostAnswer::BadGateway(format!(
+                    "the guest responded with the informational status {status}, which cannot \
+                     end a response"
+                ));
+                record.set_host_answer(answer.status(), answer.outcome());
+                return answer.into_response();
+            }
             record.set_status(response.status());
-            let (parts, body) = response.into_parts();
-            let body = GuardedBody::new(body, verdict_rx);
+            let (mut parts, body) = response.into_parts();
+            sanitize_guest_headers(&mut parts.headers);
+            let length = content_length(&parts.headers);
+            let body = GuardedBody::new(body, verdict_rx, length);
             Response::from_parts(parts, body.boxed_unsync())
         }
         Ok(Err(code)) => {
@@ -137,6 +152,8 @@ where
 enum Finished {
     Outcome(OutcomeKind),
     HostError(String),
+    /// No free instance slot: answered 503 like a full memory budget.
+    Overloaded(String),
     /// The task panicked (a host bug); answered as a host error.
     Lost,
 }
@@ -158,6 +175,7 @@ fn answer(
                 HostAnswer::Killed(kind, message)
             }
             Finished::HostError(m) => HostAnswer::HostError(m),
+            Finished::Overloaded(m) => HostAnswer::Overloaded(m),
             Finished::Lost => HostAnswer::HostError("the request's task failed".into()),
         }
     };

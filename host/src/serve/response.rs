@@ -119,16 +119,62 @@ pub type Verdict = oneshot::Receiver<bool>;
 pub struct GuardedBody<B> {
     inner: B,
     verdict: Option<Verdict>,
+    /// Bytes still to come when the response declares a Content-Length:
+    /// hyper ends the message by itself once they are sent, so the frame
+    /// that completes it is held back until the verdict is known.
+    remaining: Option<u64>,
+    held: Option<Frame<Bytes>>,
 }
 
 impl<B> GuardedBody<B> {
-    /// Guards `inner` with the task's verdict (`true`: finished cleanly).
-    pub fn new(inner: B, verdict: Verdict) -> Self {
+    /// Guards `inner` with the task's verdict (`true`: finished cleanly);
+    /// `content_length` is the response's declared length, if any.
+    pub fn new(inner: B, verdict: Verdict, content_length: Option<u64>) -> Self {
         GuardedBody {
             inner,
             verdict: Some(verdict),
+            remaining: content_length,
+            held: None,
         }
     }
+}
+
+/// Removes from a guest's response head what a guest must not send: the
+/// hop-by-hop headers (the host owns the connection) and the host's own
+/// outcome header (its absence means the guest answered).
+pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
+    use http::header;
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection", OUTCOME_HEADER] {
+        headers.remove(name);
+    }
+}
+
+/// The declared Content-Length of a response head, if valid.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The error that aborts a response whose guest was killed mid-body.
@@ -148,22 +194,38 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
-            Some(Err(e)) => {
-                self.verdict = None;
-                return Poll::Ready(Some(Err(e.into())));
+        if self.held.is_none() {
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    match self.remaining {
+                        Some(left) if len > 0 && len >= left => {
+                            self.remaining = Some(0);
+                            self.held = Some(frame);
+                        }
+                        Some(left) => {
+                            self.remaining = Some(left - len);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        None => return Poll::Ready(Some(Ok(frame))),
+                    }
+                }
+                Some(Err(e)) => {
+                    self.verdict = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {}
             }
-            None => {}
         }
         let Some(verdict) = self.verdict.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(self.held.take().map(Ok));
         };
         let clean = matches!(ready!(Pin::new(verdict).poll(cx)), Ok(true));
         self.verdict = None;
         if clean {
-            Poll::Ready(None)
+            Poll::Ready(self.held.take().map(Ok))
         } else {
+            self.held = None;
             Poll::Ready(Some(Err(Box::new(Aborted))))
         }
     }
@@ -218,5 +280,24 @@ mod tests {
             );
             assert_eq!(r.headers()["content-type"], "application/json");
         }
+    }
+
+    #[test]
+    fn guests_cannot_send_hop_by_hop_or_outcome_headers() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            (OUTCOME_HEADER, "exited"),
+            ("content-type", "text/plain"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        sanitize_guest_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 }
