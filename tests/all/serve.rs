@@ -113,13 +113,13 @@ impl Drop for ServeGuard {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            if let Some(h) = self.stderr.take() {
-                if std::thread::panicking() {
-                    eprintln!(
-                        "--- wasm-run serve stderr ---\n{}",
-                        h.join().unwrap_or_default()
-                    );
-                }
+            if let Some(h) = self.stderr.take()
+                && std::thread::panicking()
+            {
+                eprintln!(
+                    "--- wasm-run serve stderr ---\n{}",
+                    h.join().unwrap_or_default()
+                );
             }
         }
     }

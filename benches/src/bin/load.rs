@@ -107,7 +107,7 @@ struct Stats {
 
 /// Picks a path for request number `n`: the mix's paths in proportion,
 /// deterministically interleaved, else the main path.
-fn pick<'a>(args: &'a Args, n: u64) -> &'a str {
+fn pick(args: &Args, n: u64) -> &str {
     let x = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     let mut acc = 0.0;
     for (path, frac) in &args.mix {

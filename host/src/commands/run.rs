@@ -122,7 +122,7 @@ impl RunCommand {
                 let mut lead = lead;
                 if let Some(path) = &report {
                     if let Err(e) = write_report(path, &outcome, lead) {
-                        eprint!("{lead}wasm-run: {e:#}\n");
+                        eprintln!("{lead}wasm-run: {e:#}");
                         return ExitCode::from(EXIT_LOAD_FAILED);
                     }
                     if path.as_os_str() == "-" {
@@ -130,15 +130,15 @@ impl RunCommand {
                     }
                 }
                 if let Some(message) = outcome.message() {
-                    eprint!(
-                        "{lead}wasm-run: {module}: {}: {message}\n",
+                    eprintln!(
+                        "{lead}wasm-run: {module}: {}: {message}",
                         outcome.kind.name()
                     );
                 }
                 ExitCode::from(exit_byte(outcome.kind.exit_status()))
             }
             Err(e) => {
-                eprint!("{lead}wasm-run: {e:#}\n");
+                eprintln!("{lead}wasm-run: {e:#}");
                 ExitCode::from(EXIT_LOAD_FAILED)
             }
         }
@@ -176,7 +176,7 @@ fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow
     let json = serde_json::to_string(&outcome.report())?;
     if path.as_os_str() == "-" {
         let mut err = std::io::stderr().lock();
-        write!(err, "{lead}{json}\n").context("writing the report to stderr")?;
+        writeln!(err, "{lead}{json}").context("writing the report to stderr")?;
     } else {
         std::fs::write(path, format!("{json}\n"))
             .with_context(|| format!("writing the report to {}", path.display()))?;
@@ -223,10 +223,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tracked<W> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &poll {
-            if let Some(last) = buf[..*n].last() {
-                self.mid_line.store(*last != b'\n', Ordering::Relaxed);
-            }
+        if let Poll::Ready(Ok(n)) = &poll
+            && let Some(last) = buf[..*n].last()
+        {
+            self.mid_line.store(*last != b'\n', Ordering::Relaxed);
         }
         poll
     }

@@ -224,10 +224,10 @@ impl HttpBody for StdoutBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(first) = self.first.take() {
-            if !first.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(first))));
-            }
+        if let Some(first) = self.first.take()
+            && !first.is_empty()
+        {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
         }
         let this = &mut *self;
         let mut read = ReadBuf::new(&mut this.buf);
