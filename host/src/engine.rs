@@ -19,9 +19,9 @@ use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
 
-/// Default interval between epoch ticks: 10 ms. Deadlines are checked and
+/// Default interval between epoch ticks: 1 ms. Deadlines are checked and
 /// running guests yield to other tasks at this granularity.
-pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Default wasm stack limit: 1 MiB.
 pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
@@ -57,7 +57,7 @@ pub struct EngineConfig {
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Wall time after which a still-running invocation counts as
+    /// CPU time running wasm after which an invocation counts as
     /// long-running and is demoted to the background CPU slots. Default
     /// [`DEFAULT_DEMOTE_AFTER`].
     pub demote_after: Duration,
@@ -68,8 +68,8 @@ pub struct EngineConfig {
     pub background_slots: usize,
 }
 
-/// Default wall time before an invocation is demoted: 20 ms.
-pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(20);
+/// Default CPU time in wasm before an invocation is demoted: 5 ms.
+pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
 fn default_background_slots() -> usize {
     std::thread::available_parallelism()

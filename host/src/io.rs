@@ -12,8 +12,9 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 use crate::outcome::CapturedOutput;
 
@@ -45,8 +46,18 @@ pub enum Output {
     /// Kept in memory up to [`crate::Limits::max_output`] bytes and returned
     /// in the [`crate::Outcome`]; the rest is discarded and marked truncated.
     Capture,
-    /// Written to this writer (e.g. a response body or a log stream).
+    /// Written to this writer (e.g. a response body), with backpressure:
+    /// the guest waits while the writer is not ready.
     Writer(Box<dyn AsyncWrite + Send + Sync>),
+    /// Handed synchronously to this sink, for destinations that never block
+    /// (a log, a counter): cheaper than a writer, which needs a task.
+    Sink(Box<dyn OutputSink>),
+}
+
+/// A destination for guest output that accepts every write at once.
+pub trait OutputSink: Send + 'static {
+    /// Takes the next bytes the guest wrote.
+    fn write(&mut self, bytes: &[u8]);
 }
 
 impl fmt::Debug for Input {
@@ -67,6 +78,7 @@ impl fmt::Debug for Output {
             Output::Inherit => f.write_str("Inherit"),
             Output::Capture => f.write_str("Capture"),
             Output::Writer(_) => f.write_str("Writer(..)"),
+            Output::Sink(_) => f.write_str("Sink(..)"),
         }
     }
 }
@@ -100,7 +112,7 @@ pub(crate) fn set_output(
     output: Output,
     cap: u64,
 ) -> Option<CaptureBuffer> {
-    let (stream, capture) = match output {
+    match output {
         Output::Null => return None,
         Output::Inherit => {
             match which {
@@ -111,16 +123,106 @@ pub(crate) fn set_output(
         }
         Output::Capture => {
             let buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
-            let stream = AsyncStdoutStream::new(WRITE_BUDGET, buffer.clone());
-            (stream, Some(buffer))
+            set(builder, which, SinkStream::new(Box::new(buffer.clone())));
+            Some(buffer)
         }
-        Output::Writer(w) => (AsyncStdoutStream::new(WRITE_BUDGET, Box::into_pin(w)), None),
-    };
+        Output::Sink(sink) => {
+            set(builder, which, SinkStream::new(sink));
+            None
+        }
+        Output::Writer(w) => {
+            set(
+                builder,
+                which,
+                AsyncStdoutStream::new(WRITE_BUDGET, Box::into_pin(w)),
+            );
+            None
+        }
+    }
+}
+
+fn set(builder: &mut WasiCtxBuilder, which: Stream, stream: impl StdoutStream + 'static) {
     match which {
         Stream::Stdout => builder.stdout(stream),
         Stream::Stderr => builder.stderr(stream),
     };
-    capture
+}
+
+/// Bytes a guest may write to a [`SinkStream`] in one call.
+const SINK_WRITE_BUDGET: usize = 1 << 20;
+
+/// A guest output stream that hands every write to an [`OutputSink`] on the
+/// spot: no buffer, no worker task.
+#[derive(Clone)]
+struct SinkStream(Arc<Mutex<Box<dyn OutputSink>>>);
+
+impl SinkStream {
+    fn new(sink: Box<dyn OutputSink>) -> Self {
+        SinkStream(Arc::new(Mutex::new(sink)))
+    }
+
+    fn write_all(&self, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(bytes);
+    }
+}
+
+impl IsTerminal for SinkStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SinkStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for SinkStream {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.write_all(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(SINK_WRITE_BUDGET)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SinkStream {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for SinkStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_all(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// An in-memory sink that keeps the first `cap` bytes written to it and
@@ -159,12 +261,8 @@ impl CaptureBuffer {
     }
 }
 
-impl AsyncWrite for CaptureBuffer {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+impl OutputSink for CaptureBuffer {
+    fn write(&mut self, buf: &[u8]) {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let room = s.cap.saturating_sub(s.bytes.len());
         let keep = room.min(buf.len());
@@ -172,28 +270,18 @@ impl AsyncWrite for CaptureBuffer {
         if keep < buf.len() {
             s.truncated = true;
         }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
-    #[tokio::test]
-    async fn capture_keeps_the_first_cap_bytes() {
+    #[test]
+    fn capture_keeps_the_first_cap_bytes() {
         let mut b = CaptureBuffer::new(5);
-        b.write_all(b"hello world").await.unwrap();
-        b.write_all(b"more").await.unwrap();
+        b.write(b"hello world");
+        b.write(b"more");
         let out = b.take();
         assert_eq!(&out.bytes[..], b"hello");
         assert!(out.truncated);

@@ -66,7 +66,7 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, Invocation};
-pub use io::{Input, Output};
+pub use io::{Input, Output, OutputSink};
 pub use limits::{ByteSize, HumanDuration, Limits};
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};

@@ -154,8 +154,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// - past the deadline it traps with [`wasmtime::Trap::Interrupt`];
 /// - otherwise it yields to the async executor, so a busy guest never holds
 ///   a thread shared with other requests for more than a tick;
-/// - once the invocation has run longer than `demote_after` it is
-///   *demoted*: each further tick it gives back its background CPU slot and
+/// - once the invocation has run wasm for about `demote_after` (counted in
+///   epoch callbacks, which only happen while wasm runs) it is *demoted*: each further tick it gives back its background CPU slot and
 ///   waits (FIFO) for one before running again. With one slot fewer than
 ///   cores, spinning guests share what is left among themselves and short
 ///   requests always find a free core.
@@ -176,7 +176,12 @@ pub(crate) fn new_store(
             .expect("fuel is enabled in this engine");
     }
     let deadline = limits.timeout.map(|t| started + t);
-    let demote_at = started + engine.config().demote_after;
+    // Epoch callbacks only happen while wasm runs, one per tick, so counting
+    // them measures the guest's CPU time, not time spent waiting.
+    let config = engine.config();
+    let demote_after_ticks =
+        (config.demote_after.as_nanos() / config.epoch_tick.as_nanos().max(1)).max(1) as u64;
+    let mut ticks_run = 0u64;
     let slots = engine.background_slots().clone();
     let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
     let demoted = Arc::new(AtomicBool::new(false));
@@ -205,7 +210,8 @@ pub(crate) fn new_store(
         if deadline.is_some_and(|d| now >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }
-        if now < demote_at {
+        ticks_run += 1;
+        if ticks_run < demote_after_ticks {
             return Ok(UpdateDeadline::Yield(1));
         }
         demoted.store(true, Ordering::Relaxed);

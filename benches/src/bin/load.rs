@@ -60,7 +60,7 @@ fn parse_args() -> Args {
             "--label" => label = value,
             "--mix" => {
                 let (path, frac) = value
-                    .split_once('=')
+                    .rsplit_once('=')
                     .unwrap_or_else(|| usage("--mix is /path=FRACTION"));
                 let frac: f64 = frac.parse().unwrap_or_else(|_| usage("bad --mix fraction"));
                 mix.push((path.to_string(), frac));

@@ -52,7 +52,7 @@ where
         dirs: route.spec.dirs.clone(),
         stdin: Input::Reader(Box::new(BodyReader::new(body))),
         stdout: Output::Writer(Box::new(stdout_writer)),
-        stderr: Output::Writer(Box::new(GuestLog::new(
+        stderr: Output::Sink(Box::new(GuestLog::new(
             record.id.clone(),
             "stderr",
             route.log_cap,

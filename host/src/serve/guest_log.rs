@@ -2,16 +2,14 @@
 //! tagged with the request id, and capped per request so a guest flooding
 //! its output cannot flood the log.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
+use crate::OutputSink;
 
 /// Longest line logged as one event; longer lines are split.
 const MAX_LINE: usize = 4096;
 
-/// An `AsyncWrite` that logs complete lines as `tracing` events.
+/// An output sink that logs complete lines as `tracing` events.
 pub struct GuestLog {
     request_id: Arc<str>,
     stream: &'static str,
@@ -78,23 +76,9 @@ impl Drop for GuestLog {
     }
 }
 
-impl AsyncWrite for GuestLog {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.accept(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.emit();
-        Poll::Ready(Ok(()))
+impl OutputSink for GuestLog {
+    fn write(&mut self, bytes: &[u8]) {
+        self.accept(bytes);
     }
 }
 

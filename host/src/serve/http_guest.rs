@@ -48,7 +48,7 @@ where
     let log_cap = route.log_cap;
     for (which, name) in [(Stream::Stdout, "stdout"), (Stream::Stderr, "stderr")] {
         let log = GuestLog::new(record.id.clone(), name, log_cap);
-        io::set_output(&mut builder, which, Output::Writer(Box::new(log)), 0);
+        io::set_output(&mut builder, which, Output::Sink(Box::new(log)), 0);
     }
     let state = StoreState::new(
         builder.build_p1(),
