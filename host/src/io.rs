@@ -113,13 +113,13 @@ pub(crate) fn set_output(
     cap: u64,
 ) -> Option<CaptureBuffer> {
     match output {
-        Output::Null => return None,
+        Output::Null => None,
         Output::Inherit => {
             match which {
                 Stream::Stdout => builder.inherit_stdout(),
                 Stream::Stderr => builder.inherit_stderr(),
             };
-            return None;
+            None
         }
         Output::Capture => {
             let buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
