@@ -218,6 +218,8 @@ async fn the_builtin_demo_serves_every_route_as_its_index_says() {
     assert_eq!(hello.text(), "Hello from wasm-run!\n");
     assert!(hello.outcome().is_none());
     assert!(hello.headers.contains_key("x-request-id"));
+    // A small response that finished at once goes out whole, with its length.
+    assert_eq!(hello.headers["content-length"], "21");
 
     assert_killed(&get(server.addr, "/spin").await, 500, "fuel_exhausted");
     assert_killed(&get(server.addr, "/bomb").await, 500, "memory_exceeded");
@@ -388,6 +390,7 @@ async fn wasi_http_status_table() {
     assert_eq!(hello.status, 200);
     assert_eq!(hello.text(), "Hello from wasm-run over wasi:http!\n");
     assert!(hello.outcome().is_none());
+    assert_eq!(hello.headers["content-length"], "36");
     assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
     assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
     assert_killed(&get(a, "/crash").await, 500, "trapped");

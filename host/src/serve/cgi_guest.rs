@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -19,7 +18,7 @@ use super::guest_log::GuestLog;
 use super::http_guest::kill_message;
 use super::record::Record;
 use super::request_body::{BodyReader, TooLarge};
-use super::response::{Body, GuardedBody, HostAnswer, content_length, sanitize_guest_headers};
+use super::response::{Body, Coalesced, HostAnswer, coalesce, sanitize_guest_headers};
 use super::{ConnInfo, RouteRuntime};
 use crate::{Input, Invocation, OutcomeKind, Output};
 
@@ -108,7 +107,6 @@ where
                     );
                     return answer(&record, &too_large, route, HostAnswer::BadGateway(message));
                 }
-                record.set_status(head.status);
                 let mut response = Response::new(());
                 *response.status_mut() = head.status;
                 *response.headers_mut() = head.headers;
@@ -120,14 +118,28 @@ where
                         .headers_mut()
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
-                let length = content_length(response.headers());
                 let body = StdoutBody {
                     first: Some(head.body_start),
                     pipe: stdout,
                     buf: vec![0; 16 * 1024],
                 };
-                return response
-                    .map(|()| GuardedBody::new(body, verdict_rx, length).boxed_unsync());
+                let (parts, ()) = response.into_parts();
+                return match coalesce(parts, body, verdict_rx).await {
+                    Coalesced::Complete(response) | Coalesced::Streaming(response) => {
+                        record.set_status(head.status);
+                        response
+                    }
+                    Coalesced::Killed => {
+                        let killed = match done_rx.await {
+                            Ok(Ok(kind)) if !matches!(kind, OutcomeKind::Exited(_)) => {
+                                let message = kill_message(&kind);
+                                HostAnswer::Killed(kind, message)
+                            }
+                            _ => HostAnswer::BadGateway("the guest's output failed".into()),
+                        };
+                        answer(&record, &too_large, route, killed)
+                    }
+                };
             }
             // An invalid head: stop reading; the guest's further writes fail.
             Err(e) => {

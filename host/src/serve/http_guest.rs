@@ -19,7 +19,7 @@ use super::admission::Permit;
 use super::guest_log::GuestLog;
 use super::record::Record;
 use super::request_body::{BodyTooLarge, TooLarge};
-use super::response::{Body, GuardedBody, HostAnswer, content_length, sanitize_guest_headers};
+use super::response::{Body, Coalesced, HostAnswer, coalesce, sanitize_guest_headers};
 use crate::OutcomeKind;
 use crate::invoke::{Failure, conclude, wasi_builder, with_deadline};
 use crate::io::{self, Output, Stream};
@@ -126,12 +126,21 @@ where
                 record.set_host_answer(answer.status(), answer.outcome());
                 return answer.into_response();
             }
-            record.set_status(response.status());
             let (mut parts, body) = response.into_parts();
             sanitize_guest_headers(&mut parts.headers);
-            let length = content_length(&parts.headers);
-            let body = GuardedBody::new(body, verdict_rx, length);
-            Response::from_parts(parts, body.boxed_unsync())
+            let status = parts.status;
+            match coalesce(parts, body, verdict_rx).await {
+                Coalesced::Complete(response) | Coalesced::Streaming(response) => {
+                    record.set_status(status);
+                    response
+                }
+                Coalesced::Killed => {
+                    let finished = done_rx.await.unwrap_or(Finished::Lost);
+                    answer(&record, &too_large, route, finished, || {
+                        "the guest's response body failed".to_string()
+                    })
+                }
+            }
         }
         Ok(Err(code)) => {
             let finished = done_rx.await.unwrap_or(Finished::Lost);

@@ -169,6 +169,116 @@ pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// How long a response head is held back to gather the body that follows
+/// it, so that a small response goes out in one write.
+pub const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Most body bytes gathered before the head is sent.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// What [`coalesce`] made of a guest's response.
+#[derive(Debug)]
+pub enum Coalesced {
+    /// The guest finished its body and ended cleanly within the window: a
+    /// complete response with an exact Content-Length.
+    Complete(Response<Body>),
+    /// The guest finished its body but was then killed (or its body failed)
+    /// before the head was sent: the caller answers for the host instead.
+    Killed,
+    /// Still running: the head, then the gathered body and the rest,
+    /// guarded so that a later kill aborts it.
+    Streaming(Response<Body>),
+}
+
+/// Holds a guest's response head for up to [`COALESCE_WINDOW`] while its
+/// body arrives. Small responses become one complete message (one write,
+/// no chunked encoding); others start streaming when the window closes.
+pub async fn coalesce<B>(
+    parts: http::response::Parts,
+    mut body: B,
+    mut verdict: Verdict,
+) -> Coalesced
+where
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BodyError>,
+{
+    let window = tokio::time::sleep(COALESCE_WINDOW);
+    tokio::pin!(window);
+    let mut frames: Vec<Frame<Bytes>> = Vec::new();
+    let mut size = 0;
+    let mut ended = false;
+    while size < COALESCE_MAX {
+        tokio::select! {
+            biased;
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    size += frame.data_ref().map_or(0, Bytes::len);
+                    frames.push(frame);
+                }
+                Some(Err(_)) => return Coalesced::Killed,
+                None => {
+                    ended = true;
+                    break;
+                }
+            },
+            () = &mut window => break,
+        }
+    }
+    let all_data = frames.iter().all(Frame::is_data);
+    if ended && all_data {
+        let deadline = window.deadline();
+        match tokio::time::timeout_at(deadline, &mut verdict).await {
+            Ok(Ok(true)) => {
+                let mut bytes = bytes::BytesMut::with_capacity(size);
+                for frame in frames {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+                let mut response = Response::from_parts(parts, full(bytes.freeze()));
+                response.headers_mut().remove(http::header::CONTENT_LENGTH);
+                return Coalesced::Complete(response);
+            }
+            Ok(_) => return Coalesced::Killed,
+            Err(_) => {}
+        }
+    }
+    let length = content_length(&parts.headers);
+    let body = Prefixed {
+        prefix: frames.into(),
+        inner: body,
+    };
+    let guarded = GuardedBody::new(body, verdict, length);
+    Coalesced::Streaming(Response::from_parts(parts, guarded.boxed_unsync()))
+}
+
+/// A body that yields some frames already read, then the rest of `inner`.
+struct Prefixed<B> {
+    prefix: std::collections::VecDeque<Frame<Bytes>>,
+    inner: B,
+}
+
+impl<B> HttpBody for Prefixed<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(frame) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+}
+
 /// The declared Content-Length of a response head, if valid.
 pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
