@@ -46,11 +46,12 @@ def sh(*cmd, **kw):
 class Server:
     """A server printing 'Serving HTTP on http://ADDR/' (or wasmtime's line)."""
 
-    def __init__(self, name, cmd, env=None):
+    def __init__(self, name, cmd, env=None, merge_stderr=False):
         self.name = name
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            cmd, cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else self.log, text=True,
             env={**os.environ, "WASM_RUN_LOG": "warn", "RUST_BACKTRACE": "0", **(env or {})},
         )
         self.addr = None
@@ -122,7 +123,8 @@ def scenario_hello(a, results):
     if wt:
         systems.append(("wasmtime serve 48 (fresh instance)",
                         lambda: Server("wasmtime", [wt, "serve", "-S", "cli", "--addr",
-                                                    "127.0.0.1:0", str(HTTP_GUEST)]), "/"))
+                                                    "127.0.0.1:0", str(HTTP_GUEST)],
+                                       merge_stderr=True), "/"))
     servers = {name: start() for name, start, _ in systems}
     try:
         runs = {name: [] for name, _, _ in systems}
