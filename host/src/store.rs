@@ -149,7 +149,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// Creates a store for one invocation and installs its limits: the memory
 /// limiter, the fuel budget and the epoch deadline.
 ///
-/// The epoch callback runs every engine tick (10 ms) while wasm code runs:
+/// The epoch callback runs every engine tick (1 ms) while wasm code runs:
 ///
 /// - past the deadline it traps with [`wasmtime::Trap::Interrupt`];
 /// - otherwise it yields to the async executor, so a busy guest never holds

@@ -25,7 +25,7 @@
 //! # Scheduling: why a spinning guest does not stall the others
 //!
 //! Guests run as ordinary tasks on tokio's multi-threaded runtime, beside
-//! the socket I/O. wasmtime's epoch ticker (every 10 ms) makes each running
+//! the socket I/O. wasmtime's epoch ticker (every 1 ms) makes each running
 //! guest call back into the host, and the store's epoch callback answers
 //! "yield": the guest's task returns `Pending` and goes to the back of the
 //! run queue, so no guest holds a worker thread for more than one tick. The
@@ -33,15 +33,16 @@
 //! timeout bounds time blocked in host calls.
 //!
 //! Yielding alone is not enough: with N spinners and 2 cores, a short
-//! request would still wait behind N/2 slices. So a request still running
-//! after 20 ms is demoted: each further tick it must hold one of the engine's
+//! request would still wait behind N/2 slices. So a request that has run
+//! about 5 ms of wasm (counted in epoch callbacks, which only happen while
+//! wasm runs) is demoted: each further tick it must hold one of the engine's
 //! background CPU slots (cores − 1 of them, FIFO, given back on every tick
 //! and whenever it blocks in a host call). Spinners then share those slots
 //! among themselves, and at least one core is always free for requests that
-//! finish within their first 20 ms — which is what keeps hello's latency flat
+//! finish within their first 5 ms of wasm — which keeps hello's latency low
 //! under an abusive mix. We chose this over a thread per guest (or OS
 //! priorities) because it costs nothing on the fast path: a request that
-//! ends within 20 ms never touches the slots.
+//! ends within 5 ms never touches the slots.
 
 pub mod admission;
 pub mod cgi;
