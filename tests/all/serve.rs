@@ -464,7 +464,6 @@ async fn sigterm_drains_a_slow_request_then_exits_zero() {
 
 #[tokio::test]
 async fn sighup_reloads_good_config_and_keeps_serving_on_bad() {
-    let hello = guest("hello", Target::P1);
     let demo = guest("demo", Target::P1);
     let config = write_config(
         "reload.toml",
@@ -508,7 +507,6 @@ async fn sighup_reloads_good_config_and_keeps_serving_on_bad() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = hello;
 }
 
 #[tokio::test]
