@@ -226,21 +226,20 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
         });
     }
     let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(engine.wasmtime());
-    // The whole wasi:cli world, and wasi:http for HTTP handlers: real
+    // The whole wasi:cli world and wasi:http, for every component: real
     // components (componentize-py, componentize-js, Rust's `wasi` crate)
-    // import wasi:cli interfaces even when they only serve HTTP.
+    // import wasi:cli interfaces even when they only serve HTTP, and
+    // commands may import wasi:http to make requests (denied unless allowed).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| link_error(name, e))?;
-    if is_http {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| link_error(name, e))?;
-    }
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| link_error(name, e))?;
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         let import = ty
             .imports(engine.wasmtime())
             .map(|(n, _)| n.to_string())
             .find(|n| {
                 let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
-                    || (is_http && n.starts_with("wasi:http/"));
+                    || n.starts_with("wasi:http/");
                 !provided
             })
             .unwrap_or_else(|| "(see message)".into());

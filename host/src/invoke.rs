@@ -65,6 +65,9 @@ pub struct Invocation {
     pub stderr: Output,
     /// The limits this invocation runs under.
     pub limits: Limits,
+    /// Hosts a component may send wasi:http requests to. Default: none
+    /// (every outgoing request is denied).
+    pub outbound: OutboundPolicy,
 }
 
 impl Guest {
@@ -94,6 +97,7 @@ impl Guest {
             stdout,
             stderr,
             limits,
+            outbound,
         } = invocation;
 
         let mut builder = wasi_builder(self.name(), program_name.as_deref(), &args, &env, &dirs)?;
@@ -101,11 +105,7 @@ impl Guest {
         let out_capture = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
         let err_capture = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
 
-        let state = StoreState::new(
-            builder.build_p1(),
-            OutboundPolicy::default(),
-            limits.max_memory,
-        );
+        let state = StoreState::new(builder.build_p1(), outbound, limits.max_memory);
         let mut store = new_store(&self.inner.engine, state, &limits, started);
         let call = call_entry(&self.inner.pre, &mut store);
         let result = with_deadline(&limits, started, call).await;

@@ -14,7 +14,8 @@ use clap::Args;
 use tokio::io::AsyncWrite;
 use wasm_run::limits::{ByteSize, DEFAULT_MAX_MEMORY, HumanDuration};
 use wasm_run::{
-    DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, Outcome, Output,
+    DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, OutboundPolicy, Outcome,
+    Output,
 };
 
 use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
@@ -166,6 +167,7 @@ impl RunCommand {
                 timeout: self.timeout.map(|t| t.0),
                 ..Limits::default()
             },
+            outbound: OutboundPolicy::default(),
         };
         Ok(guest.run(invocation).await?)
     }

@@ -57,6 +57,7 @@ where
             route.log_cap,
         ))),
         limits: route.spec.limits.clone(),
+        outbound: route.outbound.clone(),
     };
 
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
