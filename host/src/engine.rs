@@ -1,7 +1,7 @@
 //! The process-wide engine: one `wasmtime::Engine` configured for many short
 //! sandboxed invocations, plus the epoch ticker thread that drives deadlines.
 //!
-//! Settings follow `shared/PERF-NOTES.md`: the pooling instance allocator with
+//! Settings follow measurements recorded in `benches/RESULTS.md`: the pooling instance allocator with
 //! copy-on-write memory images, linear memory and tables kept resident between
 //! uses and reset with the `PAGEMAP_SCAN` ioctl where the kernel has it. That
 //! removes page faults and TLB-shootdown IPIs from the per-invocation path.
@@ -123,14 +123,17 @@ impl Engine {
         wt.async_stack_size(config.max_wasm_stack + (1 << 20));
         wt.memory_init_cow(true);
         // wasip3 concurrency is not used; turning it off makes component
-        // instantiation markedly cheaper (PERF-NOTES).
+        // instantiation markedly cheaper (about 31 → 20 µs per hello component).
         wt.concurrency_support(false);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_core_instances(config.max_instances)
+            // A component has several core instances and tables (real ones
+            // 5-20), so those pools are larger than the component pool.
+            let per_component_share = config.max_instances.saturating_mul(4);
+            pool.total_core_instances(per_component_share)
                 .total_component_instances(config.max_instances)
                 .total_memories(config.max_instances)
-                .total_tables(config.max_instances)
+                .total_tables(per_component_share)
                 .total_stacks(config.max_instances)
                 // Room for real-world guests (componentize-py/-js runtimes have
                 // big function tables and instance state); these are bounds,
@@ -138,6 +141,11 @@ impl Engine {
                 .table_elements(1_000_000)
                 .max_tables_per_module(8)
                 .max_memories_per_module(2)
+                // One request may not take a large share of the pool's slots:
+                // the same bounds the store's limiter enforces per invocation.
+                .max_core_instances_per_component(crate::MAX_INSTANCES as u32)
+                .max_tables_per_component(crate::MAX_TABLES as u32)
+                .max_memories_per_component(crate::MAX_MEMORIES as u32)
                 .max_core_instance_size(16 << 20)
                 .max_component_instance_size(16 << 20)
                 .linear_memory_keep_resident(config.keep_resident)

@@ -47,6 +47,8 @@ pub(crate) struct GuestInner {
     pub(crate) name: String,
     pub(crate) engine: Engine,
     pub(crate) pre: Pre,
+    /// Whether the guest imports wasi:http (serves it, or may send requests).
+    pub(crate) uses_http: bool,
 }
 
 pub(crate) enum Pre {
@@ -80,16 +82,17 @@ impl Guest {
     pub fn from_bytes(engine: &Engine, name: impl Into<String>, bytes: &[u8]) -> Result<Guest> {
         let name = name.into();
         let binary = to_binary(&name, bytes)?;
-        let pre = if is_component(&binary) {
+        let (pre, uses_http) = if is_component(&binary) {
             link_component(engine, &name, &binary)?
         } else {
-            link_core(engine, &name, &binary)?
+            (link_core(engine, &name, &binary)?, false)
         };
         Ok(Guest {
             inner: Arc::new(GuestInner {
                 name,
                 engine: engine.clone(),
                 pre,
+                uses_http,
             }),
         })
     }
@@ -97,6 +100,19 @@ impl Guest {
     /// The guest's name (its path when loaded from a file).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Host memory one invocation of this guest may make the host hold
+    /// besides its linear memory and tables: [`crate::HOST_ALLOWANCE`], plus
+    /// [`crate::HTTP_HOST_ALLOWANCE`] when it imports wasi:http. A server
+    /// that admits invocations by memory budget should count this beside
+    /// each invocation's memory cap, as `wasm-run serve` does.
+    pub fn host_allowance(&self) -> u64 {
+        if self.inner.uses_http {
+            crate::HOST_ALLOWANCE + crate::HTTP_HOST_ALLOWANCE
+        } else {
+            crate::HOST_ALLOWANCE
+        }
     }
 
     /// What kind of guest this is.
@@ -197,7 +213,8 @@ fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
     Ok(Pre::Core(pre))
 }
 
-fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
+/// Links a component; also says whether it imports wasi:http.
+fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<(Pre, bool)> {
     let component = Component::new(engine.wasmtime(), binary).map_err(|e| Error::Invalid {
         name: name.to_string(),
         message: format!("{e:#}"),
@@ -225,14 +242,21 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
             ),
         });
     }
+    let uses_http = is_http
+        || ty
+            .imports(engine.wasmtime())
+            .any(|(n, _)| n.starts_with("wasi:http/"));
     let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(engine.wasmtime());
-    // The whole wasi:cli world and wasi:http, for every component: real
-    // components (componentize-py, componentize-js, Rust's `wasi` crate)
-    // import wasi:cli interfaces even when they only serve HTTP, and
-    // commands may import wasi:http to make requests (denied unless allowed).
+    // The whole wasi:cli world for every component: real components
+    // (componentize-py, componentize-js, Rust's `wasi` crate) import wasi:cli
+    // interfaces even when they only serve HTTP. wasi:http only for those
+    // that import it: HTTP handlers, and commands that send requests (denied
+    // unless the route allows the destination).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| link_error(name, e))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-        .map_err(|e| link_error(name, e))?;
+    if uses_http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| link_error(name, e))?;
+    }
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         let import = ty
             .imports(engine.wasmtime())
@@ -254,13 +278,13 @@ fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
             name: name.to_string(),
             message: format!("not a wasi:http handler: {e:#}"),
         })?;
-        return Ok(Pre::Http(pre));
+        return Ok((Pre::Http(pre), true));
     }
     let pre = CommandPre::new(pre).map_err(|e| Error::WrongShape {
         name: name.to_string(),
         message: format!("not a wasi:cli command: {e:#}"),
     })?;
-    Ok(Pre::Command(pre))
+    Ok((Pre::Command(pre), uses_http))
 }
 
 /// Interface packages the component linker provides (any 0.2.x version).

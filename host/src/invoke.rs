@@ -22,25 +22,36 @@ pub struct DirMapping {
     pub host: PathBuf,
     /// Path the guest sees it as, e.g. `/data` or `.`.
     pub guest: String,
-    /// Whether the guest may modify it. Default for the CLI: read-write.
+    /// Whether the guest may only read it. `wasm-run run` maps directories
+    /// read-write unless told `:ro`; `wasm-run serve` routes read-only
+    /// unless told `:rw`.
     pub read_only: bool,
 }
 
 impl DirMapping {
-    /// Parses the CLI spelling `HOST[::GUEST]`; the guest path defaults to
-    /// the host path.
+    /// Parses the CLI spelling `HOST[::GUEST][:ro|:rw]`, read-write unless
+    /// it ends in `:ro` (as `wasm-run run` does, like wasmtime). The guest
+    /// path defaults to the host path.
     pub fn parse(spec: &str) -> DirMapping {
-        match spec.split_once("::") {
-            Some((host, guest)) => DirMapping {
-                host: host.into(),
-                guest: guest.to_string(),
-                read_only: false,
-            },
-            None => DirMapping {
-                host: spec.into(),
-                guest: spec.to_string(),
-                read_only: false,
-            },
+        DirMapping::parse_with_default(spec, false)
+    }
+
+    /// Parses `HOST[::GUEST][:ro|:rw]`: a trailing `:ro` makes the mapping
+    /// read-only, `:rw` read-write, and without either it is read-only when
+    /// `read_only_by_default` (as for `wasm-run serve` routes).
+    pub fn parse_with_default(spec: &str, read_only_by_default: bool) -> DirMapping {
+        let (paths, read_only) = if let Some(p) = spec.strip_suffix(":ro") {
+            (p, true)
+        } else if let Some(p) = spec.strip_suffix(":rw") {
+            (p, false)
+        } else {
+            (spec, read_only_by_default)
+        };
+        let (host, guest) = paths.split_once("::").unwrap_or((paths, paths));
+        DirMapping {
+            host: host.into(),
+            guest: guest.to_string(),
+            read_only,
         }
     }
 }
@@ -132,6 +143,7 @@ pub(crate) fn wasi_builder(
     builder.arg(program_name.unwrap_or(name));
     builder.args(args);
     builder.envs(env);
+    builder.max_random_size(crate::MAX_RANDOM_BYTES);
     for dir in dirs {
         let perms = if dir.read_only {
             FsPerms::ReadOnly
@@ -156,10 +168,9 @@ pub(crate) async fn with_deadline<T>(
     started: Instant,
     call: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    match limits.timeout {
-        Some(t) => tokio::time::timeout_at((started + t).into(), call)
-            .await
-            .ok(),
+    // A deadline too far away to represent is no deadline.
+    match limits.timeout.and_then(|t| started.checked_add(t)) {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), call).await.ok(),
         None => Some(call.await),
     }
 }
@@ -252,5 +263,27 @@ async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Fai
             Ok(if status.is_ok() { 0 } else { 1 })
         }
         Pre::Http(_) => unreachable!("Guest::run rejects HTTP components before calling"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DirMapping;
+
+    #[test]
+    fn dir_specs_parse_with_their_access() {
+        let m = DirMapping::parse("./data::/data");
+        assert_eq!(
+            (m.host.to_str(), m.guest.as_str()),
+            (Some("./data"), "/data")
+        );
+        assert!(!m.read_only, "run maps read-write by default");
+        assert!(DirMapping::parse("./data::/data:ro").read_only);
+        let m = DirMapping::parse("/srv:ro");
+        assert_eq!((m.host.to_str(), m.guest.as_str()), (Some("/srv"), "/srv"));
+        assert!(m.read_only);
+        assert!(DirMapping::parse_with_default("a::/a", true).read_only);
+        assert!(!DirMapping::parse_with_default("a::/a:rw", true).read_only);
+        assert_eq!(DirMapping::parse_with_default("a::/a:rw", true).guest, "/a");
     }
 }

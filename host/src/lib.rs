@@ -70,3 +70,7 @@ pub use io::{Input, Output, OutputSink};
 pub use limits::{ByteSize, HumanDuration, Limits};
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
+pub use store::{
+    HOST_ALLOWANCE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
+    MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES,
+};

@@ -142,7 +142,13 @@ impl FromStr for HumanDuration {
     }
 }
 
-/// Parses a duration: a number followed by a unit (`us`, `ms`, `s`, `m`, `h`).
+/// The longest duration accepted anywhere (deadlines, timeouts): 366 days.
+/// Longer values are a usage error rather than a deadline too far away to
+/// represent.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a duration: a number followed by a unit (`us`, `ms`, `s`, `m`, `h`),
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
     let err = |reason| ParseError {
         what: "duration",
@@ -168,7 +174,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
         "" => return Err(err("missing unit")),
         _ => return Err(err("unknown unit; use us, ms, s, m or h")),
     };
-    Duration::try_from_secs_f64(value * secs_per_unit).map_err(|_| err("duration out of range"))
+    let d = Duration::try_from_secs_f64(value * secs_per_unit)
+        .map_err(|_| err("duration out of range"))?;
+    if d > MAX_DURATION {
+        return Err(err("duration too long (at most 366 days)"));
+    }
+    Ok(d)
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -252,7 +263,17 @@ mod tests {
 
     #[test]
     fn bad_durations_name_the_value_and_show_an_example() {
-        for bad in ["", "5", "ms", "2 fortnights", "1e999s", "-1s"] {
+        for bad in [
+            "",
+            "5",
+            "ms",
+            "2 fortnights",
+            "1e999s",
+            "-1s",
+            "1000000000000000h",
+            "367d",
+            "8785h",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(&format!("`{bad}`")), "{msg}");

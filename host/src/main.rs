@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
-    Serve(commands::serve::ServeCommand),
+    Serve(Box<commands::serve::ServeCommand>),
 }
 
 fn main() -> ExitCode {

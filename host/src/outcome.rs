@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use wasmtime::Trap;
+use wasmtime::component::ResourceTableError;
 use wasmtime_wasi::I32Exit;
+use wasmtime_wasi_http::FieldMapError;
 
 /// How an invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +22,9 @@ pub enum OutcomeKind {
     Exited(i32),
     /// The guest used up its fuel budget.
     FuelExhausted,
-    /// The guest tried to grow its total linear memory past the cap and was
-    /// killed at that grow.
+    /// The guest tried to grow its total memory (linear memory and tables)
+    /// past the cap, or to hold more host resources than its allowance
+    /// ([`crate::MAX_RESOURCES`]), and was killed there.
     MemoryExceeded,
     /// The guest was still running (or blocked in a host call) at its deadline.
     DeadlineExceeded,
@@ -61,7 +64,9 @@ impl OutcomeKind {
 pub struct Usage {
     /// Fuel consumed; `None` when the engine does not meter fuel.
     pub fuel_consumed: Option<u64>,
-    /// The highest total linear memory the invocation reached, in bytes.
+    /// The highest total memory (linear memory plus tables, at
+    /// [`crate::TABLE_ELEMENT_BYTES`] per element) the invocation
+    /// reached, in bytes.
     pub peak_memory_bytes: u64,
     /// Wall time from the start of instantiation to the end of the call.
     pub wall_time: Duration,
@@ -100,7 +105,8 @@ impl Outcome {
                 "guest ran out of fuel after consuming {fuel} units"
             )),
             OutcomeKind::MemoryExceeded => Some(format!(
-                "guest tried to grow its linear memory past the cap (peak {} bytes)",
+                "guest tried to grow its memory past the cap, or to hold more host resources \
+                 than allowed (peak {} bytes of linear memory and tables)",
                 self.usage.peak_memory_bytes
             )),
             OutcomeKind::DeadlineExceeded => Some(format!(
@@ -127,7 +133,7 @@ impl Outcome {
     }
 }
 
-/// The usage report: exactly the fields of the `run` contract in DESIGN.md.
+/// The usage report: exactly the fields of the `run` contract (README, `wasm-run run --help`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// Outcome name, e.g. `"exited"`.
@@ -170,12 +176,38 @@ pub(crate) fn classify(end: CallEnd, memory_killed: bool) -> OutcomeKind {
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return OutcomeKind::Exited(exit.0);
     }
+    if exceeds_host_allowance(&err) {
+        return OutcomeKind::MemoryExceeded;
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => OutcomeKind::FuelExhausted,
         Some(Trap::Interrupt) => OutcomeKind::DeadlineExceeded,
         Some(trap) => OutcomeKind::Trapped(describe_trap(trap, &err)),
         None => OutcomeKind::Trapped(format!("{err:#}")),
     }
+}
+
+/// Whether the call failed because the guest asked the host to hold more
+/// memory on its behalf than its allowance: its resource table is full
+/// ([`crate::MAX_RESOURCES`]) or a wasi:http fields map would pass
+/// [`crate::MAX_FIELDS_BYTES`] (wasi:http 0.2 makes that a trap). Either
+/// is a kill for memory.
+fn exceeds_host_allowance(err: &wasmtime::Error) -> bool {
+    let table_full = |e: &(dyn std::error::Error + 'static)| {
+        matches!(e.downcast_ref(), Some(ResourceTableError::Full))
+    };
+    let fields_too_big = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref(),
+            Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields)
+        )
+    };
+    matches!(err.downcast_ref(), Some(ResourceTableError::Full))
+        || matches!(
+            err.downcast_ref(),
+            Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields)
+        )
+        || err.chain().any(|e| table_full(e) || fields_too_big(e))
 }
 
 /// The trap's description plus the innermost named wasm function, if known.
@@ -222,6 +254,15 @@ mod tests {
         assert_eq!(c(Trap::Interrupt.into()), OutcomeKind::DeadlineExceeded);
         assert_eq!(c(I32Exit(3).into()), OutcomeKind::Exited(3));
         assert_eq!(c(Trap::StackOverflow.into()).name(), "trapped");
+        assert_eq!(
+            c(wasmtime::Error::from(ResourceTableError::Full).context("pushing fields")),
+            OutcomeKind::MemoryExceeded
+        );
+        assert_eq!(c(ResourceTableError::NotPresent.into()).name(), "trapped");
+        assert_eq!(
+            c(wasmtime::Error::from(FieldMapError::TotalSizeTooBig)),
+            OutcomeKind::MemoryExceeded
+        );
         assert_eq!(
             classify(CallEnd::Returned(Ok(0)), false),
             OutcomeKind::Exited(0)

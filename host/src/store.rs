@@ -5,7 +5,7 @@
 //! embedders) gets its store from [`new_store`], so limits are applied in
 //! exactly one place.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,6 +19,49 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::Limits;
 use crate::engine::Engine;
 use crate::outbound::OutboundPolicy;
+
+/// Most WASI resources (open files and directories, streams, pollables,
+/// wasi:http fields, requests, responses and bodies...) one invocation may
+/// hold at once, like `ulimit -n` for a process. A guest that needs one more
+/// is killed as `memory_exceeded`: each resource is host memory (and
+/// sometimes a host file descriptor) held on the guest's behalf.
+pub const MAX_RESOURCES: usize = 1024;
+
+/// Largest in-memory size of one wasi:http `fields` resource a guest builds
+/// (header names and values plus wasmtime's per-entry overhead): 16 KiB.
+/// Mutations past it fail with the wasi:http `size-exceeded` header error.
+pub const MAX_FIELDS_BYTES: usize = 16 << 10;
+
+/// Largest `get-random-bytes` / `random_get` request served in one call:
+/// 1 MiB. Larger requests fail instead of making the host allocate them.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Bytes counted against the memory cap for each table element: the size
+/// of a function reference in wasmtime's tables (tables are host memory).
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// Host memory any invocation may make the host hold besides its linear
+/// memory and tables, as a fixed allowance: its store and instance state,
+/// WASI context, up to [`MAX_RESOURCES`] resources, stdio pipes (64 KiB
+/// each), one random-bytes buffer ([`MAX_RANDOM_BYTES`]): 4 MiB.
+/// `wasm-run serve` counts it, with the memory cap, against its memory
+/// budget. Output captured for an embedder ([`crate::Limits::max_output`])
+/// comes on top.
+pub const HOST_ALLOWANCE: u64 = 4 << 20;
+
+/// The extra allowance of a guest that imports wasi:http: up to
+/// [`MAX_RESOURCES`] `fields` resources of up to 32 KiB each (a copy of an
+/// incoming request's headers, which the server caps at 32 KiB, or a field
+/// map the guest built, capped at [`MAX_FIELDS_BYTES`]): 32 MiB.
+pub const HTTP_HOST_ALLOWANCE: u64 = MAX_RESOURCES as u64 * (32 << 10);
+
+/// Most wasm instances (a component counts each core instance), tables and
+/// memories one invocation may create.
+pub const MAX_INSTANCES: usize = 64;
+/// See [`MAX_INSTANCES`].
+pub const MAX_TABLES: usize = 64;
+/// See [`MAX_INSTANCES`].
+pub const MAX_MEMORIES: usize = 16;
 
 /// Host state of one store: WASI context and the memory limiter.
 pub(crate) struct StoreState {
@@ -34,10 +77,16 @@ pub(crate) struct StoreState {
 }
 
 impl StoreState {
-    pub(crate) fn new(wasi: WasiP1Ctx, outbound: OutboundPolicy, max_memory: u64) -> Self {
+    /// Host state with the host-side bounds installed: at most
+    /// [`MAX_RESOURCES`] WASI resources and [`MAX_FIELDS_BYTES`] per
+    /// wasi:http fields resource.
+    pub(crate) fn new(mut wasi: WasiP1Ctx, outbound: OutboundPolicy, max_memory: u64) -> Self {
+        wasi.ctx().table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         StoreState {
             wasi,
-            http: WasiHttpCtx::new(),
+            http,
             outbound,
             limiter: MemoryLimiter::new(max_memory),
         }
@@ -61,8 +110,10 @@ impl WasiHttpView for StoreState {
     }
 }
 
-/// Caps the invocation's *total* linear memory across every memory of every
-/// instance, and records the peak.
+/// Caps the invocation's *total* memory — every linear memory of every
+/// instance plus every table (elements × [`TABLE_ELEMENT_BYTES`], which the
+/// host allocates) — and records the peak. Also caps how many instances,
+/// tables and memories the invocation may create.
 ///
 /// A grow past the cap is refused with an error, which wasmtime turns into a
 /// trap at the growing instruction: the guest is killed there, it never sees
@@ -96,9 +147,32 @@ impl MemoryLimiter {
         }
     }
 
-    /// Highest total linear memory reached, in bytes.
+    /// Highest total memory (linear memory and tables) reached, in bytes.
     pub(crate) fn peak(&self) -> u64 {
         self.peak
+    }
+
+    /// Grants `delta` more bytes, or kills the invocation if that would
+    /// pass the cap.
+    fn grant(&mut self, delta: u64) -> wasmtime::Result<bool> {
+        let wanted = self.total.saturating_add(delta);
+        if wanted > self.cap {
+            self.killed = true;
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                cap: self.cap,
+                wanted,
+            }));
+        }
+        self.total = wanted;
+        self.peak = self.peak.max(wanted);
+        self.last_grant = delta;
+        Ok(true)
+    }
+
+    /// The engine could not back a grow we had granted: give it back.
+    fn give_back_last_grant(&mut self) {
+        self.total = self.total.saturating_sub(self.last_grant);
+        self.last_grant = 0;
     }
 }
 
@@ -114,35 +188,42 @@ impl ResourceLimiter for MemoryLimiter {
             // grow the guest asked for, not a breach of our cap.
             return Ok(false);
         }
-        let delta = desired.saturating_sub(current) as u64;
-        let wanted = self.total.saturating_add(delta);
-        if wanted > self.cap {
-            self.killed = true;
-            return Err(wasmtime::Error::new(MemoryCapExceeded {
-                cap: self.cap,
-                wanted,
-            }));
-        }
-        self.total = wanted;
-        self.peak = self.peak.max(wanted);
-        self.last_grant = delta;
-        Ok(true)
+        self.grant(desired.saturating_sub(current) as u64)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        // The engine could not back a grow we had granted: give it back.
-        self.total = self.total.saturating_sub(self.last_grant);
-        self.last_grant = 0;
+        self.give_back_last_grant();
         Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|max| desired <= max))
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let elements = desired.saturating_sub(current) as u64;
+        self.grant(elements.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.give_back_last_grant();
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -154,11 +235,12 @@ impl ResourceLimiter for MemoryLimiter {
 /// - past the deadline it traps with [`wasmtime::Trap::Interrupt`];
 /// - otherwise it yields to the async executor, so a busy guest never holds
 ///   a thread shared with other requests for more than a tick;
-/// - once the invocation has run wasm for about `demote_after` (counted in
-///   epoch callbacks, which only happen while wasm runs) it is *demoted*: each further tick it gives back its background CPU slot and
-///   waits (FIFO) for one before running again. With one slot fewer than
-///   cores, spinning guests share what is left among themselves and short
-///   requests always find a free core.
+/// - once the invocation has used about `demote_after` of CPU — ticks of
+///   wasm (epoch callbacks only happen while wasm runs) plus time spent in
+///   host calls — it is *demoted*: each further tick it gives back its
+///   background CPU slot and waits (FIFO) for one before running again. With
+///   one slot fewer than cores, spinning guests share what is left among
+///   themselves and short requests always find a free core.
 ///
 /// Time spent blocked in host calls (or waiting for a slot) is covered by the
 /// caller's `tokio::time::timeout` around the whole call.
@@ -175,60 +257,99 @@ pub(crate) fn new_store(
             .set_fuel(limits.fuel.unwrap_or(u64::MAX))
             .expect("fuel is enabled in this engine");
     }
-    let deadline = limits.timeout.map(|t| started + t);
-    // Epoch callbacks only happen while wasm runs, one per tick, so counting
-    // them measures the guest's CPU time, not time spent waiting.
+    // A deadline too far away to represent is no deadline.
+    let deadline = limits.timeout.and_then(|t| started.checked_add(t));
     let config = engine.config();
-    let demote_after_ticks =
-        (config.demote_after.as_nanos() / config.epoch_tick.as_nanos().max(1)).max(1) as u64;
-    let mut ticks_run = 0u64;
+    let tick = config.epoch_tick.max(std::time::Duration::from_micros(1));
+    let demote_after = config.demote_after;
+    let mut ticks_run = 0u32;
     let slots = engine.background_slots().clone();
-    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
-    let demoted = Arc::new(AtomicBool::new(false));
-    // A demoted guest gives its slot back whenever it enters a host call
-    // (which may block: sleep, I/O), and on return must queue for a slot
+    let shared = Arc::new(Shared::default());
+    // Host calls count as CPU the request used (a guest that spends its time
+    // in synchronous host calls is as long-running as one that spins), and
+    // a demoted guest gives its slot back whenever it enters a host call
+    // (which may block: sleep, I/O); on return it must queue for a slot
     // again before running more wasm: the deadline of 0 ticks sends it to
     // the epoch callback at its next check.
-    let (held_by_hook, demoted_by_hook) = (held.clone(), demoted.clone());
+    let hook_shared = shared.clone();
+    let mut host_since: Option<Instant> = None;
     store.call_hook(move |mut ctx, hook| {
-        if demoted_by_hook.load(Ordering::Relaxed) {
-            match hook {
-                CallHook::CallingHost => {
-                    if let Ok(mut slot) = held_by_hook.try_lock() {
-                        slot.take();
+        match hook {
+            CallHook::CallingHost => {
+                host_since = Some(Instant::now());
+                if hook_shared.demoted.load(Ordering::Relaxed)
+                    && let Ok(mut slot) = hook_shared.held.try_lock()
+                {
+                    slot.take();
+                }
+            }
+            CallHook::ReturningFromHost => {
+                if let Some(since) = host_since.take() {
+                    let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let total = hook_shared.host_nanos.fetch_add(nanos, Ordering::Relaxed);
+                    let demoted = hook_shared.demoted.load(Ordering::Relaxed);
+                    if demoted || total.saturating_add(nanos) >= demote_after.as_nanos() as u64 {
+                        ctx.set_epoch_deadline(0);
                     }
                 }
-                CallHook::ReturningFromHost => ctx.set_epoch_deadline(0),
-                _ => {}
             }
+            _ => {}
         }
         Ok(())
     });
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }
-        ticks_run += 1;
-        if ticks_run < demote_after_ticks {
+        ticks_run = ticks_run.saturating_add(1);
+        let host = std::time::Duration::from_nanos(shared.host_nanos.load(Ordering::Relaxed));
+        if !should_demote(tick, ticks_run, host, demote_after) {
             return Ok(UpdateDeadline::Yield(1));
         }
-        demoted.store(true, Ordering::Relaxed);
+        shared.demoted.store(true, Ordering::Relaxed);
         // Demoted: give back the slot held for the last tick, queue for the next.
-        drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(shared.lock_held().take());
         let slots = slots.clone();
-        let held = held.clone();
+        let shared = shared.clone();
         Ok(UpdateDeadline::YieldCustom(
             1,
             Box::pin(async move {
                 if let Ok(permit) = slots.acquire_owned().await {
-                    *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+                    *shared.lock_held() = Some(permit);
                 }
             }),
         ))
     });
     store
+}
+
+/// Scheduling state shared by a store's call hook and epoch callback.
+#[derive(Default)]
+struct Shared {
+    /// The background CPU slot a demoted guest holds while it runs wasm.
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Whether the invocation has been demoted.
+    demoted: AtomicBool,
+    /// Nanoseconds spent in host calls so far.
+    host_nanos: AtomicU64,
+}
+
+impl Shared {
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether an invocation that has run `ticks` epoch ticks of wasm and spent
+/// `host` in host calls has used its foreground share (`demote_after`).
+fn should_demote(
+    tick: std::time::Duration,
+    ticks: u32,
+    host: std::time::Duration,
+    demote_after: std::time::Duration,
+) -> bool {
+    tick.saturating_mul(ticks).saturating_add(host) >= demote_after
 }
 
 #[cfg(test)]
@@ -253,6 +374,36 @@ mod tests {
         let mut l = MemoryLimiter::new(1000);
         assert!(!l.memory_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
+    }
+
+    #[test]
+    fn tables_count_against_the_same_cap() {
+        let mut l = MemoryLimiter::new(1000);
+        assert!(l.memory_growing(0, 600, None).unwrap());
+        // 50 elements of 8 bytes: 400 bytes, exactly at the cap.
+        assert!(l.table_growing(0, 50, None).unwrap());
+        assert_eq!(l.peak(), 1000);
+        assert!(l.table_growing(50, 51, None).is_err());
+        assert!(l.killed);
+    }
+
+    #[test]
+    fn a_tables_own_maximum_is_the_guests_business() {
+        let mut l = MemoryLimiter::new(1000);
+        assert!(!l.table_growing(10, 20, Some(15)).unwrap());
+        assert!(!l.killed);
+    }
+
+    #[test]
+    fn demotion_counts_wasm_ticks_and_host_time() {
+        let ms = std::time::Duration::from_millis;
+        assert!(!should_demote(ms(1), 4, ms(0), ms(5)));
+        assert!(should_demote(ms(1), 5, ms(0), ms(5)));
+        // Host calls count as CPU used: 2 ticks of wasm + 3 ms in host calls.
+        assert!(should_demote(ms(1), 2, ms(3), ms(5)));
+        assert!(!should_demote(ms(1), 2, ms(2), ms(5)));
+        assert!(should_demote(ms(1), 0, ms(5), ms(5)));
+        assert!(should_demote(ms(1), u32::MAX, ms(0), ms(5)));
     }
 
     #[test]

@@ -60,12 +60,14 @@ fn hello_exits_zero_and_reports_every_field() {
             [
                 "exit_code",
                 "fuel_consumed",
+                "host_peak_rss_bytes",
                 "message",
                 "outcome",
                 "peak_memory_bytes",
                 "wall_time_us"
             ]
         );
+        assert!(report["host_peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
         assert_eq!(report["outcome"], "exited");
         assert_eq!(report["exit_code"], 0);
         assert!(report["fuel_consumed"].as_u64().unwrap() > 0);

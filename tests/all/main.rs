@@ -6,6 +6,7 @@
 
 mod cli;
 mod concurrency;
+mod host_limits;
 mod library;
 mod serve;
 

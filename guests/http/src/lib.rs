@@ -7,6 +7,7 @@
 //! | `/echo` | 200: the method, the path, each header as `name: value`, a blank line, then the request body streamed through chunk by chunk |
 //! | `/spin` | loops forever (fuel) |
 //! | `/bomb` | allocates touched 1 MiB chunks forever (memory cap) |
+//! | `/fields?kib=K&n=N` | makes host-side `fields` resources, each holding one `K` KiB header (default 15), and keeps them all: with `n` it stops after `N` and answers 200 `made N fields`; without, it never stops (the host's resource cap) |
 //! | `/sleep?s=N` | sleeps `N` seconds (a float, default 10) on the monotonic clock, then 200 `slept` (deadline) |
 //! | `/crash` | panics before responding (trap) |
 //! | `/late-crash` | starts a 200 response, writes and flushes `partial body`, panics 200 ms later without finishing the body |
@@ -52,6 +53,7 @@ impl Guest for Handler {
             "/echo" => echo(&request, &path_with_query, response_out),
             "/spin" => spin(),
             "/bomb" => bomb(),
+            "/fields" => fields(response_out, query),
             "/sleep" => sleep(response_out, query),
             "/crash" => panic!("http guest crash"),
             "/late-crash" => late_crash(response_out),
@@ -215,6 +217,29 @@ fn bomb() -> ! {
         // Nonzero fill so every page is written, not just reserved.
         hoard.push(black_box(vec![0xA5; MIB]));
     }
+}
+
+/// Makes the host hold memory for the guest: `fields` resources live in the
+/// host, not in the guest's linear memory.
+fn fields(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let kib: usize = query_param(query, "kib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let limit: Option<usize> = query_param(query, "n").and_then(|v| v.parse().ok());
+    let value = vec![b'a'; kib * 1024];
+    let mut hoard = Vec::new();
+    while limit.is_none_or(|n| hoard.len() < n) {
+        let fields = Fields::new();
+        // A value over the host's field-size limit is refused; keep the
+        // (empty) resource anyway.
+        let _ = fields.append("x-pad", &value);
+        hoard.push(fields);
+    }
+    respond(
+        response_out,
+        200,
+        format!("made {} fields\n", hoard.len()).as_bytes(),
+    )
 }
 
 /// Blocks in the host on the monotonic clock.

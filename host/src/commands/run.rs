@@ -34,7 +34,12 @@ Exit status:
 Report (--report PATH, or - for stderr), one JSON object:
   {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
    \"exit_code\": N|null, \"fuel_consumed\": N, \"peak_memory_bytes\": N,
-   \"wall_time_us\": N, \"message\": \"...\"|null}
+   \"wall_time_us\": N, \"message\": \"...\"|null,
+   \"host_peak_rss_bytes\": N}   (peak memory of the wasm-run process itself)
+
+Memory: --max-memory caps linear memory and tables together (each table
+element counts 8 bytes); a guest may also hold at most 1024 WASI resources
+(open files, streams, ...). Past either it is killed as memory_exceeded.
 
 Examples:
   wasm-run run hello.wasm
@@ -73,8 +78,9 @@ pub struct RunCommand {
     env: Vec<(String, String)>,
 
     /// Give the guest a host directory, as GUEST path if given (repeatable),
-    /// e.g. `--dir ./data::/data`. Default: no filesystem access.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    /// e.g. `--dir ./data::/data`; read-write, or read-only with a trailing
+    /// `:ro` (`--dir ./data::/data:ro`). Default: no filesystem access.
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]")]
     dirs: Vec<String>,
 
     /// Write a JSON usage report to PATH, or to stderr with `-`.
@@ -174,8 +180,22 @@ impl RunCommand {
 }
 
 /// Writes the report to `path`, or to stderr (after `lead`) for `-`.
+///
+/// Beside the contract's fields it adds `host_peak_rss_bytes`: the peak
+/// resident memory of the whole wasm-run process (engine, compiled code and
+/// every byte the guest made the host hold), where Linux reports it.
 fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow::Result<()> {
-    let json = serde_json::to_string(&outcome.report())?;
+    #[derive(serde::Serialize)]
+    struct CliReport {
+        #[serde(flatten)]
+        report: wasm_run::Report,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_peak_rss_bytes: Option<u64>,
+    }
+    let json = serde_json::to_string(&CliReport {
+        report: outcome.report(),
+        host_peak_rss_bytes: host_peak_rss(),
+    })?;
     if path.as_os_str() == "-" {
         let mut err = std::io::stderr().lock();
         writeln!(err, "{lead}{json}").context("writing the report to stderr")?;
@@ -184,6 +204,20 @@ fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow
             .with_context(|| format!("writing the report to {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The process's peak resident set size (`VmHWM` of `/proc/self/status`).
+fn host_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Unix keeps the low 8 bits of an exit status.

@@ -12,8 +12,10 @@ use tokio::net::TcpListener;
 use wasm_run::limits::{ByteSize, HumanDuration};
 use wasm_run::serve::admission::default_budget;
 use wasm_run::serve::config::{
-    self, ConfigFile, DEFAULT_ADDR, DEFAULT_HEADER_TIMEOUT, DEFAULT_LOG_CAP, DEFAULT_MAX_BODY,
-    DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT, LimitsOverlay, ModuleSource, RouteSpec, ServeConfig,
+    self, ConfigFile, DEFAULT_ADDR, DEFAULT_BODY_BUFFER, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_LOG_CAP, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, LimitsOverlay, ModuleSource,
+    RouteSpec, ServeConfig,
 };
 use wasm_run::serve::{LoadError, Server};
 use wasm_run::{DirMapping, Engine, EngineConfig, Limits};
@@ -36,14 +38,16 @@ Guests:
 
 When a request is killed (response header x-wasm-run-outcome):
   fuel_exhausted, memory_exceeded, trapped → 500; deadline_exceeded → 504;
-  body over --max-body → 413 body_too_large; CGI guest with no valid head → 502
+  body over --max-body → 413 body_too_large; body not sent within
+  --body-timeout → 408 body_timeout; CGI guest with no valid head → 502
   bad_gateway; memory budget full and queue full or wait over --queue-timeout
   → 503 overloaded with Retry-After. Error bodies are JSON {\"error\": ..., \"message\": ...}. A kill after
   the response head was sent aborts the body (the client sees a truncated reply).
 
 Config file (TOML), flags override it:
   [server]  addr, admin-addr, max-body, header-timeout, max-log,
-            memory-budget, max-queue, queue-timeout
+            memory-budget, max-queue, queue-timeout, body-buffer,
+            body-timeout, write-timeout, max-connections
   [limits]  fuel, max-memory, timeout            (defaults of every route)
   [[route]] path = \"/api\", module = \"api.wasm\" (relative to the file),
             limits = { fuel = 1000000, max-memory = \"32MiB\", timeout = \"2s\" },
@@ -91,9 +95,11 @@ pub struct ServeCommand {
     #[arg(long, value_name = "SIZE")]
     max_body: Option<ByteSize>,
 
-    /// Host-wide memory budget: the sum of the memory caps (--max-memory)
-    /// of admitted requests never exceeds it; a request that does not fit
-    /// waits in a FIFO queue. Default: half of this machine's memory.
+    /// Host-wide memory budget: the sum, over admitted requests, of each
+    /// one's memory cap (--max-memory) plus its guest's fixed host allowance
+    /// (4MiB; 36MiB for guests that import wasi:http) never exceeds it; a
+    /// request that does not fit waits in a FIFO queue. Default: half of
+    /// this machine's memory.
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<ByteSize>,
 
@@ -112,11 +118,35 @@ pub struct ServeCommand {
     #[arg(long, value_name = "DURATION")]
     header_timeout: Option<HumanDuration>,
 
+    /// Bytes of a request body read before the request waits for memory
+    /// budget: a body up to this size is read whole first, so a client that
+    /// sends it slowly holds no budget. Default 64KiB.
+    #[arg(long, value_name = "SIZE")]
+    body_buffer: Option<ByteSize>,
+
+    /// Time a client has to send the buffered part of a request body, and
+    /// then each further part; past it → 408 body_timeout (or an aborted
+    /// response). Default 10s.
+    #[arg(long, value_name = "DURATION")]
+    body_timeout: Option<HumanDuration>,
+
+    /// Time a response write may wait for a client that does not read;
+    /// past it the connection is dropped. Default 30s.
+    #[arg(long, value_name = "DURATION")]
+    write_timeout: Option<HumanDuration>,
+
+    /// Most client connections open at once. At the cap the server stops
+    /// accepting: new connections wait in the kernel's listen backlog
+    /// (and are refused once it is full) until one closes. Default 1024.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
     /// Environment variable for MODULE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
-    /// Preopened directory for MODULE, `HOST[::GUEST]` (repeatable).
+    /// Preopened directory for MODULE, `HOST[::GUEST][:rw]` (repeatable);
+    /// read-only unless it ends in `:rw`.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
 
@@ -148,6 +178,7 @@ impl ServeCommand {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
         };
+        raise_fd_limit(config.max_connections);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -278,7 +309,11 @@ impl ServeCommand {
                 module: ModuleSource::File(module.clone()),
                 limits: defaults.clone(),
                 env: self.env.clone(),
-                dirs: self.dirs.iter().map(|d| DirMapping::parse(d)).collect(),
+                dirs: self
+                    .dirs
+                    .iter()
+                    .map(|d| DirMapping::parse_with_default(d, true))
+                    .collect(),
                 allowed_outbound_hosts: self.allow_outbound.clone(),
             });
         } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
@@ -294,6 +329,9 @@ impl ServeCommand {
             .max_body
             .or(file.server.max_body)
             .map_or(DEFAULT_MAX_BODY, |b| b.0);
+        if self.max_connections.or(file.server.max_connections) == Some(0) {
+            bail!("--max-connections (max-connections) must be at least 1");
+        }
         Ok(ServeConfig {
             addr: match self.addr.or(file.server.addr) {
                 Some(a) => a,
@@ -318,8 +356,54 @@ impl ServeCommand {
                 .queue_timeout
                 .or(file.server.queue_timeout)
                 .map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
+            body_buffer: self
+                .body_buffer
+                .or(file.server.body_buffer)
+                .map_or(DEFAULT_BODY_BUFFER, |b| b.0),
+            body_timeout: self
+                .body_timeout
+                .or(file.server.body_timeout)
+                .map_or(DEFAULT_BODY_TIMEOUT, |d| d.0),
+            write_timeout: self
+                .write_timeout
+                .or(file.server.write_timeout)
+                .map_or(DEFAULT_WRITE_TIMEOUT, |d| d.0),
+            max_connections: self
+                .max_connections
+                .or(file.server.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             routes,
         })
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that
+/// `max_connections` connections (plus guests' files) fit; warns if even the
+/// hard limit is too low.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum;
+    if limit.current != hard {
+        let raised = Rlimit {
+            current: hard,
+            maximum: hard,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    // Each connection is a descriptor; keep room for guests' files, the
+    // listeners and the engine.
+    let wanted = max_connections as u64 + 256;
+    if current.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            open_files_limit = current,
+            max_connections,
+            "the open-files limit is below --max-connections + 256; accepts may fail with \
+             EMFILE under load (they are retried)"
+        );
     }
 }
 

@@ -13,11 +13,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::admission::Permit;
+use super::body_answer;
 use super::cgi::{self, CgiHeadParser, RequestMeta};
 use super::guest_log::GuestLog;
-use super::http_guest::kill_message;
+use super::http_guest::{CAPACITY_MESSAGE, kill_message};
 use super::record::Record;
-use super::request_body::{BodyReader, TooLarge};
+use super::request_body::{BodyFlag, BodyReader};
 use super::response::{Body, Coalesced, HostAnswer, coalesce, sanitize_guest_headers};
 use super::{ConnInfo, RouteRuntime};
 use crate::{Input, Invocation, OutcomeKind, Output};
@@ -30,7 +31,7 @@ pub(crate) async fn handle<B>(
     route: &RouteRuntime,
     request: Request<B>,
     conn: ConnInfo,
-    too_large: TooLarge,
+    body_flag: BodyFlag,
     record: Record,
     permit: Permit,
 ) -> Response<Body>
@@ -64,7 +65,7 @@ where
     let (done_tx, done_rx) = oneshot::channel::<Result<OutcomeKind, crate::Error>>();
     let guest = route.guest.clone();
     let task_record = record.clone();
-    let task_too_large = too_large.clone();
+    let task_body_flag = body_flag.clone();
     tokio::spawn(async move {
         let result = match guest.run(invocation).await {
             Ok(outcome) => {
@@ -74,7 +75,7 @@ where
             Err(e) => Err(e),
         };
         drop(permit);
-        let clean = matches!(result, Ok(OutcomeKind::Exited(_))) && !task_too_large.is_set();
+        let clean = matches!(result, Ok(OutcomeKind::Exited(_))) && !task_body_flag.is_set();
         let _ = verdict_tx.send(clean);
         let _ = done_tx.send(result);
     });
@@ -92,13 +93,8 @@ where
         match parser.push(&buf) {
             Ok(None) => continue,
             Ok(Some(head)) => {
-                if too_large.is_set() {
-                    return answer(
-                        &record,
-                        &too_large,
-                        route,
-                        HostAnswer::BodyTooLarge(route.max_body),
-                    );
+                if let Some(fault) = body_flag.fault() {
+                    return record.answer(body_answer(route, fault));
                 }
                 if head.status.is_informational() {
                     let message = format!(
@@ -106,7 +102,7 @@ where
                          end a response",
                         head.status.as_u16()
                     );
-                    return answer(&record, &too_large, route, HostAnswer::BadGateway(message));
+                    return answer(&record, &body_flag, route, HostAnswer::BadGateway(message));
                 }
                 let mut response = Response::new(());
                 *response.status_mut() = head.status;
@@ -138,7 +134,7 @@ where
                             }
                             _ => HostAnswer::BadGateway("the guest's output failed".into()),
                         };
-                        answer(&record, &too_large, route, killed)
+                        answer(&record, &body_flag, route, killed)
                     }
                 };
             }
@@ -147,7 +143,7 @@ where
                 drop(stdout);
                 return answer(
                     &record,
-                    &too_large,
+                    &body_flag,
                     route,
                     HostAnswer::BadGateway(e.to_string()),
                 );
@@ -155,7 +151,6 @@ where
         }
     };
     let answer_for = match done_rx.await {
-        _ if too_large.is_set() => HostAnswer::BodyTooLarge(route.max_body),
         Ok(Ok(OutcomeKind::Exited(code))) => {
             let what = failure.unwrap_or_else(|| "no CGI response head".into());
             let exit = if code == 0 {
@@ -169,26 +164,23 @@ where
             let message = kill_message(&kind);
             HostAnswer::Killed(kind, message)
         }
-        Ok(Err(e @ crate::Error::Capacity { .. })) => HostAnswer::Overloaded(e.to_string()),
+        Ok(Err(crate::Error::Capacity { .. })) => HostAnswer::Overloaded(CAPACITY_MESSAGE.into()),
         Ok(Err(host_error)) => HostAnswer::HostError(host_error.to_string()),
         Err(_) => HostAnswer::HostError("the request's task failed".into()),
     };
-    answer(&record, &too_large, route, answer_for)
+    answer(&record, &body_flag, route, answer_for)
 }
 
 fn answer(
     record: &Record,
-    too_large: &TooLarge,
+    body_flag: &BodyFlag,
     route: &RouteRuntime,
     answer: HostAnswer,
 ) -> Response<Body> {
-    let answer = if too_large.is_set() {
-        HostAnswer::BodyTooLarge(route.max_body)
-    } else {
-        answer
-    };
-    record.set_host_answer(answer.status(), answer.outcome());
-    answer.into_response()
+    match body_flag.fault() {
+        Some(fault) => record.answer(body_answer(route, fault)),
+        None => record.answer(answer),
+    }
 }
 
 fn request_meta(prefix: &str, parts: &http::request::Parts, conn: ConnInfo) -> RequestMeta {

@@ -29,6 +29,15 @@ pub const DEFAULT_LOG_CAP: u64 = 64 << 10;
 pub const DEFAULT_MAX_QUEUE: usize = 256;
 /// Default longest wait for memory budget: 5 s.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bytes of a request body read before it waits for budget: 64 KiB.
+pub const DEFAULT_BODY_BUFFER: u64 = 64 << 10;
+/// Default time a client has to send the buffered part of a body, and then
+/// each further part: 10 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a response write may wait for a client that does not read: 30 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on open client connections: 1024.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The limits a server applies when nothing else is said: the library's
 /// defaults plus a 30 s deadline, since a server must not wait forever.
@@ -76,6 +85,15 @@ pub struct ServerSection {
     pub max_queue: Option<usize>,
     /// Longest wait for budget. Default 5 s.
     pub queue_timeout: Option<HumanDuration>,
+    /// Bytes of a request body read before it waits for budget. Default 64 KiB.
+    pub body_buffer: Option<ByteSize>,
+    /// Time a client has to send the buffered part of a body, and each
+    /// further part. Default 10 s.
+    pub body_timeout: Option<HumanDuration>,
+    /// Time a response write may wait for the client to read. Default 30 s.
+    pub write_timeout: Option<HumanDuration>,
+    /// Most client connections open at once. Default 1024.
+    pub max_connections: Option<usize>,
 }
 
 /// Limits where every field may be absent, for layering.
@@ -174,6 +192,17 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Longest wait for budget.
     pub queue_timeout: Duration,
+    /// Bytes of a request body read before the request waits for budget.
+    pub body_buffer: u64,
+    /// Time a client has to send the buffered part of a body, and then
+    /// each further part the guest asks for.
+    pub body_timeout: Duration,
+    /// Time a response write may wait for a client that does not read
+    /// before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Most client connections open at once; further ones wait in the
+    /// kernel's listen backlog until one closes.
+    pub max_connections: usize,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
 }
@@ -241,7 +270,7 @@ pub fn resolve_routes(
             .dirs
             .iter()
             .map(|d| {
-                let mut m = DirMapping::parse(d);
+                let mut m = DirMapping::parse_with_default(d, true);
                 if m.host.is_relative() {
                     m.host = base_dir.join(&m.host);
                 }
@@ -294,6 +323,20 @@ mod tests {
         assert_eq!(routes[0].limits.max_memory, 32 << 20);
         assert_eq!(routes[0].limits.timeout, Some(Duration::from_secs(2)));
         assert_eq!(routes[0].env, [("MODE".to_string(), "prod".to_string())]);
+    }
+
+    #[test]
+    fn route_dirs_are_read_only_unless_marked_rw() {
+        let f: ConfigFile = toml::from_str(
+            "[[route]]\npath = \"/\"\nmodule = \"a.wasm\"\ndirs = [\"data::/data\", \"tmp::/tmp:rw\"]",
+        )
+        .unwrap();
+        let routes = resolve_routes(&f, Path::new("/etc/wr/c.toml"), &Limits::default()).unwrap();
+        let dirs = &routes[0].dirs;
+        assert_eq!(dirs[0].host, PathBuf::from("/etc/wr/data"));
+        assert!(dirs[0].read_only);
+        assert_eq!(dirs[1].guest, "/tmp");
+        assert!(!dirs[1].read_only);
     }
 
     #[test]

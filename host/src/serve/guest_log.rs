@@ -9,17 +9,22 @@ use crate::OutputSink;
 /// Longest line logged as one event; longer lines are split.
 const MAX_LINE: usize = 4096;
 
+/// Most log events (lines) one stream of one request may produce: a guest
+/// printing empty lines cannot turn its byte cap into a flood of events.
+pub const MAX_EVENTS: usize = 256;
+
 /// An output sink that logs complete lines as `tracing` events.
 pub struct GuestLog {
     request_id: Arc<str>,
     stream: &'static str,
     line: Vec<u8>,
     remaining: usize,
+    events_left: usize,
     truncated: bool,
 }
 
 impl GuestLog {
-    /// Logs up to `cap` bytes of `stream` ("stdout" or "stderr") for the
+    /// Logs up to `cap` bytes and [`MAX_EVENTS`] lines of `stream` ("stdout" or "stderr") for the
     /// request `request_id`; the rest is dropped with one notice.
     pub fn new(request_id: Arc<str>, stream: &'static str, cap: usize) -> Self {
         GuestLog {
@@ -27,6 +32,7 @@ impl GuestLog {
             stream,
             line: Vec::new(),
             remaining: cap,
+            events_left: MAX_EVENTS,
             truncated: false,
         }
     }
@@ -35,6 +41,12 @@ impl GuestLog {
         if self.line.is_empty() {
             return;
         }
+        if self.events_left == 0 {
+            self.line.clear();
+            self.remaining = 0;
+            return;
+        }
+        self.events_left -= 1;
         let text = String::from_utf8_lossy(&self.line);
         tracing::info!(
             target: "wasm_run::guest",
@@ -48,7 +60,7 @@ impl GuestLog {
 
     fn accept(&mut self, buf: &[u8]) {
         for &b in buf {
-            if self.remaining == 0 {
+            if self.remaining == 0 || self.events_left == 0 {
                 if !self.truncated {
                     self.truncated = true;
                     self.emit();
@@ -94,6 +106,16 @@ mod tests {
         log.accept(b"fghijklmnop");
         assert!(log.truncated);
         assert_eq!(log.remaining, 0);
+        assert!(log.line.is_empty());
+    }
+
+    #[test]
+    fn lines_are_capped_as_well_as_bytes() {
+        let mut log = GuestLog::new("r1".into(), "stdout", 1 << 20);
+        log.accept(&[b'\n'; 10_000]);
+        log.accept(b"x\n");
+        assert_eq!(log.events_left, 0);
+        assert!(log.truncated);
         assert!(log.line.is_empty());
     }
 }

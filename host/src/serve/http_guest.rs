@@ -16,9 +16,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::RouteRuntime;
 use super::admission::Permit;
+use super::body_answer;
 use super::guest_log::GuestLog;
 use super::record::Record;
-use super::request_body::{BodyTooLarge, TooLarge};
+use super::request_body::{BodyFlag, BodyTimedOut, BodyTooLarge};
 use super::response::{Body, Coalesced, HostAnswer, coalesce, sanitize_guest_headers};
 use crate::OutcomeKind;
 use crate::invoke::{Failure, conclude, wasi_builder, with_deadline};
@@ -30,7 +31,7 @@ pub(crate) async fn handle<B>(
     route: &RouteRuntime,
     pre: &ProxyPre<StoreState>,
     request: Request<B>,
-    too_large: TooLarge,
+    body_flag: BodyFlag,
     record: Record,
     permit: Permit,
 ) -> Response<Body>
@@ -43,7 +44,7 @@ where
     let mut builder = match wasi_builder(guest.name(), None, &[], &route.spec.env, &route.spec.dirs)
     {
         Ok(b) => b,
-        Err(e) => return host_error(&record, e.to_string()),
+        Err(e) => return record.answer(HostAnswer::HostError(e.to_string())),
     };
     let log_cap = route.log_cap;
     for (which, name) in [(Stream::Stdout, "stdout"), (Stream::Stderr, "stderr")] {
@@ -65,22 +66,21 @@ where
     {
         Ok(r) => r,
         Err(e) => {
-            return host_error(
-                &record,
-                format!("cannot pass the request to the guest: {e:#}"),
-            );
+            return record.answer(HostAnswer::HostError(format!(
+                "cannot pass the request to the guest: {e:#}"
+            )));
         }
     };
     let (head_tx, head_rx) = oneshot::channel();
     let outparam = match store.data_mut().http().new_response_outparam(head_tx) {
         Ok(o) => o,
-        Err(e) => return host_error(&record, format!("{e:#}")),
+        Err(e) => return record.answer(HostAnswer::HostError(format!("{e:#}"))),
     };
 
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
     let (done_tx, done_rx) = oneshot::channel::<Finished>();
     let task_record = record.clone();
-    let task_too_large = too_large.clone();
+    let task_body_flag = body_flag.clone();
     let pre = pre.clone();
     tokio::spawn(async move {
         let call = async {
@@ -101,30 +101,28 @@ where
                 task_record.set_outcome(kind.clone(), usage);
                 Finished::Outcome(kind)
             }
-            Err(e @ crate::Error::Capacity { .. }) => Finished::Overloaded(e.to_string()),
+            Err(crate::Error::Capacity { .. }) => Finished::Overloaded,
             Err(e) => Finished::HostError(e.to_string()),
         };
         drop(store);
         drop(permit);
         let clean = matches!(finished, Finished::Outcome(OutcomeKind::Exited(0)))
-            && !task_too_large.is_set();
+            && !task_body_flag.is_set();
         let _ = verdict_tx.send(clean);
         let _ = done_tx.send(finished);
     });
 
     match head_rx.await {
         Ok(Ok(response)) => {
-            if too_large.is_set() {
-                return answer(&record, &too_large, route, Finished::Lost, String::new);
+            if body_flag.is_set() {
+                return answer(&record, &body_flag, route, Finished::Lost, String::new);
             }
             if response.status().is_informational() {
                 let status = response.status().as_u16();
-                let answer = HostAnswer::BadGateway(format!(
+                return record.answer(HostAnswer::BadGateway(format!(
                     "the guest responded with the informational status {status}, which cannot \
                      end a response"
-                ));
-                record.set_host_answer(answer.status(), answer.outcome());
-                return answer.into_response();
+                )));
             }
             let (mut parts, body) = response.into_parts();
             sanitize_guest_headers(&mut parts.headers);
@@ -136,7 +134,7 @@ where
                 }
                 Coalesced::Killed => {
                     let finished = done_rx.await.unwrap_or(Finished::Lost);
-                    answer(&record, &too_large, route, finished, || {
+                    answer(&record, &body_flag, route, finished, || {
                         "the guest's response body failed".to_string()
                     })
                 }
@@ -144,13 +142,13 @@ where
         }
         Ok(Err(code)) => {
             let finished = done_rx.await.unwrap_or(Finished::Lost);
-            answer(&record, &too_large, route, finished, || {
+            answer(&record, &body_flag, route, finished, || {
                 format!("the guest answered with the wasi:http error code {code:?}")
             })
         }
         Err(_) => {
             let finished = done_rx.await.unwrap_or(Finished::Lost);
-            answer(&record, &too_large, route, finished, || {
+            answer(&record, &body_flag, route, finished, || {
                 "the guest returned without sending a response".to_string()
             })
         }
@@ -162,35 +160,37 @@ enum Finished {
     Outcome(OutcomeKind),
     HostError(String),
     /// No free instance slot: answered 503 like a full memory budget.
-    Overloaded(String),
+    Overloaded,
     /// The task panicked (a host bug); answered as a host error.
     Lost,
 }
 
 fn answer(
     record: &Record,
-    too_large: &TooLarge,
+    body_flag: &BodyFlag,
     route: &RouteRuntime,
     finished: Finished,
     no_response: impl FnOnce() -> String,
 ) -> Response<Body> {
-    let answer = if too_large.is_set() {
-        HostAnswer::BodyTooLarge(route.max_body)
-    } else {
-        match finished {
+    let answer = match body_flag.fault() {
+        Some(fault) => body_answer(route, fault),
+        None => match finished {
             Finished::Outcome(OutcomeKind::Exited(_)) => HostAnswer::BadGateway(no_response()),
             Finished::Outcome(kind) => {
                 let message = kill_message(&kind);
                 HostAnswer::Killed(kind, message)
             }
             Finished::HostError(m) => HostAnswer::HostError(m),
-            Finished::Overloaded(m) => HostAnswer::Overloaded(m),
+            Finished::Overloaded => HostAnswer::Overloaded(CAPACITY_MESSAGE.into()),
             Finished::Lost => HostAnswer::HostError("the request's task failed".into()),
-        }
+        },
     };
-    record.set_host_answer(answer.status(), answer.outcome());
-    answer.into_response()
+    record.answer(answer)
 }
+
+/// What a client is told when no instance slot was free.
+pub(crate) const CAPACITY_MESSAGE: &str =
+    "the host has no free instance slot for this request; retry later";
 
 /// The message of an error body for a killed guest.
 pub(crate) fn kill_message(kind: &OutcomeKind) -> String {
@@ -203,15 +203,13 @@ pub(crate) fn kill_message(kind: &OutcomeKind) -> String {
     }
 }
 
-fn host_error(record: &Record, message: String) -> Response<Body> {
-    let answer = HostAnswer::HostError(message);
-    record.set_host_answer(answer.status(), answer.outcome());
-    answer.into_response()
-}
-
 fn to_wasi_http_error(e: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
     let e = match e.downcast::<BodyTooLarge>() {
         Ok(too_large) => return wasmtime_wasi_http::Error::HttpRequestBodySize(Some(too_large.0)),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<BodyTimedOut>() {
+        Ok(_) => return wasmtime_wasi_http::Error::ConnectionReadTimeout,
         Err(e) => e,
     };
     match e.downcast::<hyper::Error>() {

@@ -43,7 +43,7 @@ pub struct Metrics {
     pub wall_seconds: Hist,
     /// Fuel consumed per request.
     pub fuel: Hist,
-    /// Peak linear memory per request, in bytes.
+    /// Peak memory (linear memory and tables) per request, in bytes.
     pub peak_memory: Hist,
     /// Sum of the memory caps of admitted requests, in bytes.
     pub budget_in_use: Gauge,
@@ -53,6 +53,11 @@ pub struct Metrics {
     pub queue_wait_seconds: Histogram,
     /// Requests turned away (503), by reason.
     pub rejected: Family<ReasonLabels, Counter>,
+    /// Client connections open right now.
+    pub open_connections: Gauge,
+    /// Request bodies that the client did not send in time (408), before
+    /// or after admission.
+    pub body_timeouts: Counter,
 }
 
 /// Labels of the rejection counter.
@@ -98,7 +103,7 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(65536.0, 2.0, 16)));
         registry.register(
             "request_peak_memory_bytes",
-            "Peak total linear memory of a request",
+            "Peak total memory (linear memory and tables) of a request",
             peak_memory.clone(),
         );
         let budget_in_use = Gauge::default();
@@ -125,8 +130,22 @@ impl Metrics {
             "Requests turned away with 503 because the memory budget was full",
             rejected.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open (at most --max-connections)",
+            open_connections.clone(),
+        );
+        let body_timeouts = Counter::default();
+        registry.register(
+            "request_body_timeouts",
+            "Request bodies the client did not send within --body-timeout",
+            body_timeouts.clone(),
+        );
         Metrics {
             registry,
+            open_connections,
+            body_timeouts,
             budget_in_use,
             queue_length,
             queue_wait_seconds,

@@ -48,6 +48,7 @@ pub mod admission;
 pub mod cgi;
 mod cgi_guest;
 pub mod config;
+mod conn_io;
 mod guest_log;
 mod http_guest;
 pub mod metrics;
@@ -64,18 +65,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use self::admission::{Admission, AdmissionConfig, Permit, Rejected};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
+use self::conn_io::WriteTimeout;
 use self::metrics::Metrics;
 use self::record::RequestRecord;
-use self::request_body::{LimitedBody, TooLarge};
+use self::request_body::{BodyFault, BodyFlag, LimitedBody};
 use self::response::{Body, HostAnswer, full};
 use crate::guest::Pre;
 use crate::{Engine, Guest, GuestKind, OutboundPolicy};
@@ -96,7 +100,22 @@ pub(crate) struct RouteRuntime {
     guest: Guest,
     outbound: OutboundPolicy,
     max_body: u64,
+    /// Bytes of a request body read before the request waits for budget.
+    body_buffer: u64,
+    /// Longest wait for the (next part of the) request body.
+    body_timeout: Duration,
     log_cap: usize,
+}
+
+impl RouteRuntime {
+    /// Budget one request on this route takes: its memory cap plus its
+    /// guest's host allowance ([`Guest::host_allowance`]).
+    fn admission_need(&self) -> u64 {
+        self.spec
+            .limits
+            .max_memory
+            .saturating_add(self.guest.host_allowance())
+    }
 }
 
 /// The routes of one configuration generation; replaced whole on reload,
@@ -200,10 +219,20 @@ impl Server {
     /// accepting, lets requests in flight finish (each bounded by its
     /// deadline) and returns.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let header_timeout = self.config().header_timeout;
+        let config = self.config();
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            // At the cap, stop accepting: new clients wait in the kernel's
+            // backlog until a connection closes.
+            let slot = tokio::select! {
+                slot = connections.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -226,16 +255,17 @@ impl Server {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(shared.handle(req, conn_info).await) }
             });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
+            let conn =
+                graceful.watch(http1_builder(config.header_timeout).serve_connection(io, service));
+            let metrics = self.shared.metrics.clone();
+            metrics.open_connections.inc();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                metrics.open_connections.dec();
+                drop(slot);
             });
         }
         drop(listener);
@@ -252,10 +282,21 @@ impl Server {
     }
 
     /// Serves the admin endpoints (`/healthz`, `/readyz`, `/metrics`) on
-    /// `listener` until `shutdown` completes.
+    /// `listener` until `shutdown` completes. At most
+    /// [`ADMIN_MAX_CONNECTIONS`] connections at once, each with the same
+    /// head and write timeouts as the main listener.
     pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let config = self.config();
+        let connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            let slot = tokio::select! {
+                slot = connections.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+                () = &mut shutdown => return,
+            };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -271,10 +312,11 @@ impl Server {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(shared.admin(req.uri().path())) }
             });
+            let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
+            let conn = http1_builder(config.header_timeout).serve_connection(io, service);
             tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = conn.await;
+                drop(slot);
             });
         }
     }
@@ -311,11 +353,10 @@ impl Shared {
         );
         let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut response = match table.find(req.uri().path()) {
-            None => {
-                let answer = HostAnswer::NotFound(format!("no route for {}", req.uri().path()));
-                record.set_host_answer(answer.status(), answer.outcome());
-                answer.into_response()
-            }
+            None => record.answer(HostAnswer::NotFound(format!(
+                "no route for {}",
+                req.uri().path()
+            ))),
             Some(route) => {
                 record.set_route(&route.spec.prefix);
                 self.route_request(route, req, conn, record).await
@@ -340,25 +381,35 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > route.max_body) {
-            return host_answer(&record, HostAnswer::BodyTooLarge(route.max_body));
+            return record.answer(HostAnswer::BodyTooLarge(route.max_body));
+        }
+        // Read a small body whole (a large one's head) before taking budget,
+        // so a client that dribbles its body holds no permit while it does.
+        let flag = BodyFlag::default();
+        let (parts, body) = req.into_parts();
+        let mut body = LimitedBody::new(body, route.max_body, route.body_timeout, flag.clone());
+        if !body.is_end_stream()
+            && let Err(fault) = body.prebuffer(route.body_buffer, route.body_timeout).await
+        {
+            return record.answer(body_answer(route, fault));
         }
         let permit = match self.admit(route).await {
             Ok(permit) => permit,
-            Err(answer) => return host_answer(&record, answer),
+            Err(answer) => return record.answer(answer),
         };
-        let too_large = TooLarge::default();
-        let req = req.map(|body| LimitedBody::new(body, route.max_body, too_large.clone()));
+        let req = Request::from_parts(parts, body);
         match &route.guest.inner.pre {
-            Pre::Http(pre) => http_guest::handle(route, pre, req, too_large, record, permit).await,
+            Pre::Http(pre) => http_guest::handle(route, pre, req, flag, record, permit).await,
             Pre::Core(_) | Pre::Command(_) => {
-                cgi_guest::handle(route, req, conn, too_large, record, permit).await
+                cgi_guest::handle(route, req, conn, flag, record, permit).await
             }
         }
     }
 
-    /// Waits for the route's memory cap to fit in the budget.
+    /// Waits for the route's memory cap, plus the host memory its guest may
+    /// make the host hold, to fit in the budget.
     async fn admit(&self, route: &RouteRuntime) -> Result<Permit, HostAnswer> {
-        let need = route.spec.limits.max_memory;
+        let need = route.admission_need();
         match self.admission.admit(need).await {
             Ok((permit, waited)) => {
                 self.metrics
@@ -429,28 +480,39 @@ impl Shared {
     }
 }
 
-fn host_answer(record: &record::Record, answer: HostAnswer) -> Response<Body> {
-    record.set_host_answer(answer.status(), answer.outcome());
-    answer.into_response()
+/// The answer to a request whose body failed, if the body is why.
+pub(crate) fn body_answer(route: &RouteRuntime, fault: BodyFault) -> HostAnswer {
+    match fault {
+        BodyFault::TooLarge => HostAnswer::BodyTooLarge(route.max_body),
+        BodyFault::TimedOut => HostAnswer::BodyTimeout(route.body_timeout),
+    }
+}
+
+/// Most connections the admin listener serves at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Largest request head (request line and headers) a client may send: 32 KiB,
+/// as nginx allows by default; larger heads are answered 431. This also
+/// bounds the incoming headers a wasi:http guest can copy into new fields.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
+
+/// The HTTP/1 settings of every connection: the head must arrive within
+/// `header_timeout` (which also closes idle keep-alive connections) and fit
+/// in [`MAX_HEAD_BYTES`].
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    builder
 }
 
 fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadError> {
     let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
     let mut routes = Vec::new();
     for spec in &config.routes {
-        if spec.limits.max_memory > config.memory_budget {
-            return Err(LoadError {
-                prefix: spec.prefix.clone(),
-                source: crate::Error::Setup {
-                    name: format!("{:?}", spec.module),
-                    message: format!(
-                        "the route's memory cap ({} bytes) is larger than the whole memory \
-                         budget ({} bytes), so no request could ever be admitted",
-                        spec.limits.max_memory, config.memory_budget
-                    ),
-                },
-            });
-        }
         let guest = match loaded.get(&spec.module) {
             Some(g) => g.clone(),
             None => {
@@ -468,6 +530,27 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
                 guest
             }
         };
+        let need = spec
+            .limits
+            .max_memory
+            .saturating_add(guest.host_allowance());
+        if need > config.memory_budget {
+            return Err(LoadError {
+                prefix: spec.prefix.clone(),
+                source: crate::Error::Setup {
+                    name: guest.name().to_string(),
+                    message: format!(
+                        "a request on this route needs {need} bytes of the memory budget (its \
+                         memory cap of {} bytes plus the guest's host allowance of {} bytes), \
+                         more than the whole budget of {} bytes, so no request could ever be \
+                         admitted",
+                        spec.limits.max_memory,
+                        guest.host_allowance(),
+                        config.memory_budget
+                    ),
+                },
+            });
+        }
         tracing::info!(
             route = %spec.prefix,
             guest = guest.name(),
@@ -482,6 +565,8 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
             outbound: OutboundPolicy::allow(&spec.allowed_outbound_hosts),
             guest,
             max_body: config.max_body,
+            body_buffer: config.body_buffer,
+            body_timeout: config.body_timeout,
             log_cap: usize::try_from(config.max_log).unwrap_or(usize::MAX),
         });
     }

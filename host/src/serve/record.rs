@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use http::StatusCode;
 
+use http::Response;
+
 use super::metrics::{Metrics, RequestLabels, RouteLabels};
+use super::response::{Body, HostAnswer};
 use crate::{OutcomeKind, Usage};
 
 /// Shared handle to a request's record.
@@ -31,6 +34,7 @@ struct State {
     route: Option<String>,
     status: Option<StatusCode>,
     host_outcome: Option<&'static str>,
+    detail: Option<String>,
     kind: Option<OutcomeKind>,
     usage: Option<Usage>,
 }
@@ -63,12 +67,18 @@ impl RequestRecord {
         self.with(|s| s.status = Some(status));
     }
 
-    /// The host answered instead of the guest.
-    pub fn set_host_answer(&self, status: StatusCode, outcome: &'static str) {
+    /// The host answers instead of the guest: records the answer (its detail
+    /// goes to the log only) and returns the response.
+    pub fn answer(&self, answer: HostAnswer) -> Response<Body> {
+        if matches!(answer, HostAnswer::BodyTimeout(_)) {
+            self.metrics.body_timeouts.inc();
+        }
         self.with(|s| {
-            s.status = Some(status);
-            s.host_outcome = Some(outcome);
+            s.status = Some(answer.status());
+            s.host_outcome = Some(answer.outcome());
+            s.detail = answer.detail().map(str::to_string);
         });
+        answer.into_response()
     }
 
     /// The guest's task finished.
@@ -105,6 +115,7 @@ impl Drop for RequestRecord {
             Some(OutcomeKind::Trapped(m)) => m.as_str(),
             _ => "",
         };
+        let detail = s.detail.as_deref().unwrap_or("");
         tracing::info!(
             request_id = %self.id,
             method = %self.method,
@@ -117,6 +128,7 @@ impl Drop for RequestRecord {
             peak_memory = usage.peak_memory_bytes,
             wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
             trap = message,
+            detail,
             "request"
         );
         self.metrics

@@ -1,6 +1,6 @@
 //! Response bodies and the host's own answers: the one mapping from what
 //! happened to a request to its HTTP status, `x-wasm-run-outcome` header and
-//! JSON error body (DESIGN.md status table).
+//! JSON error body (the status table in the README).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,23 +32,29 @@ pub enum HostAnswer {
     Killed(OutcomeKind, String),
     /// The request body is larger than `--max-body`.
     BodyTooLarge(u64),
+    /// The client did not send the request body in time (`--body-timeout`).
+    BodyTimeout(std::time::Duration),
     /// A CGI guest did not print a valid CGI response head.
     BadGateway(String),
     /// No route matches the path.
     NotFound(String),
-    /// The host could not run the guest (e.g. instance pool exhausted).
+    /// The host could not run the guest (e.g. a preopened directory is
+    /// missing). The message is for the server log only: the client is told
+    /// to look there, under the request id, so host paths and engine errors
+    /// never leave the host.
     HostError(String),
     /// The memory budget is full and the queue is full or the wait too long.
     Overloaded(String),
 }
 
 impl HostAnswer {
-    /// The status, per the DESIGN.md table.
+    /// The status, per the status table in the README.
     pub fn status(&self) -> StatusCode {
         match self {
             HostAnswer::Killed(OutcomeKind::DeadlineExceeded, _) => StatusCode::GATEWAY_TIMEOUT,
             HostAnswer::Killed(_, _) => StatusCode::INTERNAL_SERVER_ERROR,
             HostAnswer::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HostAnswer::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HostAnswer::BadGateway(_) => StatusCode::BAD_GATEWAY,
             HostAnswer::NotFound(_) => StatusCode::NOT_FOUND,
             HostAnswer::HostError(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,6 +67,7 @@ impl HostAnswer {
         match self {
             HostAnswer::Killed(kind, _) => kind.name(),
             HostAnswer::BodyTooLarge(_) => "body_too_large",
+            HostAnswer::BodyTimeout(_) => "body_timeout",
             HostAnswer::BadGateway(_) => "bad_gateway",
             HostAnswer::NotFound(_) => "not_found",
             HostAnswer::HostError(_) => "host_error",
@@ -68,16 +75,32 @@ impl HostAnswer {
         }
     }
 
-    fn message(&self) -> String {
+    /// The message of the JSON error body: what the client may know.
+    pub fn message(&self) -> String {
         match self {
             HostAnswer::Killed(_, m)
             | HostAnswer::BadGateway(m)
             | HostAnswer::NotFound(m)
-            | HostAnswer::HostError(m)
             | HostAnswer::Overloaded(m) => m.clone(),
+            HostAnswer::HostError(_) => "the host could not run this request; the server log \
+                                         has the details under its x-request-id"
+                .to_string(),
             HostAnswer::BodyTooLarge(max) => {
                 format!("request body is larger than the limit of {max} bytes")
             }
+            HostAnswer::BodyTimeout(t) => format!(
+                "the request body did not arrive in time (the host waits {} ms for each part)",
+                t.as_millis()
+            ),
+        }
+    }
+
+    /// What the server log records beside the client's message: the full
+    /// detail of a host error.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            HostAnswer::HostError(m) => Some(m),
+            _ => None,
         }
     }
 
