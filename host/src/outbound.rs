@@ -1,5 +1,24 @@
 //! Outgoing HTTP from wasi:http guests: denied unless the route allows the
-//! destination host.
+//! destination, checked again on the address DNS gives, and sent to exactly
+//! the address that was checked.
+//!
+//! An allow-list entry is `[SCHEME://]HOST[:PORT]`, or `*`:
+//!
+//! - the scheme (`http` or `https`) must match when given; without it both
+//!   are allowed;
+//! - the port must equal the request's *effective* port (the explicit one,
+//!   or 80 for http / 443 for https); an entry without a port allows only
+//!   the scheme's default port;
+//! - `*` allows any public host on the default ports (with a port, `*:8080`,
+//!   that port).
+//!
+//! Requests with userinfo (`user:pass@host`) are denied. The host name is
+//! resolved by wasm-run; addresses that are loopback, private, link-local
+//! (which includes cloud metadata at 169.254.169.254), unique-local,
+//! shared (CGNAT), multicast, unspecified or otherwise reserved are denied
+//! unless the entry names that host or address itself — `*` never covers
+//! them. The connection then goes to the vetted address, so a second DNS
+//! answer cannot redirect it.
 //!
 //! A denied request reaches the guest as the wasi:http error code
 //! `HTTP-request-denied` (the guest decides what to answer); it is not a
@@ -7,44 +26,290 @@
 //! host call.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendFuture =
     Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
 
-/// Which hosts a guest may send HTTP requests to.
+/// Longest a connection attempt may take when the guest sets no timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which destinations a guest may send HTTP requests to.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
-    /// Lower-case host names (optionally `host:port`); `*` allows any host.
     /// Empty (the default) denies every outgoing request.
-    allowed: Arc<[String]>,
+    rules: Arc<[Rule]>,
+}
+
+/// One allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    /// `Some(true)` https only, `Some(false)` http only, `None` either.
+    https: Option<bool>,
+    host: HostPattern,
+    /// `None`: the scheme's default port only.
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// `*`: any host whose addresses are all public.
+    Any,
+    /// A lower-case host name.
+    Name(String),
+    /// An IP address literal.
+    Ip(IpAddr),
+}
+
+/// An allow-list entry that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid outbound entry `{entry}`: {reason} (for example `example.com`, \
+     `https://api.example.com:8443`, `127.0.0.1:8080` or `*`)"
+)]
+pub struct InvalidRule {
+    /// The entry as written.
+    pub entry: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Why an outgoing request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Not `http` or `https`, no host, or userinfo in the authority.
+    #[error("the URL is not an allowed http(s) URL without userinfo")]
+    BadUrl,
+    /// No allow-list entry matches scheme, host and port.
+    #[error("the destination is not on the route's allow-list")]
+    NotListed,
+    /// The name did not resolve.
+    #[error("the host name did not resolve")]
+    Unresolved,
+    /// Every address is loopback, private, link-local, metadata or otherwise
+    /// not public, and the entry that matched was `*`.
+    #[error("the host resolves only to non-public addresses, which need an explicit entry")]
+    NonPublic,
+}
+
+/// A destination that passed every check: connect to exactly this address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vetted {
+    /// The address to dial.
+    pub addr: SocketAddr,
+    /// Whether to speak TLS.
+    pub https: bool,
+    /// The host name (or address) as the guest wrote it, for TLS.
+    pub host: String,
 }
 
 impl OutboundPolicy {
-    /// Allows requests to these hosts (`example.com`, `api.example.com:8443`,
-    /// or `*` for any host).
-    pub fn allow(hosts: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
-        OutboundPolicy {
-            allowed: hosts
-                .into_iter()
-                .map(|h| h.as_ref().trim().to_ascii_lowercase())
-                .collect(),
-        }
+    /// Parses allow-list entries (`example.com`, `https://api.example.com:8443`,
+    /// `127.0.0.1:8080`, `[::1]:8080`, `*`).
+    pub fn new(entries: impl IntoIterator<Item = impl AsRef<str>>) -> Result<Self, InvalidRule> {
+        let rules = entries
+            .into_iter()
+            .map(|e| parse_rule(e.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OutboundPolicy {
+            rules: rules.into(),
+        })
     }
 
-    /// Whether a request to `uri` is allowed.
-    pub fn permits(&self, uri: &http::Uri) -> bool {
-        let Some(host) = uri.host().map(str::to_ascii_lowercase) else {
-            return false;
-        };
-        let with_port = uri.port_u16().map(|p| format!("{host}:{p}"));
-        self.allowed
-            .iter()
-            .any(|a| a == "*" || *a == host || with_port.as_deref() == Some(a.as_str()))
+    /// Whether no destination at all is allowed.
+    pub fn denies_all(&self) -> bool {
+        self.rules.is_empty()
     }
+
+    /// The first check, before any DNS: scheme, userinfo, and an entry for
+    /// this scheme, host and effective port. Returns the host, the port,
+    /// whether the URL is https, and whether the matching entry names the
+    /// host explicitly (rather than `*`).
+    pub fn check_url(&self, uri: &http::Uri) -> Result<(String, u16, bool, bool), Denied> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(Denied::BadUrl),
+        };
+        let authority = uri.authority().ok_or(Denied::BadUrl)?;
+        if authority.as_str().contains('@') {
+            return Err(Denied::BadUrl);
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(Denied::BadUrl);
+        }
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let default_port = if https { 443 } else { 80 };
+        let literal: Option<IpAddr> = host.parse().ok();
+        let mut explicit = false;
+        let mut matched = false;
+        for rule in self.rules.iter() {
+            if rule.https.is_some_and(|h| h != https) {
+                continue;
+            }
+            if rule.port.unwrap_or(default_port) != port {
+                continue;
+            }
+            match &rule.host {
+                HostPattern::Any => matched = true,
+                HostPattern::Name(name) if *name == host => {
+                    matched = true;
+                    explicit = true;
+                }
+                HostPattern::Ip(ip) if Some(*ip) == literal => {
+                    matched = true;
+                    explicit = true;
+                }
+                _ => {}
+            }
+        }
+        if !matched {
+            return Err(Denied::NotListed);
+        }
+        Ok((host, port, https, explicit))
+    }
+
+    /// Resolves and vets a request's destination: the URL check, then DNS,
+    /// then the address check. Only the returned address may be dialled.
+    pub async fn vet(&self, uri: &http::Uri) -> Result<Vetted, Denied> {
+        let (host, port, https, explicit) = self.check_url(uri)?;
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|_| Denied::Unresolved)?
+                .collect(),
+        };
+        let addr = choose_address(&addrs, explicit)?;
+        Ok(Vetted { addr, https, host })
+    }
+}
+
+/// The first address that may be dialled: any when the entry named the host
+/// explicitly, otherwise the first public one.
+fn choose_address(addrs: &[SocketAddr], explicit: bool) -> Result<SocketAddr, Denied> {
+    if addrs.is_empty() {
+        return Err(Denied::Unresolved);
+    }
+    addrs
+        .iter()
+        .find(|a| explicit || is_public(a.ip()))
+        .copied()
+        .ok_or(Denied::NonPublic)
+}
+
+fn parse_rule(entry: &str) -> Result<Rule, InvalidRule> {
+    let err = |reason| InvalidRule {
+        entry: entry.to_string(),
+        reason,
+    };
+    let text = entry.trim().to_ascii_lowercase();
+    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (Some(true), rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (Some(false), rest)
+    } else if text.contains("://") {
+        return Err(err("only http:// and https:// are supported"));
+    } else {
+        (None, text.as_str())
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(err("no host"));
+    }
+    if rest.contains(['@', '/', '?', '#']) {
+        return Err(err("an entry is a scheme, a host and a port, nothing else"));
+    }
+    // `[v6]:port`, `[v6]`, `host:port`, `host`, or a bare IPv6 literal.
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let (addr, after) = inner.split_once(']').ok_or_else(|| err("unclosed `[`"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| err("bad port"))?),
+        };
+        (addr, port)
+    } else if rest.parse::<Ipv6Addr>().is_ok() {
+        (rest, None)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let port = port
+        .map(|p| p.parse::<u16>().map_err(|_| err("bad port")))
+        .transpose()?;
+    let host = if host == "*" {
+        HostPattern::Any
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        HostPattern::Ip(ip)
+    } else if host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        HostPattern::Name(host.to_string())
+    } else {
+        return Err(err("not a host name or IP address"));
+    };
+    Ok(Rule { https, host, port })
+}
+
+/// Whether `ip` is a globally reachable unicast address: not loopback,
+/// private, link-local (cloud metadata lives there), shared (CGNAT),
+/// unique-local, multicast, unspecified, documentation, benchmarking or
+/// reserved. IPv4 addresses embedded in IPv6 (mapped, compatible, NAT64)
+/// are judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            let s = v6.segments();
+            // IPv4-compatible (deprecated) ::a.b.c.d and NAT64 64:ff9b::/96.
+            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let v4 =
+                    Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+                return is_public_v4(v4);
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (AWS metadata fd00:ec2::254)
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0 // "this network"
+        || (a == 100 && (b & 0xc0) == 64) // shared address space 100.64/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking 198.18/15
+        || a >= 240) // reserved
 }
 
 impl WasiHttpHooks for OutboundPolicy {
@@ -54,34 +319,302 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _io: IoFuture,
     ) -> SendFuture {
-        if !self.permits(request.uri()) {
-            tracing::info!(uri = %request.uri(), "outgoing HTTP request denied");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
+        let policy = self.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as IoFuture,
-            ))
+            let vetted = match policy.vet(request.uri()).await {
+                Ok(v) => v,
+                Err(reason) => {
+                    tracing::info!(uri = %request.uri(), %reason, "outgoing HTTP request denied");
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            };
+            send(vetted, request, options).await
         })
     }
+}
+
+/// Sends `request` to the vetted address (TLS for https, verified against
+/// the host name the guest used), and returns the response with the future
+/// that drives the rest of the connection.
+async fn send(
+    vetted: Vetted,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(vetted.addr))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    // Only the path goes on the wire: the authority stays in the Host header.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    if vetted.https {
+        let tls = tls_connect(&vetted, tcp, connect_timeout).await?;
+        exchange(hyper_util::rt::TokioIo::new(tls), request, connect_timeout).await
+    } else {
+        exchange(hyper_util::rt::TokioIo::new(tcp), request, connect_timeout).await
+    }
+}
+
+async fn tls_connect(
+    vetted: &Vetted,
+    tcp: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
+    use rustls::pki_types::ServerName;
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HttpError::Tls(std::io::Error::other(e)))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = match vetted.host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::from(ip),
+        Err(_) => ServerName::try_from(vetted.host.clone())
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Tls)
+}
+
+async fn exchange<S>(
+    io: S,
+    request: http::Request<WasiBody>,
+    timeout: Duration,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError>
+where
+    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::Builder::new().handshake(io),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    // Drive the connection while waiting for the response head; afterwards
+    // the caller drives it through the returned future.
+    let mut conn = Box::pin(conn);
+    let response = {
+        let send = sender.send_request(request);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                response = &mut send => break response.map_err(HttpError::from)?,
+                ended = &mut conn => {
+                    ended.map_err(HttpError::from)?;
+                    // The connection ended cleanly: the response is all there.
+                    break send.await.map_err(HttpError::from)?;
+                }
+            }
+        }
+    };
+    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    let io: IoFuture = Box::new(async move { conn.await.map_err(HttpError::from) });
+    Ok((response, io))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn policy(entries: &[&str]) -> OutboundPolicy {
+        OutboundPolicy::new(entries).expect("valid entries")
+    }
+
+    fn url_ok(p: &OutboundPolicy, url: &str) -> bool {
+        p.check_url(&url.parse().unwrap()).is_ok()
+    }
+
     #[test]
     fn denies_by_default_and_allows_listed_hosts() {
-        let uri: http::Uri = "http://example.com/x".parse().unwrap();
-        assert!(!OutboundPolicy::default().permits(&uri));
-        assert!(OutboundPolicy::allow(["Example.COM"]).permits(&uri));
-        assert!(!OutboundPolicy::allow(["other.com"]).permits(&uri));
-        assert!(OutboundPolicy::allow(["*"]).permits(&uri));
-        let with_port: http::Uri = "http://example.com:8443/".parse().unwrap();
-        assert!(OutboundPolicy::allow(["example.com:8443"]).permits(&with_port));
-        assert!(!OutboundPolicy::allow(["example.com:80"]).permits(&with_port));
+        assert!(!url_ok(&OutboundPolicy::default(), "http://example.com/x"));
+        assert!(url_ok(&policy(&["Example.COM"]), "http://example.com/x"));
+        assert!(url_ok(&policy(&["example.com"]), "https://example.com/x"));
+        assert!(!url_ok(&policy(&["other.com"]), "http://example.com/x"));
+        assert!(url_ok(&policy(&["*"]), "http://example.com/x"));
+    }
+
+    #[test]
+    fn the_effective_port_must_match() {
+        let p = policy(&["example.com"]);
+        assert!(url_ok(&p, "http://example.com:80/"));
+        assert!(url_ok(&p, "https://example.com/"));
+        assert!(!url_ok(&p, "http://example.com:22/"));
+        assert!(!url_ok(&p, "https://example.com:8443/"));
+        let p = policy(&["example.com:8443"]);
+        assert!(url_ok(&p, "https://example.com:8443/"));
+        assert!(!url_ok(&p, "https://example.com/"));
+        assert!(!url_ok(&policy(&["*"]), "http://example.com:6379/"));
+        assert!(url_ok(&policy(&["*:8080"]), "http://example.com:8080/"));
+    }
+
+    #[test]
+    fn the_scheme_must_match_when_given() {
+        let p = policy(&["https://api.example.com"]);
+        assert!(url_ok(&p, "https://api.example.com/"));
+        assert!(!url_ok(&p, "http://api.example.com/"));
+        assert!(!url_ok(&p, "http://api.example.com:443/"));
+        assert!(!url_ok(&policy(&["*"]), "ftp://example.com/"));
+    }
+
+    #[test]
+    fn userinfo_is_refused() {
+        let p = policy(&["*", "example.com"]);
+        assert_eq!(
+            p.check_url(&"http://user:pw@example.com/".parse().unwrap()),
+            Err(Denied::BadUrl)
+        );
+        assert_eq!(
+            p.check_url(&"http://example.com@evil.test/".parse().unwrap()),
+            Err(Denied::BadUrl)
+        );
+    }
+
+    #[test]
+    fn entries_parse_or_are_refused_with_a_reason() {
+        for ok in [
+            "example.com",
+            "https://example.com",
+            "http://example.com:8080/",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "::1",
+            "*",
+            "*:8443",
+        ] {
+            assert!(OutboundPolicy::new([ok]).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ftp://example.com",
+            "example.com:http",
+            "user@example.com",
+            "example.com/path",
+            "[::1",
+            "exa mple.com",
+        ] {
+            let e = OutboundPolicy::new([bad]).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        SocketAddr::new(s.parse().unwrap(), 80)
+    }
+
+    #[test]
+    fn non_public_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.170",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
+        }
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} counted as not public");
+        }
+    }
+
+    #[test]
+    fn wildcard_never_reaches_non_public_addresses() {
+        // `*` matched: only public addresses may be dialled, in DNS order.
+        assert_eq!(
+            choose_address(&[addr("127.0.0.1"), addr("10.0.0.1")], false),
+            Err(Denied::NonPublic)
+        );
+        assert_eq!(
+            choose_address(&[addr("169.254.169.254"), addr("93.184.216.34")], false),
+            Ok(addr("93.184.216.34"))
+        );
+        // An explicit entry may name a private host.
+        assert_eq!(
+            choose_address(&[addr("127.0.0.1")], true),
+            Ok(addr("127.0.0.1"))
+        );
+        assert_eq!(choose_address(&[], true), Err(Denied::Unresolved));
+    }
+
+    #[test]
+    fn explicit_entries_are_told_apart_from_the_wildcard() {
+        let p = policy(&["*", "localhost:8080", "10.0.0.5"]);
+        let explicit = |url: &str| p.check_url(&url.parse().unwrap()).map(|r| r.3);
+        assert_eq!(explicit("http://example.com/"), Ok(false));
+        assert_eq!(explicit("http://localhost:8080/"), Ok(true));
+        assert_eq!(explicit("http://10.0.0.5/"), Ok(true));
+        assert_eq!(explicit("http://localhost/"), Ok(false));
+        // A literal private address under `*` passes the URL check but
+        // fails the address check: it is never dialled.
+        let (_, _, _, explicit) = p.check_url(&"http://127.0.0.1/".parse().unwrap()).unwrap();
+        assert_eq!(
+            choose_address(&[addr("127.0.0.1")], explicit),
+            Err(Denied::NonPublic)
+        );
+    }
+
+    #[tokio::test]
+    async fn vetting_a_literal_address_needs_no_dns_and_dials_nothing() {
+        let p = policy(&["*", "127.0.0.1:9"]);
+        let v = p
+            .vet(&"http://127.0.0.1:9/x".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(v.addr, "127.0.0.1:9".parse().unwrap());
+        assert!(!v.https);
+        assert_eq!(
+            p.vet(&"http://169.254.169.254/latest".parse().unwrap())
+                .await,
+            Err(Denied::NonPublic)
+        );
     }
 }

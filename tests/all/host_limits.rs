@@ -451,3 +451,38 @@ async fn host_errors_do_not_leak_paths_to_clients() {
         "the log keeps the detail:\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn outbound_requests_reach_only_vetted_destinations() {
+    // The upstream: another server on loopback.
+    let upstream = ServeGuard::start(&[guest("demo", Target::P1).to_str().unwrap()]);
+    let up = upstream.addr;
+    let module = http_guest();
+    let explicit = format!("127.0.0.1:{}", up.port());
+    let server = ServeGuard::start(&[
+        "--allow-outbound",
+        &explicit,
+        "--allow-outbound",
+        "*",
+        module.to_str().unwrap(),
+    ]);
+    let a = server.addr;
+    // Listed explicitly: sent, to the address that was checked.
+    let ok = get(a, &format!("/outbound?url=http://{up}/hello")).await;
+    assert_eq!(ok.text(), "outbound ok: 200\n");
+    // `*` does not cover loopback, link-local (metadata) or private hosts.
+    for url in [
+        format!("http://127.0.0.1:{}/hello", up.port() ^ 1),
+        "http://localhost/".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        format!("http://user:pw@{up}/hello"),
+    ] {
+        let denied = get(a, &format!("/outbound?url={url}")).await;
+        assert!(
+            denied.text().contains("HttpRequestDenied"),
+            "{url}: {}",
+            denied.text()
+        );
+    }
+}

@@ -150,9 +150,13 @@ pub struct ServeCommand {
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
 
-    /// Host MODULE may send outgoing HTTP requests to (repeatable; `*` for
-    /// any). Default: outgoing HTTP is denied.
-    #[arg(long = "allow-outbound", value_name = "HOST")]
+    /// Destination MODULE may send outgoing HTTP requests to (repeatable):
+    /// `[SCHEME://]HOST[:PORT]`, e.g. `api.example.com`,
+    /// `https://api.example.com:8443`, `127.0.0.1:8080`; without a port only
+    /// the scheme's default port. `*` allows any host whose addresses are
+    /// public: loopback, private, link-local and metadata addresses need an
+    /// entry of their own. Default: outgoing HTTP is denied.
+    #[arg(long = "allow-outbound", value_name = "DEST")]
     allow_outbound: Vec<String>,
 
     /// Log format on stderr (level from WASM_RUN_LOG or RUST_LOG, default info).
@@ -316,6 +320,7 @@ impl ServeCommand {
                     .collect(),
                 allowed_outbound_hosts: self.allow_outbound.clone(),
             });
+            wasm_run::OutboundPolicy::new(&self.allow_outbound)?;
         } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
             bail!("--env, --dir and --allow-outbound apply to MODULE, and no MODULE was given");
         }

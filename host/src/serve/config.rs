@@ -137,7 +137,9 @@ pub struct RouteSection {
     /// Preopened directories, `HOST[::GUEST]`, relative to the file's directory.
     #[serde(default)]
     pub dirs: Vec<String>,
-    /// Hosts wasi:http guests may send requests to (`*` for any).
+    /// Destinations wasi:http guests may send requests to,
+    /// `[SCHEME://]HOST[:PORT]` or `*` (any public host on the default
+    /// ports); loopback, private and link-local hosts need their own entry.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
 }
@@ -277,6 +279,9 @@ pub fn resolve_routes(
                 m
             })
             .collect();
+        if let Err(e) = crate::OutboundPolicy::new(&r.allowed_outbound_hosts) {
+            return Err(err(format!("route {}: {e}", i + 1)));
+        }
         routes.push(RouteSpec {
             prefix,
             module: ModuleSource::File(base_dir.join(&r.module)),

@@ -530,6 +530,14 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
                 guest
             }
         };
+        let outbound =
+            OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| LoadError {
+                prefix: spec.prefix.clone(),
+                source: crate::Error::Setup {
+                    name: guest.name().to_string(),
+                    message: e.to_string(),
+                },
+            })?;
         let need = spec
             .limits
             .max_memory
@@ -562,7 +570,7 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
         );
         routes.push(RouteRuntime {
             spec: spec.clone(),
-            outbound: OutboundPolicy::allow(&spec.allowed_outbound_hosts),
+            outbound,
             guest,
             max_body: config.max_body,
             body_buffer: config.body_buffer,
