@@ -7,7 +7,7 @@
 //! removes page faults and TLB-shootdown IPIs from the per-invocation path.
 //!
 //! The engine also owns the background CPU slots that long-running
-//! invocations take turns on (see [`crate::store`]'s epoch callback), so
+//! invocations take turns on (see the store's epoch callback), so
 //! that short requests are never stuck behind guests that spin.
 
 use std::path::PathBuf;

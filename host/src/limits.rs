@@ -2,7 +2,7 @@
 //! write them on the command line and in config files.
 //!
 //! [`Limits`] is plain data: it travels with every invocation and is applied
-//! to a fresh store by [`crate::store`]. Parsing lives here so that the CLI,
+//! to a fresh store by the (private) `store` module. Parsing lives here so that the CLI,
 //! the config file and embedders all accept exactly the same spellings.
 
 use std::fmt;

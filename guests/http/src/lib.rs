@@ -7,7 +7,7 @@
 //! | `/echo` | 200: the method, the path, each header as `name: value`, a blank line, then the request body streamed through chunk by chunk |
 //! | `/spin` | loops forever (fuel) |
 //! | `/bomb` | allocates touched 1 MiB chunks forever (memory cap) |
-//! | `/fields?kib=K&n=N` | makes host-side `fields` resources, each holding one `K` KiB header (default 15), and keeps them all: with `n` it stops after `N` and answers 200 `made N fields`; without, it never stops (the host's resource cap) |
+//! | `/fields?kib=K&n=N` | makes host-side `fields` resources, each holding one `K` KiB header (default 15), and keeps them all: with `n` it stops after `N` and answers 200 `made N fields`; without, it never stops (the host's resource cap, or its field-size limit when `K` is larger) |
 //! | `/sleep?s=N` | sleeps `N` seconds (a float, default 10) on the monotonic clock, then 200 `slept` (deadline) |
 //! | `/crash` | panics before responding (trap) |
 //! | `/late-crash` | starts a 200 response, writes and flushes `partial body`, panics 200 ms later without finishing the body |
@@ -230,8 +230,8 @@ fn fields(response_out: ResponseOutparam, query: &str) -> Outcome {
     let mut hoard = Vec::new();
     while limit.is_none_or(|n| hoard.len() < n) {
         let fields = Fields::new();
-        // A value over the host's field-size limit is refused; keep the
-        // (empty) resource anyway.
+        // wasmtime makes a value over its field-size limit a trap; a
+        // refused header (an error) still leaves the resource held.
         let _ = fields.append("x-pad", &value);
         hoard.push(fields);
     }

@@ -4,12 +4,12 @@
 //! # Flow of a request
 //!
 //! The accept loop ([`Server::serve`]) hands each connection to hyper; each
-//! request gets an id and a [`record::RequestRecord`], is matched to the
+//! request gets an id and a `RequestRecord`, is matched to the
 //! route with the longest path prefix, has its declared `Content-Length`
 //! checked against `--max-body`, and goes to one of two paths by guest kind:
 //!
-//! - [`http_guest`]: a wasi:http component's `incoming-handler` is called;
-//! - [`cgi_guest`]: a command (core module or component) is run CGI-style.
+//! - `http_guest`: a wasi:http component's `incoming-handler` is called;
+//! - `cgi_guest`: a command (core module or component) is run CGI-style.
 //!
 //! Both run the guest in its own tokio task through the same store factory
 //! and limit code as `wasm-run run`, return the response head as soon as the
@@ -17,10 +17,15 @@
 //! killed before its head gets the host's answer ([`response::HostAnswer`]);
 //! one killed after it has its body aborted.
 //!
-//! # Admission
+//! # Admission, and what clients may hold
 //!
-//! Before a guest runs, its route's memory cap must fit in the host's memory
-//! budget ([`admission`]); the permit is held until the guest's task ends.
+//! Before a guest runs, the first `--body-buffer` bytes of its request body
+//! are read (`request_body`; a client that dribbles holds no budget and
+//! gets 408), then its route's memory cap plus its guest's host allowance
+//! must fit in the host's memory budget ([`admission`]); the permit is held
+//! until the guest's task ends. Connections are capped (`--max-connections`)
+//! and a response write that makes no progress for `--write-timeout` drops
+//! its connection (`conn_io`).
 //!
 //! # Scheduling: why a spinning guest does not stall the others
 //!
@@ -33,9 +38,9 @@
 //! timeout bounds time blocked in host calls.
 //!
 //! Yielding alone is not enough: with N spinners and 2 cores, a short
-//! request would still wait behind N/2 slices. So a request that has run
-//! about 5 ms of wasm (counted in epoch callbacks, which only happen while
-//! wasm runs) is demoted: each further tick it must hold one of the engine's
+//! request would still wait behind N/2 slices. So a request that has used
+//! about 5 ms of CPU (wasm counted in epoch callbacks, which only happen
+//! while wasm runs, plus time spent in host calls) is demoted: each further tick it must hold one of the engine's
 //! background CPU slots (cores − 1 of them, FIFO, given back on every tick
 //! and whenever it blocks in a host call). Spinners then share those slots
 //! among themselves, and at least one core is always free for requests that
