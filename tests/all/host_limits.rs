@@ -486,3 +486,23 @@ async fn outbound_requests_reach_only_vetted_destinations() {
         );
     }
 }
+
+#[tokio::test]
+async fn request_heads_over_32_kib_are_refused() {
+    let server = budget_of_four(&[]);
+    for (size, status) in [(20_000, "200"), (40_000, "431")] {
+        let mut c = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{size}: {reply}"
+        );
+    }
+}

@@ -509,7 +509,7 @@ fn http1_builder(header_timeout: Duration) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     builder
 }
