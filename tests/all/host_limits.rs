@@ -410,7 +410,7 @@ async fn open_connections_are_capped() {
 #[tokio::test]
 async fn the_open_files_limit_is_raised_to_the_hard_limit() {
     let demo = guest("demo", Target::P1);
-    let server = ServeGuard::start_with_soft_fd_limit(256, &[demo.to_str().unwrap()]);
+    let server = ServeGuard::start_with_ulimit("-Sn 256", &[demo.to_str().unwrap()]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
     let line = limits
         .lines()
@@ -505,4 +505,43 @@ async fn request_heads_over_32_kib_are_refused() {
             "{size}: {reply}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_connection_cap_fits_under_the_open_files_limit() {
+    let demo = guest("demo", Target::P1);
+    let server = ServeGuard::start_with_ulimit(
+        "-n 300",
+        &[
+            "--max-connections",
+            "1000",
+            "--header-timeout",
+            "3s",
+            "--admin-addr",
+            "127.0.0.1:0",
+            demo.to_str().unwrap(),
+        ],
+    );
+    let admin = server.admin.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // 300 descriptors leave room for 44 connections beside the reserve of 256.
+    eventually(
+        Duration::from_secs(5),
+        "the lowered cap reached",
+        || async { metric(admin, "wasm_run_open_connections").await == 44 },
+    )
+    .await;
+    for _ in 0..10 {
+        assert!(metric(admin, "wasm_run_open_connections").await <= 44);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(idle);
+    server.signal("TERM");
+    let (_, stderr) = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(stderr.contains("lowering the cap"), "{stderr}");
 }

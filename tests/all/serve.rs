@@ -30,13 +30,13 @@ impl ServeGuard {
         ServeGuard::spawn(Command::new(env!("CARGO_BIN_EXE_wasm-run")), args)
     }
 
-    /// As [`ServeGuard::start`], with the soft limit on open files lowered
-    /// to `soft` first (as a login shell's default of 1024 would).
-    pub fn start_with_soft_fd_limit(soft: u32, args: &[&str]) -> ServeGuard {
+    /// As [`ServeGuard::start`], after `ulimit ULIMIT` (e.g. `-Sn 256`: a
+    /// lower soft limit on open files, as a login shell's default would be).
+    pub fn start_with_ulimit(ulimit: &str, args: &[&str]) -> ServeGuard {
         let mut sh = Command::new("sh");
         sh.args([
             "-c",
-            &format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""),
+            &format!("ulimit {ulimit} && exec \"$0\" \"$@\""),
             env!("CARGO_BIN_EXE_wasm-run"),
         ]);
         ServeGuard::spawn(sh, args)

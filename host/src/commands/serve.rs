@@ -137,7 +137,9 @@ pub struct ServeCommand {
 
     /// Most client connections open at once. At the cap the server stops
     /// accepting: new connections wait in the kernel's listen backlog
-    /// (and are refused once it is full) until one closes. Default 1024.
+    /// (and are refused once it is full) until one closes. The server raises
+    /// its open-files limit to the hard limit at start and lowers this cap
+    /// (with a warning) if the limit leaves less room. Default 8192.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
@@ -182,7 +184,8 @@ impl ServeCommand {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
         };
-        raise_fd_limit(config.max_connections);
+        let mut config = config;
+        config.max_connections = fit_connections_to_fd_limit(config.max_connections);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -382,10 +385,14 @@ impl ServeCommand {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, so that
-/// `max_connections` connections (plus guests' files) fit; warns if even the
-/// hard limit is too low.
-fn raise_fd_limit(max_connections: usize) {
+/// Descriptors kept free beside client connections: listeners, the engine,
+/// guests' preopened directories and files.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, and returns how
+/// many connections fit under it: `max_connections`, or fewer (with a
+/// warning) when the limit leaves less room.
+fn fit_connections_to_fd_limit(max_connections: usize) -> usize {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let hard = limit.maximum;
@@ -398,18 +405,23 @@ fn raise_fd_limit(max_connections: usize) {
             tracing::warn!(error = %e, "cannot raise the open-files limit");
         }
     }
-    let current = getrlimit(Resource::Nofile).current;
-    // Each connection is a descriptor; keep room for guests' files, the
-    // listeners and the engine.
-    let wanted = max_connections as u64 + 256;
-    if current.is_some_and(|n| n < wanted) {
+    let Some(current) = getrlimit(Resource::Nofile).current else {
+        return max_connections;
+    };
+    let room = usize::try_from(current.saturating_sub(FD_RESERVE))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if room < max_connections {
         tracing::warn!(
             open_files_limit = current,
             max_connections,
-            "the open-files limit is below --max-connections + 256; accepts may fail with \
-             EMFILE under load (they are retried)"
+            lowered_to = room,
+            "the open-files limit leaves room for fewer connections than --max-connections; \
+             lowering the cap"
         );
+        return room;
     }
+    max_connections
 }
 
 /// The built-in demo: one CGI guest on four routes, each with the limit it

@@ -36,8 +36,9 @@ pub const DEFAULT_BODY_BUFFER: u64 = 64 << 10;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a response write may wait for a client that does not read: 30 s.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default cap on open client connections: 1024.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on open client connections: 8192 (lowered at start to what
+/// the open-files limit allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
 /// The limits a server applies when nothing else is said: the library's
 /// defaults plus a 30 s deadline, since a server must not wait forever.
@@ -92,7 +93,7 @@ pub struct ServerSection {
     pub body_timeout: Option<HumanDuration>,
     /// Time a response write may wait for the client to read. Default 30 s.
     pub write_timeout: Option<HumanDuration>,
-    /// Most client connections open at once. Default 1024.
+    /// Most client connections open at once. Default 8192.
     pub max_connections: Option<usize>,
 }
 
