@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Default cap on an invocation's total linear memory: 256 MiB.
+/// Default cap on an invocation's total memory: 256 MiB.
 pub const DEFAULT_MAX_MEMORY: u64 = 256 * MIB;
 
 /// The largest memory cap accepted: 4 GiB, all a wasm32 guest can address.
@@ -32,8 +32,10 @@ pub struct Limits {
     /// Fuel budget: roughly one unit per wasm instruction executed. `None`
     /// (the default) means unlimited; fuel is still counted and reported.
     pub fuel: Option<u64>,
-    /// Cap on the invocation's *total* linear memory, in bytes, summed over
-    /// every memory of every instance (a component may have several). A grow
+    /// Cap on the invocation's *total* memory, in bytes: linear memory and
+    /// tables (each element [`crate::TABLE_ELEMENT_BYTES`]), summed over
+    /// every memory and table of every instance (a component may have
+    /// several). A grow
     /// past it kills the invocation, like the OOM killer. Default 256 MiB.
     #[serde(deserialize_with = "de_size")]
     pub max_memory: u64,

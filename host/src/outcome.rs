@@ -142,7 +142,7 @@ pub struct Report {
     pub exit_code: Option<i32>,
     /// Fuel consumed, `null` when fuel is not metered.
     pub fuel_consumed: Option<u64>,
-    /// Peak total linear memory in bytes.
+    /// Peak total memory (linear memory and tables) in bytes.
     pub peak_memory_bytes: u64,
     /// Wall time in microseconds.
     pub wall_time_us: u64,

@@ -23,7 +23,7 @@ use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
 const AFTER_HELP: &str = "\
 Limits:
   --fuel 50000000        kill the guest after ~50 million wasm instructions
-  --max-memory 64MiB     kill the guest when its total linear memory would pass 64 MiB
+  --max-memory 64MiB     kill the guest when its memory (linear + tables) would pass 64 MiB
   --timeout 2s           kill the guest 2 seconds after it starts, even while it sleeps
 
 Exit status:
@@ -62,7 +62,7 @@ pub struct RunCommand {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
-    /// Cap on the guest's total linear memory (all memories together), e.g.
+    /// Cap on the guest's total memory (all linear memories and tables), e.g.
     /// `64MiB`, `1GiB`, `65536`. A grow past it kills the guest (exit 137).
     #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_MAX_MEMORY))]
     max_memory: ByteSize,

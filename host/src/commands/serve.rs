@@ -83,7 +83,8 @@ pub struct ServeCommand {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
-    /// Cap on each request's total linear memory, e.g. `64MiB`. Default 256MiB.
+    /// Cap on each request's total memory (linear memories and tables), e.g.
+    /// `64MiB`. Default 256MiB.
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<ByteSize>,
 

@@ -5,7 +5,9 @@
 //! turned away (503 `overloaded`).
 //!
 //! Because each request is *killed* at its cap (never allowed past it), the
-//! budget is a real bound on guest linear memory, not a guess: an
+//! budget — which counts each request's cap plus its guest's fixed host
+//! allowance — is a real bound on the memory guests make the host hold, not
+//! a guess: an
 //! event-loop server must pick a concurrency limit and hope; this host knows
 //! what each admitted request may use.
 

@@ -103,7 +103,7 @@ pub struct ServerSection {
 pub struct LimitsOverlay {
     /// Fuel budget per request.
     pub fuel: Option<u64>,
-    /// Cap on a request's total linear memory.
+    /// Cap on a request's total memory (linear memories and tables).
     pub max_memory: Option<ByteSize>,
     /// Wall-clock deadline per request.
     pub timeout: Option<HumanDuration>,
