@@ -62,6 +62,8 @@ pub mod outcome;
 pub mod serve;
 mod store;
 
+/// Byte buffers in the API ([`Input::Bytes`], [`CapturedOutput`]).
+pub use bytes::Bytes;
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};

@@ -45,8 +45,9 @@ pub struct Limits {
     #[serde(deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
     /// Cap on the bytes of stdout and of stderr kept for an embedder that
-    /// captures output; output past it is discarded and the guest sees its
-    /// output stream closed. Inherited stdio (the CLI) is not capped.
+    /// captures output; output past it is discarded (the guest is not told,
+    /// and its other limits stop a flood that never ends) and the capture is
+    /// marked truncated. Inherited stdio (the CLI) is not capped.
     /// Default 1 MiB.
     #[serde(deserialize_with = "de_size")]
     pub max_output: u64,

@@ -14,7 +14,7 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi_http::FieldMapError;
 
 /// How an invocation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OutcomeKind {
     /// The guest returned or called `exit`; the value is its exit code
     /// (0 when `_start`/`run` returned normally, 1 when a component's `run`
