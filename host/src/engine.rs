@@ -122,6 +122,12 @@ impl Engine {
         // Async stacks must hold the wasm stack plus host frames.
         wt.async_stack_size(config.max_wasm_stack + (1 << 20));
         wt.memory_init_cow(true);
+        // Precompiled artifacts (and cache entries) record this, so one made
+        // by another wasm-run release is refused, not trusted.
+        wt.module_version(wasmtime::ModuleVersionStrategy::Custom(artifact_version()))
+            .map_err(|e| Error::Engine {
+                message: format!("{e:#}"),
+            })?;
         // wasip3 concurrency is not used; turning it off makes component
         // instantiation markedly cheaper (about 31 → 20 µs per hello component).
         wt.concurrency_support(false);
@@ -180,6 +186,23 @@ impl Engine {
         })
     }
 
+    /// Compiles a module or component (binary wasm or WAT) ahead of time
+    /// into an artifact that [`crate::Guest::from_bytes`] loads without
+    /// compiling. The artifact only loads in an engine of the same
+    /// wasm-run/wasmtime version and configuration (e.g. fuel on or off).
+    pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+        let binary = crate::guest::to_binary(name, bytes)?;
+        let compiled = if crate::guest::is_component(&binary) {
+            self.inner.precompile_component(&binary)
+        } else {
+            self.inner.precompile_module(&binary)
+        };
+        compiled.map_err(|e| Error::Invalid {
+            name: name.to_string(),
+            message: format!("{e:#}"),
+        })
+    }
+
     /// The wasmtime engine, for embedders that need it directly.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner
@@ -194,6 +217,19 @@ impl Engine {
     pub(crate) fn background_slots(&self) -> &Arc<Semaphore> {
         &self.background
     }
+}
+
+/// The wasmtime release this crate is built against (pinned with `=` in
+/// the workspace's Cargo.toml; keep the two in step).
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The version string artifacts of `wasm-run compile` carry: wasm-run's own
+/// and wasmtime's.
+pub fn artifact_version() -> String {
+    format!(
+        "wasm-run {} (wasmtime {WASMTIME_VERSION})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<()> {

@@ -35,6 +35,20 @@ pub enum Error {
         /// What the validator or compiler said.
         message: String,
     },
+    /// A precompiled artifact (from `wasm-run compile`) that this engine
+    /// cannot load: made by another wasm-run or wasmtime version, for
+    /// another CPU, or with another engine configuration.
+    #[error(
+        "{name}: a precompiled artifact this wasm-run cannot load (built by another wasm-run \
+         or wasmtime version, or with another engine configuration; run `wasm-run compile` \
+         again): {message}"
+    )]
+    Incompatible {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What wasmtime said.
+        message: String,
+    },
     /// The guest does not have the entry point this host calls.
     #[error("{name}: {message}")]
     WrongShape {

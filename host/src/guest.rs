@@ -79,13 +79,41 @@ impl Guest {
 
     /// Compiles and links a module or component from bytes (binary wasm or
     /// WAT text). `name` identifies the guest in errors and logs.
+    ///
+    /// Also accepts an artifact made by [`Engine::precompile`] (`wasm-run
+    /// compile`), which loads without compiling; one made by another version
+    /// or engine configuration is refused with [`Error::Incompatible`].
+    /// Artifacts are native code: load only those you made or trust as you
+    /// would a binary.
     pub fn from_bytes(engine: &Engine, name: impl Into<String>, bytes: &[u8]) -> Result<Guest> {
         let name = name.into();
-        let binary = to_binary(&name, bytes)?;
-        let (pre, uses_http) = if is_component(&binary) {
-            link_component(engine, &name, &binary)?
-        } else {
-            (link_core(engine, &name, &binary)?, false)
+        let (pre, uses_http) = match wasmtime::Engine::detect_precompiled(bytes) {
+            Some(wasmtime::Precompiled::Component) => {
+                let component = deserialize_component(engine, &name, bytes)?;
+                link_component(engine, &name, component)?
+            }
+            Some(wasmtime::Precompiled::Module) => {
+                let module = deserialize_module(engine, &name, bytes)?;
+                (link_core(engine, &name, module)?, false)
+            }
+            None => {
+                let binary = to_binary(&name, bytes)?;
+                if is_component(&binary) {
+                    let component =
+                        Component::new(engine.wasmtime(), &binary).map_err(|e| Error::Invalid {
+                            name: name.clone(),
+                            message: format!("{e:#}"),
+                        })?;
+                    link_component(engine, &name, component)?
+                } else {
+                    let module =
+                        Module::new(engine.wasmtime(), &binary).map_err(|e| Error::Invalid {
+                            name: name.clone(),
+                            message: format!("{e:#}"),
+                        })?;
+                    (link_core(engine, &name, module)?, false)
+                }
+            }
         };
         Ok(Guest {
             inner: Arc::new(GuestInner {
@@ -126,7 +154,7 @@ impl Guest {
 }
 
 /// Binary wasm as is; WAT text converted; anything else rejected.
-fn to_binary<'a>(name: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+pub(crate) fn to_binary<'a>(name: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
     if bytes.starts_with(b"\0asm") {
         return Ok(bytes.into());
     }
@@ -149,15 +177,41 @@ fn to_binary<'a>(name: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8
 
 /// A component's header has layer 1 (bytes 6..8 of the preamble); a core
 /// module's has layer 0.
-fn is_component(binary: &[u8]) -> bool {
+pub(crate) fn is_component(binary: &[u8]) -> bool {
     binary.len() >= 8 && binary[6..8] == [1, 0]
 }
 
-fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
-    let module = Module::new(engine.wasmtime(), binary).map_err(|e| Error::Invalid {
+/// Loads a core-module artifact of `wasm-run compile`.
+#[expect(
+    unsafe_code,
+    reason = "wasmtime cannot verify native code: artifacts are trusted like binaries, and \
+              wasmtime still checks their version and engine configuration"
+)]
+fn deserialize_module(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Module> {
+    // SAFETY: the artifact is native code the operator chose to run (see
+    // `Guest::from_bytes`); wasmtime refuses one from another version or
+    // configuration.
+    unsafe { Module::deserialize(engine.wasmtime(), bytes) }.map_err(|e| Error::Incompatible {
         name: name.to_string(),
         message: format!("{e:#}"),
-    })?;
+    })
+}
+
+/// Loads a component artifact of `wasm-run compile`.
+#[expect(
+    unsafe_code,
+    reason = "wasmtime cannot verify native code: artifacts are trusted like binaries, and \
+              wasmtime still checks their version and engine configuration"
+)]
+fn deserialize_component(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component> {
+    // SAFETY: as for `deserialize_module`.
+    unsafe { Component::deserialize(engine.wasmtime(), bytes) }.map_err(|e| Error::Incompatible {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    })
+}
+
+fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
     match module.get_export("_start") {
         Some(wasmtime::ExternType::Func(ty))
             if ty.params().len() == 0 && ty.results().len() == 0 => {}
@@ -214,11 +268,7 @@ fn link_core(engine: &Engine, name: &str, binary: &[u8]) -> Result<Pre> {
 }
 
 /// Links a component; also says whether it imports wasi:http.
-fn link_component(engine: &Engine, name: &str, binary: &[u8]) -> Result<(Pre, bool)> {
-    let component = Component::new(engine.wasmtime(), binary).map_err(|e| Error::Invalid {
-        name: name.to_string(),
-        message: format!("{e:#}"),
-    })?;
+fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(Pre, bool)> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine.wasmtime())

@@ -21,12 +21,17 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Compile(commands::compile::CompileCommand),
     Serve(Box<commands::serve::ServeCommand>),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(cmd) => {
+            commands::init_tracing(commands::LogFormat::Text, "warn");
+            cmd.execute()
+        }
+        Command::Compile(cmd) => {
             commands::init_tracing(commands::LogFormat::Text, "warn");
             cmd.execute()
         }

@@ -5,6 +5,7 @@
 //! that `CARGO_BIN_EXE_wasm-run` points at the freshly built binary).
 
 mod cli;
+mod compile;
 mod concurrency;
 mod host_limits;
 mod library;

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with a clap struct and `execute(self)`.
 
+pub mod compile;
 pub mod run;
 pub mod serve;
 
