@@ -49,7 +49,8 @@ Examples:
 /// Run a WASI command module or component under limits.
 ///
 /// MODULE is a wasm32-wasip1 core module with `_start`, a wasi:cli command
-/// component, or WebAssembly text of either. Its stdin, stdout and stderr are
+/// component, WebAssembly text of either, or an artifact of `wasm-run
+/// compile`. Its stdin, stdout and stderr are
 /// this process's; it sees only the environment variables and directories
 /// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
 /// with `wasm-run:`.
