@@ -6,18 +6,18 @@
 //! uses and reset with the `PAGEMAP_SCAN` ioctl where the kernel has it. That
 //! removes page faults and TLB-shootdown IPIs from the per-invocation path.
 //!
-//! The engine also owns the background CPU slots that long-running
-//! invocations take turns on (see the store's epoch callback), so
-//! that short requests are never stuck behind guests that spin.
+//! The engine also owns the [`crate::scheduler`]'s pool of low-priority
+//! threads that long-running invocations move to, so that the kernel
+//! preempts them whenever a fresh request is runnable.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
+use crate::scheduler::Scheduler;
 
 /// Default interval between epoch ticks: 1 ms. Deadlines are checked and
 /// running guests yield to other tasks at this granularity.
@@ -57,24 +57,20 @@ pub struct EngineConfig {
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// CPU time running wasm after which an invocation counts as
-    /// long-running and is demoted to the background CPU slots. Default
-    /// [`DEFAULT_DEMOTE_AFTER`].
+    /// CPU time (in wasm and in host calls, not waiting) after which an
+    /// invocation counts as long-running and moves to the low-priority
+    /// background threads. Default [`DEFAULT_DEMOTE_AFTER`] (1 ms).
     pub demote_after: Duration,
-    /// How many demoted (long-running) invocations may run wasm at once;
-    /// the others wait their turn, one epoch tick at a time, in FIFO order.
-    /// Default: one less than the number of CPUs (at least 1), so short
-    /// requests always find a free core.
-    pub background_slots: usize,
+    /// Threads of the low-priority (nice 19) pool that long-running
+    /// invocations finish on, created on first use. Default: the number of
+    /// CPUs, so demoted work still uses every idle core.
+    pub background_threads: usize,
 }
 
-/// Default CPU time in wasm before an invocation is demoted: 5 ms.
-pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(5);
+pub use crate::scheduler::DEFAULT_DEMOTE_AFTER;
 
-fn default_background_slots() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get().saturating_sub(1))
-        .max(1)
+fn default_background_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for EngineConfig {
@@ -88,7 +84,7 @@ impl Default for EngineConfig {
             keep_resident: 1 << 20,
             cache_dir: None,
             demote_after: DEFAULT_DEMOTE_AFTER,
-            background_slots: default_background_slots(),
+            background_threads: default_background_threads(),
         }
     }
 }
@@ -101,7 +97,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     inner: wasmtime::Engine,
     config: Arc<EngineConfig>,
-    background: Arc<Semaphore>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -181,7 +177,10 @@ impl Engine {
         spawn_epoch_ticker(&inner, config.epoch_tick)?;
         Ok(Engine {
             inner,
-            background: Arc::new(Semaphore::new(config.background_slots.max(1))),
+            scheduler: Arc::new(Scheduler::new(
+                config.demote_after,
+                config.background_threads,
+            )),
             config: Arc::new(config),
         })
     }
@@ -213,9 +212,9 @@ impl Engine {
         &self.config
     }
 
-    /// The CPU slots long-running invocations take turns on.
-    pub(crate) fn background_slots(&self) -> &Arc<Semaphore> {
-        &self.background
+    /// Where invocations run, and at what priority.
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
     }
 }
 

@@ -117,11 +117,16 @@ impl Guest {
         let err_capture = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
 
         let state = StoreState::new(builder.build_p1(), outbound, limits.max_memory);
-        let mut store = new_store(&self.inner.engine, state, &limits, started);
-        let call = call_entry(&self.inner.pre, &mut store);
-        let result = with_deadline(&limits, started, call).await;
-        let (kind, usage) = conclude(self, &store, &limits, started, result)?;
-        drop(store);
+        let guest = self.clone();
+        let invocation = async move {
+            let mut store = new_store(&guest.inner.engine, state, &limits, started);
+            let call = call_entry(&guest.inner.pre, &mut store);
+            let result = with_deadline(&limits, started, call).await;
+            conclude(&guest, &store, &limits, started, result)
+        };
+        let (concluded, cpu_time) = self.inner.engine.scheduler().run(invocation).await;
+        let (kind, mut usage) = concluded?;
+        usage.cpu_time = cpu_time;
         Ok(Outcome {
             kind,
             usage,
@@ -219,6 +224,7 @@ pub(crate) fn conclude(
         fuel_consumed,
         peak_memory_bytes: store.data().limiter.peak(),
         wall_time: started.elapsed(),
+        cpu_time: std::time::Duration::ZERO,
     };
     Ok((kind, usage))
 }

@@ -38,6 +38,8 @@
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify.
 //! - `store` (private): the store's host state, the memory limiter, and the
 //!   single function that installs [`Limits`] on a store.
+//! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
+//!   of CPU, then on low-priority (nice 19) threads.
 //! - [`limits`]: [`Limits`] and the human sizes and durations (`64MiB`, `250ms`).
 //! - [`outcome`]: [`Outcome`], [`Usage`], the JSON [`Report`] and the one
 //!   classifier that maps what happened to an outcome.
@@ -45,9 +47,10 @@
 //! - [`error`]: host [`Error`]s (bad module, failed set-up), as opposed to
 //!   outcomes.
 //!
-//! A call flows `Guest::run` → `store::new_store` (limits installed) →
-//! instantiate from the pre-linked guest → call `_start` / `wasi:cli/run` →
-//! `outcome::classify` → [`Outcome`].
+//! A call flows `Guest::run` → `scheduler` (CPU metered; moved to the
+//! low-priority pool once long-running) → `store::new_store` (limits
+//! installed) → instantiate from the pre-linked guest → call `_start` /
+//! `wasi:cli/run` → `outcome::classify` → [`Outcome`].
 
 #![deny(missing_docs)]
 
@@ -59,6 +62,7 @@ pub mod io;
 pub mod limits;
 pub mod outbound;
 pub mod outcome;
+pub mod scheduler;
 pub mod serve;
 mod store;
 

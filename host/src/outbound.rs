@@ -415,14 +415,12 @@ where
     let response = {
         let send = sender.send_request(request);
         tokio::pin!(send);
-        loop {
-            tokio::select! {
-                response = &mut send => break response.map_err(HttpError::from)?,
-                ended = &mut conn => {
-                    ended.map_err(HttpError::from)?;
-                    // The connection ended cleanly: the response is all there.
-                    break send.await.map_err(HttpError::from)?;
-                }
+        tokio::select! {
+            response = &mut send => response.map_err(HttpError::from)?,
+            ended = &mut conn => {
+                ended.map_err(HttpError::from)?;
+                // The connection ended cleanly: the response is all there.
+                send.await.map_err(HttpError::from)?
             }
         }
     };

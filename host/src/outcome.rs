@@ -70,6 +70,10 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Wall time from the start of instantiation to the end of the call.
     pub wall_time: Duration,
+    /// CPU time the invocation used: running wasm and in synchronous host
+    /// calls (the thread CPU clock around each poll), not time spent
+    /// waiting.
+    pub cpu_time: Duration,
 }
 
 /// The result of one invocation that ran: how it ended, what it used, and
@@ -281,6 +285,7 @@ mod tests {
                 fuel_consumed: Some(10),
                 peak_memory_bytes: 65536,
                 wall_time: Duration::from_micros(1500),
+                cpu_time: Duration::from_micros(900),
             },
             stdout: None,
             stderr: None,

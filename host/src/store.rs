@@ -5,13 +5,9 @@
 //! embedders) gets its store from [`new_store`], so limits are applied in
 //! exactly one place.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use wasmtime::{CallHook, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -231,19 +227,13 @@ impl ResourceLimiter for MemoryLimiter {
 /// limiter, the fuel budget and the epoch deadline.
 ///
 /// The epoch callback runs every engine tick (1 ms) while wasm code runs:
+/// past the deadline it traps with [`wasmtime::Trap::Interrupt`]; otherwise
+/// it yields to the async executor, so a busy guest never holds a thread
+/// shared with other requests for more than a tick, and the
+/// [`crate::scheduler`] gets to look at the CPU it has used between polls.
 ///
-/// - past the deadline it traps with [`wasmtime::Trap::Interrupt`];
-/// - otherwise it yields to the async executor, so a busy guest never holds
-///   a thread shared with other requests for more than a tick;
-/// - once the invocation has used about `demote_after` of CPU — ticks of
-///   wasm (epoch callbacks only happen while wasm runs) plus time spent in
-///   host calls — it is *demoted*: each further tick it gives back its
-///   background CPU slot and waits (FIFO) for one before running again. With
-///   one slot fewer than cores, spinning guests share what is left among
-///   themselves and short requests always find a free core.
-///
-/// Time spent blocked in host calls (or waiting for a slot) is covered by the
-/// caller's `tokio::time::timeout` around the whole call.
+/// Time spent blocked in host calls is covered by the caller's
+/// `tokio::time::timeout` around the whole call.
 pub(crate) fn new_store(
     engine: &Engine,
     state: StoreState,
@@ -259,97 +249,14 @@ pub(crate) fn new_store(
     }
     // A deadline too far away to represent is no deadline.
     let deadline = limits.timeout.and_then(|t| started.checked_add(t));
-    let config = engine.config();
-    let tick = config.epoch_tick.max(std::time::Duration::from_micros(1));
-    let demote_after = config.demote_after;
-    let mut ticks_run = 0u32;
-    let slots = engine.background_slots().clone();
-    let shared = Arc::new(Shared::default());
-    // Host calls count as CPU the request used (a guest that spends its time
-    // in synchronous host calls is as long-running as one that spins), and
-    // a demoted guest gives its slot back whenever it enters a host call
-    // (which may block: sleep, I/O); on return it must queue for a slot
-    // again before running more wasm: the deadline of 0 ticks sends it to
-    // the epoch callback at its next check.
-    let hook_shared = shared.clone();
-    let mut host_since: Option<Instant> = None;
-    store.call_hook(move |mut ctx, hook| {
-        match hook {
-            CallHook::CallingHost => {
-                host_since = Some(Instant::now());
-                if hook_shared.demoted.load(Ordering::Relaxed)
-                    && let Ok(mut slot) = hook_shared.held.try_lock()
-                {
-                    slot.take();
-                }
-            }
-            CallHook::ReturningFromHost => {
-                if let Some(since) = host_since.take() {
-                    let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    let total = hook_shared.host_nanos.fetch_add(nanos, Ordering::Relaxed);
-                    let demoted = hook_shared.demoted.load(Ordering::Relaxed);
-                    if demoted || total.saturating_add(nanos) >= demote_after.as_nanos() as u64 {
-                        ctx.set_epoch_deadline(0);
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    });
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }
-        ticks_run = ticks_run.saturating_add(1);
-        let host = std::time::Duration::from_nanos(shared.host_nanos.load(Ordering::Relaxed));
-        if !should_demote(tick, ticks_run, host, demote_after) {
-            return Ok(UpdateDeadline::Yield(1));
-        }
-        shared.demoted.store(true, Ordering::Relaxed);
-        // Demoted: give back the slot held for the last tick, queue for the next.
-        drop(shared.lock_held().take());
-        let slots = slots.clone();
-        let shared = shared.clone();
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(async move {
-                if let Ok(permit) = slots.acquire_owned().await {
-                    *shared.lock_held() = Some(permit);
-                }
-            }),
-        ))
+        Ok(UpdateDeadline::Yield(1))
     });
     store
-}
-
-/// Scheduling state shared by a store's call hook and epoch callback.
-#[derive(Default)]
-struct Shared {
-    /// The background CPU slot a demoted guest holds while it runs wasm.
-    held: Mutex<Option<OwnedSemaphorePermit>>,
-    /// Whether the invocation has been demoted.
-    demoted: AtomicBool,
-    /// Nanoseconds spent in host calls so far.
-    host_nanos: AtomicU64,
-}
-
-impl Shared {
-    fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Whether an invocation that has run `ticks` epoch ticks of wasm and spent
-/// `host` in host calls has used its foreground share (`demote_after`).
-fn should_demote(
-    tick: std::time::Duration,
-    ticks: u32,
-    host: std::time::Duration,
-    demote_after: std::time::Duration,
-) -> bool {
-    tick.saturating_mul(ticks).saturating_add(host) >= demote_after
 }
 
 #[cfg(test)]
@@ -392,18 +299,6 @@ mod tests {
         let mut l = MemoryLimiter::new(1000);
         assert!(!l.table_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
-    }
-
-    #[test]
-    fn demotion_counts_wasm_ticks_and_host_time() {
-        let ms = std::time::Duration::from_millis;
-        assert!(!should_demote(ms(1), 4, ms(0), ms(5)));
-        assert!(should_demote(ms(1), 5, ms(0), ms(5)));
-        // Host calls count as CPU used: 2 ticks of wasm + 3 ms in host calls.
-        assert!(should_demote(ms(1), 2, ms(3), ms(5)));
-        assert!(!should_demote(ms(1), 2, ms(2), ms(5)));
-        assert!(should_demote(ms(1), 0, ms(5), ms(5)));
-        assert!(should_demote(ms(1), u32::MAX, ms(0), ms(5)));
     }
 
     #[test]

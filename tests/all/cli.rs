@@ -58,6 +58,7 @@ fn hello_exits_zero_and_reports_every_field() {
         assert_eq!(
             keys,
             [
+                "cpu_time_us",
                 "exit_code",
                 "fuel_consumed",
                 "host_peak_rss_bytes",

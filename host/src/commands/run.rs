@@ -35,6 +35,7 @@ Report (--report PATH, or - for stderr), one JSON object:
   {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
    \"exit_code\": N|null, \"fuel_consumed\": N, \"peak_memory_bytes\": N,
    \"wall_time_us\": N, \"message\": \"...\"|null,
+   \"cpu_time_us\": N,            (CPU used in wasm and host calls, not waiting)
    \"host_peak_rss_bytes\": N}   (peak memory of the wasm-run process itself)
 
 Memory: --max-memory caps linear memory and tables together (each table
@@ -182,7 +183,8 @@ impl RunCommand {
 
 /// Writes the report to `path`, or to stderr (after `lead`) for `-`.
 ///
-/// Beside the contract's fields it adds `host_peak_rss_bytes`: the peak
+/// Beside the contract's fields it adds `cpu_time_us`, the CPU the guest
+/// used (in wasm and host calls, not waiting), and `host_peak_rss_bytes`: the peak
 /// resident memory of the whole wasm-run process (engine, compiled code and
 /// every byte the guest made the host hold), where Linux reports it.
 fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow::Result<()> {
@@ -190,11 +192,13 @@ fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow
     struct CliReport {
         #[serde(flatten)]
         report: wasm_run::Report,
+        cpu_time_us: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         host_peak_rss_bytes: Option<u64>,
     }
     let json = serde_json::to_string(&CliReport {
         report: outcome.report(),
+        cpu_time_us: u64::try_from(outcome.usage.cpu_time.as_micros()).unwrap_or(u64::MAX),
         host_peak_rss_bytes: host_peak_rss(),
     })?;
     if path.as_os_str() == "-" {

@@ -82,29 +82,36 @@ where
     let task_record = record.clone();
     let task_body_flag = body_flag.clone();
     let pre = pre.clone();
+    let engine = guest.inner.engine.clone();
     tokio::spawn(async move {
-        let call = async {
-            let proxy = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Failure::Instantiating)?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, outparam)
-                .await
-                .map_err(Failure::Running)?;
-            Ok(0)
+        let invocation = async move {
+            let call = async {
+                let proxy = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Failure::Instantiating)?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+                    .map_err(Failure::Running)?;
+                Ok(0)
+            };
+            let result = with_deadline(&limits, started, call).await;
+            let concluded = conclude(&guest, &store, &limits, started, result);
+            drop(store);
+            concluded
         };
-        let result = with_deadline(&limits, started, call).await;
-        let finished = match conclude(&guest, &store, &limits, started, result) {
-            Ok((kind, usage)) => {
+        let (concluded, cpu_time) = engine.scheduler().run(invocation).await;
+        let finished = match concluded {
+            Ok((kind, mut usage)) => {
+                usage.cpu_time = cpu_time;
                 task_record.set_outcome(kind.clone(), usage);
                 Finished::Outcome(kind)
             }
             Err(crate::Error::Capacity { .. }) => Finished::Overloaded,
             Err(e) => Finished::HostError(e.to_string()),
         };
-        drop(store);
         drop(permit);
         let clean = matches!(finished, Finished::Outcome(OutcomeKind::Exited(0)))
             && !task_body_flag.is_set();

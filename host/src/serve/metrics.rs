@@ -43,6 +43,8 @@ pub struct Metrics {
     pub wall_seconds: Hist,
     /// Fuel consumed per request.
     pub fuel: Hist,
+    /// CPU time per request (wasm and host calls, not waiting), in seconds.
+    pub cpu_seconds: Hist,
     /// Peak memory (linear memory and tables) per request, in bytes.
     pub peak_memory: Hist,
     /// Sum of the memory caps of admitted requests, in bytes.
@@ -99,6 +101,13 @@ impl Metrics {
         let fuel: Hist =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(1000.0, 4.0, 16)));
         registry.register("request_fuel", "Fuel consumed by a request", fuel.clone());
+        let cpu_seconds: Hist =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 20)));
+        registry.register(
+            "request_cpu_seconds",
+            "CPU time of a request: wasm and host calls, not waiting",
+            cpu_seconds.clone(),
+        );
         let peak_memory: Hist =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(65536.0, 2.0, 16)));
         registry.register(
@@ -154,6 +163,7 @@ impl Metrics {
             in_flight,
             wall_seconds,
             fuel,
+            cpu_seconds,
             peak_memory,
         }
     }

@@ -27,27 +27,27 @@
 //! and a response write that makes no progress for `--write-timeout` drops
 //! its connection (`conn_io`).
 //!
-//! # Scheduling: why a spinning guest does not stall the others
+//! # Scheduling: the kernel decides
 //!
-//! Guests run as ordinary tasks on tokio's multi-threaded runtime, beside
-//! the socket I/O. wasmtime's epoch ticker (every 1 ms) makes each running
-//! guest call back into the host, and the store's epoch callback answers
-//! "yield": the guest's task returns `Pending` and goes to the back of the
-//! run queue, so no guest holds a worker thread for more than one tick. The
-//! same callback traps the guest once its deadline has passed; a tokio
-//! timeout bounds time blocked in host calls.
+//! Guests start as ordinary tasks on tokio's multi-threaded runtime, beside
+//! the socket I/O, at normal priority. wasmtime's epoch ticker (every 1 ms)
+//! makes each running guest call back into the host, and the store's epoch
+//! callback answers "yield" (or traps once the deadline has passed; a tokio
+//! timeout bounds time blocked in host calls), so no guest holds a worker
+//! for more than a tick.
 //!
-//! Yielding alone is not enough: with N spinners and 2 cores, a short
-//! request would still wait behind N/2 slices. So a request that has used
-//! about 5 ms of CPU (wasm counted in epoch callbacks, which only happen
-//! while wasm runs, plus time spent in host calls) is demoted: each further tick it must hold one of the engine's
-//! background CPU slots (cores − 1 of them, FIFO, given back on every tick
-//! and whenever it blocks in a host call). Spinners then share those slots
-//! among themselves, and at least one core is always free for requests that
-//! finish within their first 5 ms of wasm — which keeps hello's latency low
-//! under an abusive mix. We chose this over a thread per guest (or OS
-//! priorities) because it costs nothing on the fast path: a request that
-//! ends within 5 ms never touches the slots.
+//! Between polls the [`crate::scheduler`] reads the thread's CPU clock: a
+//! request that has used 1 ms of CPU — in wasm or in synchronous host calls;
+//! waiting does not count — is handed to a pool of threads at the lowest
+//! kernel priority (nice 19), one per core, and finishes there. From then
+//! on the kernel preempts it the moment a fresh request, the accept loop or
+//! any socket I/O is runnable: spinning guests take only the CPU nobody
+//! else wants, and still use every idle core. There is no userspace
+//! scheduler and no queue of slots; a request that ends within its first
+//! 1 ms never touches the pool. (An earlier design kept demoted guests on
+//! the same threads and made them take turns on cores − 1 userspace
+//! "slots"; kernel priorities cut hello's p99 under abuse further, see
+//! benches/RESULTS.md.)
 
 pub mod admission;
 pub mod cgi;

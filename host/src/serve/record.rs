@@ -127,6 +127,7 @@ impl Drop for RequestRecord {
             fuel = usage.fuel_consumed.unwrap_or(0),
             peak_memory = usage.peak_memory_bytes,
             wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
+            cpu_us = u64::try_from(usage.cpu_time.as_micros()).unwrap_or(u64::MAX),
             trap = message,
             detail,
             "request"
@@ -155,6 +156,10 @@ impl Drop for RequestRecord {
                 .peak_memory
                 .get_or_create(&labels)
                 .observe(usage.peak_memory_bytes as f64);
+            self.metrics
+                .cpu_seconds
+                .get_or_create(&labels)
+                .observe(usage.cpu_time.as_secs_f64());
         }
     }
 }

@@ -1,0 +1,325 @@
+//! Who runs a guest, and at what kernel priority: fresh invocations run where
+//! they were started (the caller's threads, normal priority); one that has
+//! used its first slice of CPU moves to a pool of low-priority threads
+//! (nice 19), so the kernel — not a userspace scheduler — preempts it the
+//! moment a fresh request is runnable.
+//!
+//! The policy (the private `Meter`):
+//!
+//! - every poll of the invocation's future is timed with the thread's CPU
+//!   clock, so CPU used in wasm *and* in synchronous host calls counts, and
+//!   time spent waiting (sleeping, I/O) does not;
+//! - once the total reaches `demote_after` (1 ms by default) the future is
+//!   handed, between two polls, to the background pool and finishes there
+//!   (guests yield at every 1 ms epoch tick, so this happens within a tick);
+//! - an invocation that ends within its first slice never touches the pool:
+//!   the fast path pays two clock reads per poll and nothing else.
+//!
+//! The background pool has one thread per CPU, so demoted work still uses
+//! every idle core; it only loses to normal-priority work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Default CPU time an invocation runs at normal priority before it is
+/// moved to the low-priority pool: 1 ms.
+pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(1);
+
+/// Nice value of the background threads: the lowest priority.
+const BACKGROUND_NICE: i32 = 19;
+
+/// The low-priority pool, created on first use.
+pub(crate) struct Scheduler {
+    demote_after: Duration,
+    threads: usize,
+    pool: OnceLock<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("demote_after", &self.demote_after)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    pub(crate) fn new(demote_after: Duration, threads: usize) -> Self {
+        Scheduler {
+            demote_after,
+            threads: threads.max(1),
+            pool: OnceLock::new(),
+        }
+    }
+
+    fn pool(&self) -> &tokio::runtime::Runtime {
+        self.pool.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.threads)
+                .thread_name("wasm-run-bg")
+                .on_thread_start(lower_this_threads_priority)
+                .enable_all()
+                .build()
+                .expect("the background pool's threads start")
+        })
+    }
+
+    /// Runs `fut` to completion: here while it stays within its first slice
+    /// of CPU, then on the background pool. Returns its output and the CPU
+    /// time it used.
+    pub(crate) async fn run<F>(&self, fut: F) -> (F::Output, Duration)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.run_with_clock(fut, ThreadCpuClock).await
+    }
+
+    async fn run_with_clock<F, C>(&self, fut: F, clock: C) -> (F::Output, Duration)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+        C: CpuClock + Send + Unpin + 'static,
+    {
+        let mut metered = Metered {
+            inner: Box::pin(fut),
+            meter: Meter::new(self.demote_after),
+            clock,
+        };
+        let first = std::future::poll_fn(|cx| match Pin::new(&mut metered).poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending if metered.meter.demote() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        if let Some(out) = first {
+            return (out, metered.meter.used);
+        }
+        // Demoted: finish on the low-priority pool. If the caller gives up
+        // (drops this future), the guest is cancelled there too.
+        let task = AbortOnDrop(self.pool().spawn(async move {
+            let out = (&mut metered).await;
+            (out, metered.meter.used)
+        }));
+        match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => unreachable!("the background task is only aborted with its caller: {e}"),
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another
+        // runtime: let its threads finish in the background instead.
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown_background();
+        }
+    }
+}
+
+/// Runs on each background thread as it starts.
+fn lower_this_threads_priority() {
+    // On Linux the nice value is per thread.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
+        tracing::warn!(error = %e, "cannot lower the priority of a background thread");
+    }
+}
+
+/// A join handle that cancels its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The per-invocation policy: CPU used so far against the foreground share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meter {
+    demote_after: Duration,
+    used: Duration,
+}
+
+impl Meter {
+    pub(crate) fn new(demote_after: Duration) -> Self {
+        Meter {
+            demote_after,
+            used: Duration::ZERO,
+        }
+    }
+
+    /// Records one poll that used `cpu`.
+    pub(crate) fn record(&mut self, cpu: Duration) {
+        self.used = self.used.saturating_add(cpu);
+    }
+
+    /// Whether the invocation has used its foreground share.
+    pub(crate) fn demote(&self) -> bool {
+        self.used >= self.demote_after
+    }
+}
+
+/// Where CPU time is read from: the thread's CPU clock, or a fake in tests.
+pub(crate) trait CpuClock {
+    /// CPU time the current thread has used.
+    fn now(&self) -> Duration;
+}
+
+/// `CLOCK_THREAD_CPUTIME_ID`.
+#[derive(Debug, Clone, Copy)]
+struct ThreadCpuClock;
+
+impl CpuClock for ThreadCpuClock {
+    fn now(&self) -> Duration {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    }
+}
+
+/// A future whose polls are timed with `clock`. The future is boxed so
+/// that `Metered` itself may move between polls (and between threads).
+struct Metered<F, C> {
+    inner: Pin<Box<F>>,
+    meter: Meter,
+    clock: C,
+}
+
+impl<F: Future, C: CpuClock + Unpin> Future for Metered<F, C> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let start = this.clock.now();
+        let polled = this.inner.as_mut().poll(cx);
+        let cpu = this.clock.now().saturating_sub(start);
+        this.meter.record(cpu);
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A CPU clock that only moves when a test future says it "used" CPU.
+    #[derive(Clone, Default)]
+    struct FakeClock(Arc<AtomicU64>);
+
+    impl FakeClock {
+        fn spend(&self, d: Duration) {
+            self.0.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    impl CpuClock for FakeClock {
+        fn now(&self) -> Duration {
+            Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        }
+    }
+
+    /// A guest stand-in: each poll "uses" `per_poll` of CPU, then yields,
+    /// until it has been polled `polls` times; it returns the name of the
+    /// thread that finished it.
+    async fn guest(clock: FakeClock, per_poll: Duration, polls: u32) -> Option<String> {
+        for _ in 0..polls {
+            clock.spend(per_poll);
+            tokio::task::yield_now().await;
+        }
+        clock.spend(per_poll);
+        std::thread::current().name().map(str::to_string)
+    }
+
+    #[test]
+    fn the_meter_demotes_once_the_share_is_used() {
+        let mut m = Meter::new(Duration::from_millis(1));
+        m.record(Duration::from_micros(400));
+        assert!(!m.demote());
+        m.record(Duration::from_micros(599));
+        assert!(!m.demote());
+        m.record(Duration::from_micros(1));
+        assert!(m.demote());
+    }
+
+    #[tokio::test]
+    async fn a_short_invocation_stays_and_never_starts_the_pool() {
+        let s = Scheduler::new(Duration::from_millis(1), 2);
+        let clock = FakeClock::default();
+        let work = guest(clock.clone(), Duration::from_micros(100), 3);
+        let (thread, used) = s.run_with_clock(work, clock).await;
+        assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
+        assert_eq!(used, Duration::from_micros(400));
+        assert!(
+            s.pool.get().is_none(),
+            "the fast path must not create the pool"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_invocation_moves_to_the_low_priority_pool() {
+        let s = Scheduler::new(Duration::from_millis(1), 2);
+        let clock = FakeClock::default();
+        let work = guest(clock.clone(), Duration::from_micros(300), 10);
+        let (thread, used) = s.run_with_clock(work, clock).await;
+        assert_eq!(thread.as_deref(), Some("wasm-run-bg"));
+        assert_eq!(
+            used,
+            Duration::from_micros(3300),
+            "CPU is counted on both sides"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_is_not_cpu() {
+        let s = Scheduler::new(Duration::from_millis(1), 2);
+        let clock = FakeClock::default();
+        // Many polls, each using nothing (a guest blocked in host calls).
+        let work = guest(clock.clone(), Duration::ZERO, 50);
+        let (thread, used) = s.run_with_clock(work, clock).await;
+        assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
+        assert_eq!(used, Duration::ZERO);
+    }
+
+    #[test]
+    fn background_threads_run_at_the_lowest_priority() {
+        let s = Scheduler::new(Duration::from_millis(1), 1);
+        let nice = s.pool().block_on(async {
+            tokio::task::spawn(async {
+                rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(nice.unwrap(), BACKGROUND_NICE);
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_counts_work() {
+        let before = ThreadCpuClock.now();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(ThreadCpuClock.now() > before, "{x}");
+    }
+}
