@@ -98,19 +98,15 @@ impl Guest {
             }
             None => {
                 let binary = to_binary(&name, bytes)?;
+                let invalid = |e: wasmtime::Error| Error::Invalid {
+                    name: name.clone(),
+                    message: format!("{e:#}"),
+                };
                 if is_component(&binary) {
-                    let component =
-                        Component::new(engine.wasmtime(), &binary).map_err(|e| Error::Invalid {
-                            name: name.clone(),
-                            message: format!("{e:#}"),
-                        })?;
+                    let component = Component::new(engine.wasmtime(), &binary).map_err(invalid)?;
                     link_component(engine, &name, component)?
                 } else {
-                    let module =
-                        Module::new(engine.wasmtime(), &binary).map_err(|e| Error::Invalid {
-                            name: name.clone(),
-                            message: format!("{e:#}"),
-                        })?;
+                    let module = Module::new(engine.wasmtime(), &binary).map_err(invalid)?;
                     (link_core(engine, &name, module)?, false)
                 }
             }

@@ -195,9 +195,13 @@ pub(crate) fn conclude(
         Some(Ok(code)) => CallEnd::Returned(Ok(code)),
         Some(Err(Failure::Running(e))) => CallEnd::Returned(Err(e)),
         Some(Err(Failure::Instantiating(e))) => {
+            // The guest's own doing: a trap, an exit or an uncaught
+            // exception in its start function, or a limit it hit.
             let guest_caused = killed
                 || e.downcast_ref::<wasmtime::Trap>().is_some()
-                || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
+                || e.downcast_ref::<wasmtime::ThrownException>().is_some()
+                || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+                || crate::outcome::exceeds_host_allowance(&e);
             if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                 .is_some()
             {

@@ -196,7 +196,7 @@ pub(crate) fn classify(end: CallEnd, memory_killed: bool) -> OutcomeKind {
 /// ([`crate::MAX_RESOURCES`]) or a wasi:http fields map would pass
 /// [`crate::MAX_FIELDS_BYTES`] (wasi:http 0.2 makes that a trap). Either
 /// is a kill for memory.
-fn exceeds_host_allowance(err: &wasmtime::Error) -> bool {
+pub(crate) fn exceeds_host_allowance(err: &wasmtime::Error) -> bool {
     let table_full = |e: &(dyn std::error::Error + 'static)| {
         matches!(e.downcast_ref(), Some(ResourceTableError::Full))
     };

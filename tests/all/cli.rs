@@ -2,24 +2,13 @@
 //! stderr, bad input and bad usage.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wasm_run_tests::{Target, guest};
 
-use crate::{MIB, wat_file};
-
-fn wasm_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasm-run"))
-        .args(args)
-        .env(
-            "WASM_RUN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .output()
-        .expect("wasm-run starts")
-}
+use crate::{MIB, wasm_run, wat_file};
 
 fn path(name: &str, target: Target) -> String {
     guest(name, target).display().to_string()

@@ -3,23 +3,11 @@
 //! engine configuration.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use wasm_run::{Engine, EngineConfig, Error, Guest, Invocation, OutcomeKind, Output as Out};
 use wasm_run_tests::{Target, guest, http_guest};
 
 use crate::serve::{ServeGuard, get};
-
-fn wasm_run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasm-run"))
-        .args(args)
-        .env(
-            "WASM_RUN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .output()
-        .expect("wasm-run starts")
-}
+use crate::wasm_run;
 
 fn artifact(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");

@@ -4,7 +4,6 @@
 //! server's open-connection gauge) so that they fail without the bound.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +11,7 @@ use tokio::net::TcpStream;
 use wasm_run_tests::{Target, guest, http_guest};
 
 use crate::serve::{ServeGuard, assert_killed, get, write_config};
-use crate::{MIB, wat_file};
+use crate::{MIB, wasm_run, wat_file};
 
 /// A module whose `_start` grows a funcref table by `step` elements at a
 /// time, forever: host memory, not linear memory.
@@ -36,17 +35,6 @@ fn table_once(elements: u32) -> String {
     (if (i32.lt_s (table.grow $t (ref.null func) (i32.const {elements})) (i32.const 0))
       (then unreachable))))"#
     )
-}
-
-fn wasm_run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_wasm-run"))
-        .args(args)
-        .env(
-            "WASM_RUN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .output()
-        .expect("wasm-run starts")
 }
 
 /// Runs `wasm-run run --report - ARGS...`; returns (status, report).

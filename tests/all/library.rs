@@ -251,3 +251,18 @@ fn bad_modules_are_clear_errors() {
     assert!(matches!(err, Error::WrongShape { .. }), "{err}");
     assert!(err.to_string().contains("wasi:cli/run"), "{err}");
 }
+
+#[tokio::test]
+async fn an_uncaught_exception_in_a_start_function_is_the_guests_trap() {
+    // Found by the fuzz test: this used to be a host `Error::Instantiate`.
+    let module = crate::wat_file(
+        "throwing-start",
+        r#"(module (tag $t) (func $s (throw $t)) (start $s) (func (export "_start")))"#,
+    );
+    let guest = wasm_run::Guest::from_file(crate::engine(), module).expect("loads");
+    let outcome = guest
+        .run(wasm_run::Invocation::default())
+        .await
+        .expect("a guest's own failure is an outcome, not a host error");
+    assert_eq!(outcome.kind.name(), "trapped", "{:?}", outcome.kind);
+}

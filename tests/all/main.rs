@@ -7,11 +7,14 @@
 mod cli;
 mod compile;
 mod concurrency;
+mod fuzz;
 mod host_limits;
 mod library;
+mod properties;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output as ProcessOutput};
 use std::sync::OnceLock;
 
 use wasm_run::{Engine, EngineConfig, Guest, Invocation, Limits, Outcome, Output};
@@ -60,3 +63,16 @@ pub fn stdout_of(outcome: &Outcome) -> String {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// Runs the `wasm-run` binary with `args`, with its compile cache under the
+/// test scratch dir.
+pub fn wasm_run(args: &[&str]) -> ProcessOutput {
+    Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+        .args(args)
+        .env(
+            "WASM_RUN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        )
+        .output()
+        .expect("wasm-run starts")
+}

@@ -5,7 +5,16 @@
 //! ```text
 //! load --url http://127.0.0.1:8080/hello --connections 32 --duration 10s [--label NAME]
 //!      [--mix /spin=0.5]   # half of the requests go to /spin; stats per path
+//! load --url http://127.0.0.1:8080/hello --rate 200 --duration 20s
+//!      # open loop: one request every 5 ms at fixed times, whatever the
+//!      # server does; latency counts from each request's scheduled time
 //! ```
+//!
+//! Closed loop (the default) measures throughput: each connection sends its
+//! next request when the last one is answered. Open loop (`--rate`)
+//! measures latency as a client with its own schedule feels it, without
+//! coordinated omission: a slow answer delays no later request, and every
+//! request's latency includes any time it spent waiting to be sent.
 //!
 //! Bounded on purpose: loopback addresses only, at most 1024 connections and
 //! 10 minutes.
@@ -26,6 +35,8 @@ struct Args {
     connections: usize,
     duration: Duration,
     label: String,
+    /// Requests per second, open loop; `None` for closed loop.
+    rate: Option<f64>,
 }
 
 fn usage(msg: &str) -> ! {
@@ -43,6 +54,7 @@ fn parse_args() -> Args {
     let mut duration = Duration::from_secs(10);
     let mut label = String::new();
     let mut mix = Vec::new();
+    let mut rate = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it
@@ -58,6 +70,13 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|e| usage(&e.to_string()))
             }
             "--label" => label = value,
+            "--rate" => {
+                let r: f64 = value.parse().unwrap_or_else(|_| usage("bad --rate"));
+                if !(r > 0.0 && r <= 20_000.0) {
+                    usage("--rate must be in (0, 20000] requests per second");
+                }
+                rate = Some(r);
+            }
             "--mix" => {
                 let (path, frac) = value
                     .rsplit_once('=')
@@ -95,6 +114,7 @@ fn parse_args() -> Args {
         connections,
         duration,
         label,
+        rate,
     }
 }
 
@@ -162,6 +182,103 @@ async fn connection(args: &Args, worker: u64, deadline: Instant) -> BTreeMap<Str
     stats
 }
 
+/// Open loop: request `i` is due at `start + i / rate`; it goes out on an
+/// idle keep-alive connection, or a new one, and its latency counts from
+/// the time it was due.
+async fn open_loop(args: &'static Args, rate: f64, deadline: Instant) -> BTreeMap<String, Stats> {
+    type Sender = http1::SendRequest<Empty<Bytes>>;
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel::<Sender>();
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, Option<u16>, u32)>();
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut open = 0usize;
+    let mut i: u64 = 0;
+    loop {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        i += 1;
+        let path = pick(args, i).to_string();
+        let idle = idle_rx.try_recv().ok();
+        if idle.is_none() && open >= 1024 {
+            // Never more than 1024 connections: count it as failed.
+            let _ = done_tx.send((path, None, 0));
+            continue;
+        }
+        if idle.is_none() {
+            open += 1;
+        }
+        let (idle_tx, done_tx) = (idle_tx.clone(), done_tx.clone());
+        let addr = args.addr;
+        tokio::spawn(async move {
+            let sender = match idle {
+                Some(s) => Some(s),
+                None => match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        match http1::handshake(TokioIo::new(stream)).await {
+                            Ok((sender, conn)) => {
+                                tokio::spawn(conn);
+                                Some(sender)
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                    Err(_) => None,
+                },
+            };
+            let Some(mut sender) = sender else {
+                let _ = done_tx.send((path, None, 0));
+                return;
+            };
+            let req = http::Request::get(path.as_str())
+                .header("host", addr.to_string())
+                .body(Empty::<Bytes>::new())
+                .expect("valid request");
+            let status = match sender.send_request(req).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    response.into_body().collect().await.ok().map(|_| status)
+                }
+                Err(_) => None,
+            };
+            let latency = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let _ = done_tx.send((path, status, latency));
+            if status.is_some() && sender.ready().await.is_ok() {
+                let _ = idle_tx.send(sender);
+            }
+        });
+    }
+    drop(done_tx);
+    let mut stats: BTreeMap<String, Stats> = BTreeMap::new();
+    // Answers still outstanding get until the duration plus 30 s.
+    let grace = tokio::time::sleep_until((deadline + Duration::from_secs(30)).into());
+    tokio::pin!(grace);
+    let mut received = 0u64;
+    while received < i {
+        tokio::select! {
+            done = done_rx.recv() => {
+                let Some((path, status, latency)) = done else { break };
+                received += 1;
+                let s = stats.entry(path).or_default();
+                match status {
+                    Some(status) => {
+                        s.latencies_us.push(latency);
+                        *s.statuses.entry(status).or_default() += 1;
+                    }
+                    None => s.errors += 1,
+                }
+            }
+            () = &mut grace => break,
+        }
+    }
+    stats.entry(args.path.clone()).or_default().errors += i - received;
+    stats
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -176,9 +293,12 @@ async fn main() {
     let args: &'static Args = args;
     let start = Instant::now();
     let deadline = start + args.duration;
-    let tasks: Vec<_> = (0..args.connections as u64)
-        .map(|w| tokio::spawn(connection(args, w, deadline)))
-        .collect();
+    let tasks: Vec<_> = match args.rate {
+        Some(rate) => vec![tokio::spawn(open_loop(args, rate, deadline))],
+        None => (0..args.connections as u64)
+            .map(|w| tokio::spawn(connection(args, w, deadline)))
+            .collect(),
+    };
     let mut all: BTreeMap<String, Stats> = BTreeMap::new();
     for t in tasks {
         for (path, s) in t.await.expect("worker panicked") {
@@ -211,12 +331,14 @@ async fn main() {
                 "p50_ms": percentile(&s.latencies_us, 0.50),
                 "p99_ms": percentile(&s.latencies_us, 0.99),
                 "p999_ms": percentile(&s.latencies_us, 0.999),
+                "max_ms": percentile(&s.latencies_us, 1.0),
             }),
         );
     }
     let report = serde_json::json!({
         "label": args.label,
         "connections": args.connections,
+        "rate": args.rate,
         "duration_s": elapsed,
         "paths": per_path,
     });
