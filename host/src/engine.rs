@@ -59,7 +59,9 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// CPU time (in wasm and in host calls, not waiting) after which an
     /// invocation counts as long-running and moves to the low-priority
-    /// background threads. Default [`DEFAULT_DEMOTE_AFTER`] (1 ms).
+    /// background threads. Default [`DEFAULT_DEMOTE_AFTER`] (1 ms);
+    /// `Duration::MAX` keeps every invocation where it started (what
+    /// `wasm-run run` does: one guest, nobody to make way for).
     pub demote_after: Duration,
     /// Threads of the low-priority (nice 19) pool that long-running
     /// invocations finish on, created on first use. Default: the number of

@@ -70,9 +70,9 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Wall time from the start of instantiation to the end of the call.
     pub wall_time: Duration,
-    /// CPU time the invocation used: running wasm and in synchronous host
-    /// calls (the thread CPU clock around each poll), not time spent
-    /// waiting.
+    /// CPU time the invocation used: time running wasm and synchronous host
+    /// calls (measured around each poll of the invocation), not time spent
+    /// waiting for I/O or timers.
     pub cpu_time: Duration,
 }
 

@@ -155,8 +155,11 @@ impl RunCommand {
 
     async fn run(self, stdout: &LineTracker, stderr: &LineTracker) -> anyhow::Result<Outcome> {
         let engine = Engine::new(EngineConfig {
-            // One invocation per process: pre-reserving a pool buys nothing.
+            // One invocation per process: pre-reserving a pool buys nothing,
+            // and there is no other request to make way for, so the guest
+            // keeps the priority the user started wasm-run with.
             pooling: false,
+            demote_after: std::time::Duration::MAX,
             cache_dir: if self.no_cache { None } else { cache_dir() },
             ..EngineConfig::default()
         })?;

@@ -36,7 +36,7 @@
 //! timeout bounds time blocked in host calls), so no guest holds a worker
 //! for more than a tick.
 //!
-//! Between polls the [`crate::scheduler`] reads the thread's CPU clock: a
+//! Between polls the [`crate::scheduler`] adds up the time spent in them: a
 //! request that has used 1 ms of CPU — in wasm or in synchronous host calls;
 //! waiting does not count — is handed to a pool of threads at the lowest
 //! kernel priority (nice 19), one per core, and finishes there. From then
