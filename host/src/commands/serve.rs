@@ -51,8 +51,15 @@ Config file (TOML), flags override it:
   [limits]  fuel, max-memory, timeout            (defaults of every route)
   [[route]] path = \"/api\", module = \"api.wasm\" (relative to the file),
             limits = { fuel = 1000000, max-memory = \"32MiB\", timeout = \"2s\" },
-            env = { KEY = \"value\" }, dirs = [\"data::/data\"],
-            allowed-outbound-hosts = [\"example.com\"]
+            env = { KEY = \"value\" },
+            dirs = [\"data::/data\", \"tmp::/tmp:rw\"]     (read-only unless :rw),
+            allowed-outbound-hosts = [\"example.com\", \"https://api.example.com:8443\"]
+
+Limits that hold: each request's memory cap covers its linear memory and
+tables; it may also hold at most 1024 WASI resources and 16 KiB per wasi:http
+fields map (past either: memory_exceeded). --memory-budget counts each
+admitted request's cap plus a fixed host allowance (4MiB, 36MiB for guests
+importing wasi:http). See SECURITY.md for every bound and its default.
 
 Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish, exit 0;
 SIGHUP reloads the config file and modules (on failure the old ones keep serving).
