@@ -63,7 +63,7 @@ pub struct EngineConfig {
     /// `Duration::MAX` keeps every invocation where it started (what
     /// `wasm-run run` does: one guest, nobody to make way for).
     pub demote_after: Duration,
-    /// Threads of the low-priority (nice 19) pool that long-running
+    /// Threads of the low-priority (nice 10) pool that long-running
     /// invocations finish on, created on first use. Default: the number of
     /// CPUs, so demoted work still uses every idle core.
     pub background_threads: usize,

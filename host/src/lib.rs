@@ -39,7 +39,7 @@
 //! - `store` (private): the store's host state, the memory limiter, and the
 //!   single function that installs [`Limits`] on a store.
 //! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
-//!   of CPU, then on low-priority (nice 19) threads.
+//!   of CPU, then on low-priority (nice 10) threads.
 //! - [`limits`]: [`Limits`] and the human sizes and durations (`64MiB`, `250ms`).
 //! - [`outcome`]: [`Outcome`], [`Usage`], the JSON [`Report`] and the one
 //!   classifier that maps what happened to an outcome.

@@ -1,7 +1,7 @@
 //! Who runs a guest, and at what kernel priority: fresh invocations run where
 //! they were started (the caller's threads, normal priority); one that has
 //! used its first slice of CPU moves to a pool of low-priority threads
-//! (nice 19), so the kernel — not a userspace scheduler — preempts it the
+//! (nice 10), so the kernel — not a userspace scheduler — preempts it the
 //! moment a fresh request is runnable.
 //!
 //! The policy (the private `Meter`):
@@ -21,6 +21,17 @@
 //!
 //! The background pool has one thread per CPU, so demoted work still uses
 //! every idle core; it only loses to normal-priority work.
+//!
+//! Why nice 10 and not 19 (or `SCHED_IDLE`): a demoted guest still takes
+//! locks that fresh requests need (the instance pool's, when its store is
+//! dropped; the allocator's). At nice 19 a thread competing with busy
+//! normal-priority threads gets ~1.5% of a core, so a lock it holds can
+//! stall a fresh request for tens of milliseconds (priority inversion: one
+//! open-loop run measured hello's p99 at 15× its p99 alone). At nice 10 it
+//! gets ~10% — enough to release locks and to keep making progress toward
+//! its own deadline on a busy machine — while fresh requests still win
+//! every contest for a core (p99 under abuse 1.26–1.36× alone, see
+//! benches/RESULTS.md).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,8 +43,8 @@ use std::time::{Duration, Instant};
 /// moved to the low-priority pool: 1 ms.
 pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(1);
 
-/// Nice value of the background threads: the lowest priority.
-const BACKGROUND_NICE: i32 = 19;
+/// Nice value of the background threads (see the module doc for why 10).
+const BACKGROUND_NICE: i32 = 10;
 
 /// The low-priority pool, created on first use.
 pub(crate) struct Scheduler {

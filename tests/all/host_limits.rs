@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasm_run_tests::{Target, guest, http_guest};
 
-use crate::serve::{ServeGuard, assert_killed, get, write_config};
+use crate::serve::{ServeGuard, assert_killed, eventually, get, metric, write_config};
 use crate::{MIB, wasm_run, wat_file};
 
 /// A module whose `_start` grows a funcref table by `step` elements at a
@@ -153,28 +153,6 @@ fn rss_of(pid: u32) -> (u64, u64) {
             .unwrap_or_else(|| panic!("{name} missing"))
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// The value of an untyped gauge or counter line in the server's metrics.
-async fn metric(admin: std::net::SocketAddr, name: &str) -> u64 {
-    let text = get(admin, "/metrics").await.text().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
-}
-
-/// Polls `check` every 50 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -284,14 +284,31 @@ impl ServeCommand {
                         srv.reload(config).map_err(anyhow::Error::from)
                     })
                     .await;
-                    match result {
-                        Ok(Ok(())) => tracing::info!("reloaded"),
-                        Ok(Err(e)) => tracing::error!(
-                            error = %format!("{e:#}"),
-                            "reload failed; keeping the old configuration"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "reload task failed"),
-                    }
+                    let ok = match result {
+                        Ok(Ok(())) => {
+                            tracing::info!("reloaded");
+                            true
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(
+                                error = %format!("{e:#}"),
+                                "reload failed; keeping the old configuration"
+                            );
+                            false
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload task failed");
+                            false
+                        }
+                    };
+                    let result = if ok { "ok" } else { "failed" };
+                    server
+                        .metrics()
+                        .reloads
+                        .get_or_create(&wasm_run::serve::metrics::ResultLabels {
+                            result: result.to_string(),
+                        })
+                        .inc();
                 }
             }
         }
@@ -451,7 +468,7 @@ fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
         route(
             "/spin",
             Limits {
-                fuel: Some(500_000_000),
+                fuel: Some(100_000_000),
                 timeout: Some(Duration::from_secs(2)),
                 ..defaults.clone()
             },

@@ -55,11 +55,20 @@ pub struct Metrics {
     pub queue_wait_seconds: Histogram,
     /// Requests turned away (503), by reason.
     pub rejected: Family<ReasonLabels, Counter>,
+    /// Configuration reloads (SIGHUP), by result (`ok` or `failed`).
+    pub reloads: Family<ResultLabels, Counter>,
     /// Client connections open right now.
     pub open_connections: Gauge,
     /// Request bodies that the client did not send in time (408), before
     /// or after admission.
     pub body_timeouts: Counter,
+}
+
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: String,
 }
 
 /// Labels of the rejection counter.
@@ -139,6 +148,12 @@ impl Metrics {
             "Requests turned away with 503 because the memory budget was full",
             rejected.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads (SIGHUP), by result; on failure the old routes keep serving",
+            reloads.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -153,6 +168,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            reloads,
             open_connections,
             body_timeouts,
             budget_in_use,

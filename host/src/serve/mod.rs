@@ -38,11 +38,12 @@
 //!
 //! Between polls the [`crate::scheduler`] adds up the time spent in them: a
 //! request that has used 1 ms of CPU — in wasm or in synchronous host calls;
-//! waiting does not count — is handed to a pool of threads at the lowest
-//! kernel priority (nice 19), one per core, and finishes there. From then
+//! waiting does not count — is handed to a pool of threads at a low
+//! kernel priority (nice 10), one per core, and finishes there. From then
 //! on the kernel preempts it the moment a fresh request, the accept loop or
-//! any socket I/O is runnable: spinning guests take only the CPU nobody
-//! else wants, and still use every idle core. There is no userspace
+//! any socket I/O is runnable: spinning guests get about a tenth of a
+//! contended core (enough to release the locks they hold and keep moving
+//! toward their deadline) and every idle core. There is no userspace
 //! scheduler and no queue of slots; a request that ends within its first
 //! 1 ms never touches the pool. (An earlier design kept demoted guests on
 //! the same threads and made them take turns on cores − 1 userspace

@@ -178,7 +178,7 @@ and goes on serving.</p>
 <table>
 <tr><th>route</th><th>what the guest does</th><th>limit it exercises</th><th>what you see</th></tr>
 <tr><td><a href="{base}/hello">/hello</a></td><td>greets you (try <a href="{base}/hello?name=you">?name=you</a>)</td><td>none: a normal run</td><td><code>200</code>, <code>Hello from wasm-run!</code></td></tr>
-<tr><td><a href="{base}/spin">/spin</a></td><td>loops forever</td><td>fuel: 500,000,000 units (and a 2 s deadline)</td><td><code>500</code>, <code>x-wasm-run-outcome: fuel_exhausted</code>, JSON error</td></tr>
+<tr><td><a href="{base}/spin">/spin</a></td><td>loops forever</td><td>fuel: 100,000,000 units (and a 2 s deadline)</td><td><code>500</code>, <code>x-wasm-run-outcome: fuel_exhausted</code>, JSON error</td></tr>
 <tr><td><a href="{base}/bomb">/bomb</a></td><td>allocates memory forever</td><td>memory: 32 MiB</td><td><code>500</code>, <code>x-wasm-run-outcome: memory_exceeded</code>, JSON error</td></tr>
 <tr><td><a href="{base}/sleep">/sleep</a></td><td>sleeps 10 s</td><td>deadline: 1 s</td><td><code>504</code>, <code>x-wasm-run-outcome: deadline_exceeded</code>, JSON error</td></tr>
 <tr><td><a href="{base}/echo">/echo</a></td><td>echoes the request: method, path, query, headers and body</td><td>none</td><td><code>200</code>, the request as text</td></tr>
