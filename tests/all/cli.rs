@@ -15,7 +15,11 @@ fn path(name: &str, target: Target) -> String {
 }
 
 /// Runs with `--report -` and returns (status, stdout, stderr, report).
-fn run_report(flags: &[&str], module: &str, args: &[&str]) -> (i32, String, String, Value) {
+pub(crate) fn run_report(
+    flags: &[&str],
+    module: &str,
+    args: &[&str],
+) -> (i32, String, String, Value) {
     let mut all = vec!["run", "--report", "-"];
     all.extend_from_slice(flags);
     all.push(module);

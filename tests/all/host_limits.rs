@@ -37,27 +37,17 @@ fn table_once(elements: u32) -> String {
     )
 }
 
-/// Runs `wasm-run run --report - ARGS...`; returns (status, report).
-fn run_with_report(args: &[&str]) -> (i32, serde_json::Value) {
-    let mut all = vec!["run", "--report", "-"];
-    all.extend_from_slice(args);
-    let out = wasm_run(&all);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no report: {stderr}"));
-    (
-        out.status.code().expect("exited"),
-        serde_json::from_str(line).expect("JSON report"),
-    )
+/// Runs `wasm-run run --report - FLAGS... MODULE`; returns (status, report).
+fn run_with_report(flags: &[&str], module: &std::path::Path) -> (i32, serde_json::Value) {
+    let (status, _, _, report) = crate::cli::run_report(flags, module.to_str().unwrap(), &[]);
+    (status, report)
 }
 
 /// The memory of a whole `wasm-run run` process that runs nothing heavy:
 /// the baseline the bounds below are measured from.
 fn baseline_rss() -> u64 {
     let hello = guest("hello", Target::P1);
-    let (status, report) = run_with_report(&[hello.to_str().unwrap()]);
+    let (status, report) = run_with_report(&[], &hello);
     assert_eq!(status, 0);
     report["host_peak_rss_bytes"]
         .as_u64()
@@ -69,7 +59,7 @@ fn table_growth_counts_against_the_memory_cap_in_run() {
     let base = baseline_rss();
     // 8 MiB of table elements (1M × 8 bytes) fits a 16 MiB cap.
     let ok = wat_file("table-once", &table_once(1 << 20));
-    let (status, report) = run_with_report(&["--max-memory", "16MiB", ok.to_str().unwrap()]);
+    let (status, report) = run_with_report(&["--max-memory", "16MiB"], &ok);
     assert_eq!(status, 0, "{report}");
     assert!(report["peak_memory_bytes"].as_u64().unwrap() >= 8 * MIB);
 
@@ -77,13 +67,7 @@ fn table_growth_counts_against_the_memory_cap_in_run() {
     // process never holds much more than the cap.
     let bomb = wat_file("table-bomb", &table_bomb(1 << 20));
     let started = Instant::now();
-    let (status, report) = run_with_report(&[
-        "--max-memory",
-        "16MiB",
-        "--timeout",
-        "10s",
-        bomb.to_str().unwrap(),
-    ]);
+    let (status, report) = run_with_report(&["--max-memory", "16MiB", "--timeout", "10s"], &bomb);
     assert_eq!(status, 137, "{report}");
     assert_eq!(report["outcome"], "memory_exceeded");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -102,7 +86,7 @@ fn an_initial_table_over_the_cap_is_killed_at_instantiation() {
         "table-initial",
         r#"(module (table 3000000 funcref) (func (export "_start")))"#,
     );
-    let (status, report) = run_with_report(&["--max-memory", "16MiB", big.to_str().unwrap()]);
+    let (status, report) = run_with_report(&["--max-memory", "16MiB"], &big);
     assert_eq!(status, 137, "{report}");
     assert_eq!(report["outcome"], "memory_exceeded");
 }
