@@ -7,6 +7,11 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
 use crate::Limits;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, Pre};
@@ -88,16 +93,89 @@ impl Guest {
     /// killed for exceeding a limit; `Err` only when the host could not set
     /// up or instantiate it (e.g. a preopened directory is missing or the
     /// instance pool is exhausted).
+    ///
+    /// Only commands run this way ([`GuestKind::is_command`]): a wasi:http
+    /// component loads, but `run` refuses it with [`Error::WrongShape`];
+    /// call it with [`Guest::handle_http`].
+    ///
+    /// With a `timeout` in the limits, this must be awaited inside a Tokio
+    /// runtime with its timer enabled (`enable_time`, or `enable_all`).
+    ///
+    /// [`GuestKind::is_command`]: crate::GuestKind::is_command
     pub async fn run(&self, invocation: Invocation) -> Result<Outcome> {
         if !self.kind().is_command() {
             return Err(Error::WrongShape {
                 name: self.name().to_string(),
                 message: "this is a wasi:http component (it exports \
                           `wasi:http/incoming-handler`, not `wasi:cli/run`); serve it with \
-                          `wasm-run serve`"
+                          `wasm-run serve` or call `Guest::handle_http`"
                     .into(),
             });
         }
+        let prepared = self.prepare(invocation)?;
+        execute(self.clone(), prepared, Entry::Command).await
+    }
+
+    /// Hands one HTTP request to a wasi:http component
+    /// ([`GuestKind::HttpComponent`]) in a fresh store under
+    /// `invocation.limits`, as `wasm-run serve` does.
+    ///
+    /// Returns at once with an [`HttpCall`]: drive (or spawn) its `run`
+    /// future, which instantiates the guest, calls
+    /// `wasi:http/incoming-handler.handle` and resolves to the [`Outcome`]
+    /// when the guest is done; its `response` resolves as soon as the guest
+    /// sets its response head, while the body streams from the still-running
+    /// guest. Of the invocation, `args`, `program_name` and `stdin` are not
+    /// used (a request has none); stdout and stderr go where it says.
+    ///
+    /// Outgoing requests follow `invocation.outbound` and count against the
+    /// deadline. Like [`Guest::run`], it needs a Tokio runtime with timers
+    /// when a timeout is set.
+    ///
+    /// [`GuestKind::HttpComponent`]: crate::GuestKind::HttpComponent
+    pub fn handle_http<B>(
+        &self,
+        request: http::Request<B>,
+        invocation: Invocation,
+    ) -> Result<HttpCall>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        if self.kind() != crate::GuestKind::HttpComponent {
+            return Err(Error::WrongShape {
+                name: self.name().to_string(),
+                message: "this is a command, not a wasi:http component (it does not export \
+                          `wasi:http/incoming-handler`); run it with `Guest::run`"
+                    .into(),
+            });
+        }
+        let mut prepared = self.prepare(invocation)?;
+        let setup = |e: wasmtime::Error| Error::Setup {
+            name: self.name().to_string(),
+            message: format!("cannot pass the request to the guest: {e:#}"),
+        };
+        let incoming = prepared
+            .state
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(setup)?;
+        let (response_tx, response) = tokio::sync::oneshot::channel();
+        let outparam = prepared
+            .state
+            .http()
+            .new_response_outparam(response_tx)
+            .map_err(setup)?;
+        let run = execute(self.clone(), prepared, Entry::Http { incoming, outparam });
+        Ok(HttpCall {
+            response,
+            run: Box::pin(run),
+        })
+    }
+
+    /// Everything an invocation needs before its store exists: the WASI
+    /// context (argv, environment, preopens, stdio) and the host state.
+    fn prepare(&self, invocation: Invocation) -> Result<Prepared> {
         let started = Instant::now();
         let Invocation {
             args,
@@ -110,34 +188,97 @@ impl Guest {
             limits,
             outbound,
         } = invocation;
-
         let mut builder = wasi_builder(self.name(), program_name.as_deref(), &args, &env, &dirs)?;
         io::set_stdin(&mut builder, stdin);
-        let out_capture = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
-        let err_capture = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
-
+        let stdout = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
+        let stderr = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
         let state = StoreState::new(builder.build_p1(), outbound, limits.max_memory);
-        let guest = self.clone();
-        let invocation = async move {
-            let mut store = new_store(&guest.inner.engine, state, &limits, started);
-            let call = call_entry(&guest.inner.pre, &mut store);
-            let result = with_deadline(&limits, started, call).await;
-            conclude(&guest, &store, &limits, started, result)
-        };
-        let (concluded, cpu_time) = self.inner.engine.scheduler().run(invocation).await;
-        let (kind, mut usage) = concluded?;
-        usage.cpu_time = cpu_time;
-        Ok(Outcome {
-            kind,
-            usage,
-            stdout: out_capture.map(|c| c.take()),
-            stderr: err_capture.map(|c| c.take()),
+        Ok(Prepared {
+            started,
+            state,
+            limits,
+            stdout,
+            stderr,
         })
     }
 }
 
+/// A wasi:http guest handling one request; see [`Guest::handle_http`].
+pub struct HttpCall {
+    /// The response head the guest sets (its body streams from the running
+    /// guest), or the wasi:http error code it answered with. Closed without
+    /// a value when the guest ended without answering.
+    pub response: tokio::sync::oneshot::Receiver<std::result::Result<HttpResponse, HttpErrorCode>>,
+    /// Runs the guest to its end. Nothing happens until it is polled; the
+    /// response only arrives, and its body only streams, while it runs.
+    pub run: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome>> + Send>>,
+}
+
+impl std::fmt::Debug for HttpCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCall").finish_non_exhaustive()
+    }
+}
+
+/// A response set by a wasi:http guest.
+pub type HttpResponse = http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>;
+
+/// The error code a wasi:http guest may answer with instead of a response.
+pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as HttpErrorCode;
+
+/// An invocation prepared up to its store.
+struct Prepared {
+    started: Instant,
+    state: StoreState,
+    limits: Limits,
+    stdout: Option<io::CaptureBuffer>,
+    stderr: Option<io::CaptureBuffer>,
+}
+
+/// Which export an invocation calls.
+enum Entry {
+    /// `_start` or `wasi:cli/run`.
+    Command,
+    /// `wasi:http/incoming-handler.handle` with this request.
+    Http {
+        incoming: Resource<HostIncomingRequest>,
+        outparam: Resource<HostResponseOutparam>,
+    },
+}
+
+/// The one path every invocation takes: the scheduler meters its CPU; a
+/// fresh store gets its limits; the entry is called under the deadline;
+/// the end is classified; the store is dropped before the outcome returns.
+async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outcome> {
+    let Prepared {
+        started,
+        state,
+        limits,
+        stdout,
+        stderr,
+    } = prepared;
+    let engine = guest.inner.engine.clone();
+    let invocation = async move {
+        let mut store = new_store(&guest.inner.engine, state, &limits, started);
+        let call = call_entry(&guest.inner.pre, &mut store, entry);
+        let result = with_deadline(&limits, started, call).await;
+        let concluded = conclude(&guest, &store, &limits, started, result);
+        drop(store);
+        concluded
+    };
+    let (concluded, cpu_time) = engine.scheduler().run(invocation).await;
+    let (kind, mut usage) = concluded?;
+    usage.cpu_time = cpu_time;
+    Ok(Outcome {
+        kind,
+        usage,
+        stdout: stdout.map(|c| c.take()),
+        stderr: stderr.map(|c| c.take()),
+    })
+}
+
 /// A WASI context builder with argv, environment and preopened directories.
-pub(crate) fn wasi_builder(
+fn wasi_builder(
     name: &str,
     program_name: Option<&str>,
     args: &[String],
@@ -168,7 +309,7 @@ pub(crate) fn wasi_builder(
 /// Runs `call` under the invocation's wall-clock deadline; `None` if the
 /// deadline fired first (the call is dropped, which cancels the guest even
 /// while it is blocked in a host call).
-pub(crate) async fn with_deadline<T>(
+async fn with_deadline<T>(
     limits: &Limits,
     started: Instant,
     call: impl std::future::Future<Output = T>,
@@ -182,7 +323,7 @@ pub(crate) async fn with_deadline<T>(
 
 /// Turns a finished (or timed-out) call into the outcome and usage, or into
 /// a host error when instantiation failed for a reason not the guest's.
-pub(crate) fn conclude(
+fn conclude(
     guest: &Guest,
     store: &Store<StoreState>,
     limits: &Limits,
@@ -234,7 +375,7 @@ pub(crate) fn conclude(
 }
 
 /// Where a failed call failed.
-pub(crate) enum Failure {
+enum Failure {
     /// While instantiating: a trap or limit here is still the guest's
     /// outcome (e.g. initial memory over the cap, a trapping start function);
     /// anything else is a host failure.
@@ -244,9 +385,13 @@ pub(crate) enum Failure {
 }
 
 /// Instantiates and calls the entry point; `Ok(code)` is the exit code.
-async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Failure> {
-    match pre {
-        Pre::Core(pre) => {
+async fn call_entry(
+    pre: &Pre,
+    store: &mut Store<StoreState>,
+    entry: Entry,
+) -> Result<i32, Failure> {
+    match (pre, entry) {
+        (Pre::Core(pre), Entry::Command) => {
             let instance = pre
                 .instantiate_async(&mut *store)
                 .await
@@ -260,7 +405,7 @@ async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Fai
                 .map_err(Failure::Running)?;
             Ok(0)
         }
-        Pre::Command(pre) => {
+        (Pre::Command(pre), Entry::Command) => {
             let command = pre
                 .instantiate_async(&mut *store)
                 .await
@@ -272,7 +417,19 @@ async fn call_entry(pre: &Pre, store: &mut Store<StoreState>) -> Result<i32, Fai
                 .map_err(Failure::Running)?;
             Ok(if status.is_ok() { 0 } else { 1 })
         }
-        Pre::Http(_) => unreachable!("Guest::run rejects HTTP components before calling"),
+        (Pre::Http(pre), Entry::Http { incoming, outparam }) => {
+            let proxy = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut *store, incoming, outparam)
+                .await
+                .map_err(Failure::Running)?;
+            Ok(0)
+        }
+        _ => unreachable!("`run` and `handle_http` check the guest's kind before calling"),
     }
 }
 

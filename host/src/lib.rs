@@ -35,7 +35,9 @@
 //!   and its epoch ticker thread.
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
 //!   compile once, pre-link once.
-//! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify.
+//! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
+//!   ([`Guest::run`] for commands, [`Guest::handle_http`] for wasi:http
+//!   components).
 //! - `store` (private): the store's host state, the memory limiter, and the
 //!   single function that installs [`Limits`] on a store.
 //! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
@@ -50,7 +52,9 @@
 //! A call flows `Guest::run` → `scheduler` (CPU metered; moved to the
 //! low-priority pool once long-running) → `store::new_store` (limits
 //! installed) → instantiate from the pre-linked guest → call `_start` /
-//! `wasi:cli/run` → `outcome::classify` → [`Outcome`].
+//! `wasi:cli/run` → `outcome::classify` → [`Outcome`]. A wasi:http
+//! component takes the same path through [`Guest::handle_http`], calling
+//! `wasi:http/incoming-handler.handle` instead.
 
 #![deny(missing_docs)]
 
@@ -71,7 +75,7 @@ pub use bytes::Bytes;
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};
-pub use invoke::{DirMapping, Invocation};
+pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};
 pub use io::{Input, Output, OutputSink};
 pub use limits::{ByteSize, HumanDuration, Limits};
 pub use outbound::OutboundPolicy;

@@ -266,3 +266,70 @@ async fn an_uncaught_exception_in_a_start_function_is_the_guests_trap() {
         .expect("a guest's own failure is an outcome, not a host error");
     assert_eq!(outcome.kind.name(), "trapped", "{:?}", outcome.kind);
 }
+
+/// A request for the http guest, with an empty body.
+fn http_request(path: &str) -> http::Request<http_body_util::Empty<Bytes>> {
+    http::Request::builder()
+        .uri(format!("http://localhost{path}"))
+        .body(http_body_util::Empty::new())
+        .expect("request builds")
+}
+
+#[tokio::test]
+async fn a_wasi_http_guest_answers_through_the_library_in_a_fresh_store() {
+    use http_body_util::BodyExt;
+    let guest = Guest::from_file(engine(), wasm_run_tests::http_guest()).expect("guest loads");
+    assert_eq!(guest.kind(), GuestKind::HttpComponent);
+    // Twice: each call is its own store; the response streams from the
+    // running guest, whose outcome arrives when it is done.
+    for _ in 0..2 {
+        let call = guest
+            .handle_http(http_request("/hello"), wasm_run::Invocation::default())
+            .expect("call is set up");
+        let run = tokio::spawn(call.run);
+        let response = call
+            .response
+            .await
+            .expect("a response")
+            .expect("not an error code");
+        assert_eq!(response.status(), 200);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"Hello from wasm-run over wasi:http!\n");
+        let outcome = run.await.expect("task").expect("outcome");
+        assert_eq!(outcome.kind, OutcomeKind::Exited(0));
+        assert!(outcome.usage.peak_memory_bytes > 0);
+    }
+}
+
+#[tokio::test]
+async fn a_wasi_http_guest_that_spins_is_killed_and_sends_no_response() {
+    let guest = Guest::from_file(engine(), wasm_run_tests::http_guest()).expect("guest loads");
+    let mut invocation = wasm_run::Invocation::default();
+    invocation.limits.fuel = Some(50_000_000);
+    let call = guest
+        .handle_http(http_request("/spin"), invocation)
+        .expect("call is set up");
+    let outcome = call.run.await.expect("outcome");
+    assert_eq!(outcome.kind, OutcomeKind::FuelExhausted);
+    assert!(call.response.await.is_err(), "no response was set");
+}
+
+#[tokio::test]
+async fn each_entry_point_refuses_the_other_kind_of_guest() {
+    let http = Guest::from_file(engine(), wasm_run_tests::http_guest()).expect("guest loads");
+    let err = http.run(wasm_run::Invocation::default()).await.unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    assert!(err.to_string().contains("handle_http"), "{err}");
+    for target in Target::ALL {
+        let command = load("hello", target);
+        let err = command
+            .handle_http(http_request("/"), wasm_run::Invocation::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::WrongShape { .. }), "{target:?}: {err}");
+    }
+}

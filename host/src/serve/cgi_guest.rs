@@ -10,35 +10,31 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream, ReadBuf};
-use tokio::sync::oneshot;
 
+use super::ConnInfo;
 use super::admission::Permit;
-use super::body_answer;
 use super::cgi::{self, CgiHeadParser, RequestMeta};
 use super::guest_log::GuestLog;
-use super::http_guest::{CAPACITY_MESSAGE, kill_message};
-use super::record::Record;
-use super::request_body::{BodyFlag, BodyReader};
-use super::response::{Body, Coalesced, HostAnswer, coalesce, sanitize_guest_headers};
-use super::{ConnInfo, RouteRuntime};
-use crate::{Input, Invocation, OutcomeKind, Output};
+use super::guest_task::{Exchange, GuestTask};
+use super::request_body::BodyReader;
+use super::response::{Body, HostAnswer};
+use crate::{Input, Invocation, Output};
 
 /// Bytes of guest stdout buffered between the guest and the client.
 const PIPE_BYTES: usize = 64 * 1024;
 
 /// Handles one request by running the route's command guest as CGI.
 pub(crate) async fn handle<B>(
-    route: &RouteRuntime,
+    exchange: Exchange<'_>,
     request: Request<B>,
     conn: ConnInfo,
-    body_flag: BodyFlag,
-    record: Record,
     permit: Permit,
 ) -> Response<Body>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let route = exchange.route;
     let (parts, body) = request.into_parts();
     let meta = request_meta(&route.spec.prefix, &parts, conn);
     let mut env = route.spec.env.clone();
@@ -46,68 +42,50 @@ where
 
     let (stdout_writer, mut stdout) = tokio::io::duplex(PIPE_BYTES);
     let invocation = Invocation {
-        args: Vec::new(),
-        program_name: None,
         env,
         dirs: route.spec.dirs.clone(),
         stdin: Input::Reader(Box::new(BodyReader::new(body))),
         stdout: Output::Writer(Box::new(stdout_writer)),
         stderr: Output::Sink(Box::new(GuestLog::new(
-            record.id.clone(),
+            exchange.record.id.clone(),
             "stderr",
             route.log_cap,
         ))),
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
+        ..Invocation::default()
     };
-
-    let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
-    let (done_tx, done_rx) = oneshot::channel::<Result<OutcomeKind, crate::Error>>();
     let guest = route.guest.clone();
-    let task_record = record.clone();
-    let task_body_flag = body_flag.clone();
-    tokio::spawn(async move {
-        let result = match guest.run(invocation).await {
-            Ok(outcome) => {
-                task_record.set_outcome(outcome.kind.clone(), outcome.usage);
-                Ok(outcome.kind)
-            }
-            Err(e) => Err(e),
-        };
-        drop(permit);
-        let clean = matches!(result, Ok(OutcomeKind::Exited(_))) && !task_body_flag.is_set();
-        let _ = verdict_tx.send(clean);
-        let _ = done_tx.send(result);
-    });
+    let run = async move { guest.run(invocation).await };
+    let task = GuestTask::spawn(
+        run,
+        exchange.record.clone(),
+        permit,
+        exchange.body_flag.clone(),
+    );
 
     // Read stdout until the head is complete, the head is invalid, or the
     // guest is gone.
     let mut parser = CgiHeadParser::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let failure = loop {
+    loop {
         buf.clear();
         match stdout.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break parser.finish().err().map(|e| e.to_string()),
+            Ok(0) | Err(_) => {
+                let what = match parser.finish() {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "no CGI response head".to_string(),
+                };
+                return exchange.fail(task, what).await;
+            }
             Ok(_) => {}
         }
         match parser.push(&buf) {
             Ok(None) => continue,
             Ok(Some(head)) => {
-                if let Some(fault) = body_flag.fault() {
-                    return record.answer(body_answer(route, fault));
-                }
-                if head.status.is_informational() {
-                    let message = format!(
-                        "the CGI response head has the informational status {}, which cannot \
-                         end a response",
-                        head.status.as_u16()
-                    );
-                    return answer(&record, &body_flag, route, HostAnswer::BadGateway(message));
-                }
                 let mut response = Response::new(());
                 *response.status_mut() = head.status;
                 *response.headers_mut() = head.headers;
-                sanitize_guest_headers(response.headers_mut());
                 if !response.headers().contains_key(header::CONTENT_TYPE)
                     && response.headers().contains_key(header::LOCATION)
                 {
@@ -120,66 +98,15 @@ where
                     pipe: stdout,
                     buf: vec![0; 16 * 1024],
                 };
-                let (parts, ()) = response.into_parts();
-                return match coalesce(parts, body, verdict_rx).await {
-                    Coalesced::Complete(response) | Coalesced::Streaming(response) => {
-                        record.set_status(head.status);
-                        response
-                    }
-                    Coalesced::Killed => {
-                        let killed = match done_rx.await {
-                            Ok(Ok(kind)) if !matches!(kind, OutcomeKind::Exited(_)) => {
-                                let message = kill_message(&kind);
-                                HostAnswer::Killed(kind, message)
-                            }
-                            _ => HostAnswer::BadGateway("the guest's output failed".into()),
-                        };
-                        answer(&record, &body_flag, route, killed)
-                    }
-                };
+                let (head, ()) = response.into_parts();
+                return exchange.respond(task, head, body).await;
             }
             // An invalid head: stop reading; the guest's further writes fail.
             Err(e) => {
                 drop(stdout);
-                return answer(
-                    &record,
-                    &body_flag,
-                    route,
-                    HostAnswer::BadGateway(e.to_string()),
-                );
+                return exchange.answer(HostAnswer::BadGateway(e.to_string()));
             }
         }
-    };
-    let answer_for = match done_rx.await {
-        Ok(Ok(OutcomeKind::Exited(code))) => {
-            let what = failure.unwrap_or_else(|| "no CGI response head".into());
-            let exit = if code == 0 {
-                String::new()
-            } else {
-                format!(" (the guest exited with code {code})")
-            };
-            HostAnswer::BadGateway(format!("{what}{exit}"))
-        }
-        Ok(Ok(kind)) => {
-            let message = kill_message(&kind);
-            HostAnswer::Killed(kind, message)
-        }
-        Ok(Err(crate::Error::Capacity { .. })) => HostAnswer::Overloaded(CAPACITY_MESSAGE.into()),
-        Ok(Err(host_error)) => HostAnswer::HostError(host_error.to_string()),
-        Err(_) => HostAnswer::HostError("the request's task failed".into()),
-    };
-    answer(&record, &body_flag, route, answer_for)
-}
-
-fn answer(
-    record: &Record,
-    body_flag: &BodyFlag,
-    route: &RouteRuntime,
-    answer: HostAnswer,
-) -> Response<Body> {
-    match body_flag.fault() {
-        Some(fault) => record.answer(body_answer(route, fault)),
-        None => record.answer(answer),
     }
 }
 

@@ -8,15 +8,20 @@
 //! route with the longest path prefix, has its declared `Content-Length`
 //! checked against `--max-body`, and goes to one of two paths by guest kind:
 //!
-//! - `http_guest`: a wasi:http component's `incoming-handler` is called;
-//! - `cgi_guest`: a command (core module or component) is run CGI-style.
+//! - `http_guest`: a wasi:http component is handed the request through
+//!   [`crate::Guest::handle_http`];
+//! - `cgi_guest`: a command (core module or component) is run CGI-style
+//!   through [`crate::Guest::run`], its stdout parsed for a CGI head.
 //!
-//! Both run the guest in its own tokio task through the same store factory
-//! and limit code as `wasm-run run`, return the response head as soon as the
-//! guest produces it, and stream the body while the guest runs. A guest
-//! killed before its head gets the host's answer ([`response::HostAnswer`]);
-//! one killed after it has its body aborted.
-//!
+//! The library prepares and runs both the same way (one store factory, one
+//! deadline, one classifier, as `wasm-run run`). What is common to serving
+//! them lives once, in `guest_task`: the guest runs in its own tokio task
+//! that reports one `Finished` value and releases the budget permit; the
+//! head goes out as soon as the guest produces it and the body streams
+//! while the guest runs; a guest killed before its head gets the host's
+//! answer ([`response::HostAnswer`], from the one `answer_for` mapping); one
+//! killed after it has its body aborted.
+
 //! # Admission, and what clients may hold
 //!
 //! Before a guest runs, the first `--body-buffer` bytes of its request body
@@ -56,6 +61,7 @@ mod cgi_guest;
 pub mod config;
 mod conn_io;
 mod guest_log;
+mod guest_task;
 mod http_guest;
 pub mod metrics;
 mod record;
@@ -83,11 +89,11 @@ use tokio::sync::Semaphore;
 use self::admission::{Admission, AdmissionConfig, Permit, Rejected};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::conn_io::WriteTimeout;
+use self::guest_task::Exchange;
 use self::metrics::Metrics;
 use self::record::RequestRecord;
 use self::request_body::{BodyFault, BodyFlag, LimitedBody};
 use self::response::{Body, HostAnswer, full};
-use crate::guest::Pre;
 use crate::{Engine, Guest, GuestKind, OutboundPolicy};
 
 /// Header carrying the request id, also used in the guest's log lines.
@@ -404,10 +410,15 @@ impl Shared {
             Err(answer) => return record.answer(answer),
         };
         let req = Request::from_parts(parts, body);
-        match &route.guest.inner.pre {
-            Pre::Http(pre) => http_guest::handle(route, pre, req, flag, record, permit).await,
-            Pre::Core(_) | Pre::Command(_) => {
-                cgi_guest::handle(route, req, conn, flag, record, permit).await
+        let exchange = Exchange {
+            route,
+            record,
+            body_flag: flag,
+        };
+        match route.guest.kind() {
+            GuestKind::HttpComponent => http_guest::handle(exchange, req, permit).await,
+            GuestKind::CoreCommand | GuestKind::ComponentCommand => {
+                cgi_guest::handle(exchange, req, conn, permit).await
             }
         }
     }

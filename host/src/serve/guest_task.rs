@@ -1,0 +1,228 @@
+//! The part of serving a request that does not depend on the guest's kind:
+//! the guest runs in its own task (so its response body can stream while it
+//! runs, and a client that goes away cannot cancel it half-way through its
+//! bookkeeping), the task reports one [`Finished`] value, and
+//! [`answer_for`] is the one mapping from how a guest ended to what the
+//! client is told when the guest did not answer itself.
+//!
+//! `cgi_guest` and `http_guest` only differ in how a request reaches the
+//! guest and how its response head comes back; both hand that head to
+//! [`Exchange::respond`].
+
+use std::future::Future;
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Body as HttpBody;
+use tokio::sync::oneshot;
+
+use super::RouteRuntime;
+use super::admission::Permit;
+use super::body_answer;
+use super::record::Record;
+use super::request_body::BodyFlag;
+use super::response::{
+    Body, BodyError, Coalesced, HostAnswer, Verdict, coalesce, sanitize_guest_headers,
+};
+use crate::{Outcome, OutcomeKind};
+
+/// How a guest's task ended.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// The guest ran and ended this way (including being killed).
+    Outcome(OutcomeKind),
+    /// The host could not run it (the detail is for the log).
+    HostError(String),
+    /// No free instance slot: answered 503 like a full memory budget.
+    Overloaded,
+    /// The task panicked (a host bug); answered as a host error.
+    Lost,
+}
+
+impl Finished {
+    /// Whether the guest ran to its own end: it returned or exited (with any
+    /// code, as a CGI program's exit code does not unsay the response it
+    /// wrote), rather than being killed or failing to start.
+    pub(crate) fn completed(&self) -> bool {
+        matches!(self, Finished::Outcome(OutcomeKind::Exited(_)))
+    }
+}
+
+/// A guest running in its own task for one request.
+pub(crate) struct GuestTask {
+    /// Resolves to whether the response may end cleanly: the guest
+    /// completed and the request body did not fail. Taken by `respond`.
+    verdict: Option<Verdict>,
+    done: oneshot::Receiver<Finished>,
+}
+
+impl GuestTask {
+    /// Spawns `run` (a [`crate::Guest::run`] or
+    /// [`crate::HttpCall::run`] future). When it ends, the outcome and
+    /// usage go to the request's record and the budget permit is released —
+    /// before the client has necessarily read the response.
+    pub(crate) fn spawn(
+        run: impl Future<Output = crate::Result<Outcome>> + Send + 'static,
+        record: Record,
+        permit: Permit,
+        body_flag: BodyFlag,
+    ) -> GuestTask {
+        let (verdict_tx, verdict) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        tokio::spawn(async move {
+            let finished = match run.await {
+                Ok(outcome) => {
+                    record.set_outcome(outcome.kind.clone(), outcome.usage);
+                    Finished::Outcome(outcome.kind)
+                }
+                Err(crate::Error::Capacity { .. }) => Finished::Overloaded,
+                Err(e) => Finished::HostError(e.to_string()),
+            };
+            drop(permit);
+            let _ = verdict_tx.send(finished.completed() && !body_flag.is_set());
+            let _ = done_tx.send(finished);
+        });
+        GuestTask {
+            verdict: Some(verdict),
+            done,
+        }
+    }
+
+    /// Waits for the guest's end.
+    pub(crate) async fn finished(self) -> Finished {
+        self.done.await.unwrap_or(Finished::Lost)
+    }
+}
+
+/// One request being answered: where it goes, what is recorded about it,
+/// and whether its body failed.
+pub(crate) struct Exchange<'a> {
+    pub(crate) route: &'a RouteRuntime,
+    pub(crate) record: Record,
+    pub(crate) body_flag: BodyFlag,
+}
+
+impl Exchange<'_> {
+    /// The host's answer, unless the request body failed, which explains
+    /// the request's end better (the guest saw its stdin or body fail).
+    pub(crate) fn answer(&self, answer: HostAnswer) -> Response<Body> {
+        match self.body_flag.fault() {
+            Some(fault) => self.record.answer(body_answer(self.route, fault)),
+            None => self.record.answer(answer),
+        }
+    }
+
+    /// Waits for a guest that gave no usable response head and answers for
+    /// it; `no_response` says what was wrong with its response.
+    pub(crate) async fn fail(&self, task: GuestTask, no_response: String) -> Response<Body> {
+        let finished = task.finished().await;
+        self.answer(answer_for(finished, no_response))
+    }
+
+    /// Sends the guest's response: head sanitized, the body coalesced into
+    /// one write when small and quick, otherwise streamed and guarded so
+    /// that a later kill aborts it instead of ending it cleanly.
+    pub(crate) async fn respond<B>(
+        &self,
+        mut task: GuestTask,
+        mut head: http::response::Parts,
+        body: B,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        if let Some(fault) = self.body_flag.fault() {
+            return self.record.answer(body_answer(self.route, fault));
+        }
+        let status = head.status;
+        if status.is_informational() {
+            let message = format!(
+                "the guest's response has the informational status {}, which cannot end a \
+                 response",
+                status.as_u16()
+            );
+            return self.answer(HostAnswer::BadGateway(message));
+        }
+        sanitize_guest_headers(&mut head.headers);
+        let verdict = task.verdict.take().expect("a task's response is sent once");
+        match coalesce(head, body, verdict).await {
+            Coalesced::Complete(response) | Coalesced::Streaming(response) => {
+                self.record.set_status(status);
+                response
+            }
+            Coalesced::Killed => {
+                self.fail(task, "the guest's response body failed".into())
+                    .await
+            }
+        }
+    }
+}
+
+/// What the client is told when the guest gave no response: the outcome
+/// that killed it, or — when it completed without a usable response —
+/// 502 with `no_response` (and a non-zero exit code, if any).
+pub(crate) fn answer_for(finished: Finished, no_response: String) -> HostAnswer {
+    match finished {
+        Finished::Outcome(OutcomeKind::Exited(0)) => HostAnswer::BadGateway(no_response),
+        Finished::Outcome(OutcomeKind::Exited(code)) => {
+            HostAnswer::BadGateway(format!("{no_response} (the guest exited with code {code})"))
+        }
+        Finished::Outcome(kind) => {
+            let message = kill_message(&kind);
+            HostAnswer::Killed(kind, message)
+        }
+        Finished::HostError(detail) => HostAnswer::HostError(detail),
+        Finished::Overloaded => HostAnswer::Overloaded(
+            "the host has no free instance slot for this request; retry later".into(),
+        ),
+        Finished::Lost => HostAnswer::HostError("the request's task failed".into()),
+    }
+}
+
+/// The message of an error body for a killed guest.
+fn kill_message(kind: &OutcomeKind) -> String {
+    match kind {
+        OutcomeKind::FuelExhausted => "the request ran out of fuel".into(),
+        OutcomeKind::MemoryExceeded => "the request tried to grow its memory past its cap".into(),
+        OutcomeKind::DeadlineExceeded => "the request did not finish within its deadline".into(),
+        OutcomeKind::Trapped(m) => format!("the guest trapped: {m}"),
+        OutcomeKind::Exited(code) => format!("the guest exited with code {code}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_that_completed_without_a_response_is_a_bad_gateway() {
+        let answer = answer_for(Finished::Outcome(OutcomeKind::Exited(0)), "no head".into());
+        assert_eq!(answer, HostAnswer::BadGateway("no head".into()));
+        let answer = answer_for(Finished::Outcome(OutcomeKind::Exited(3)), "no head".into());
+        assert_eq!(
+            answer,
+            HostAnswer::BadGateway("no head (the guest exited with code 3)".into())
+        );
+    }
+
+    #[test]
+    fn a_killed_guest_is_answered_with_its_outcome() {
+        for kind in [
+            OutcomeKind::FuelExhausted,
+            OutcomeKind::MemoryExceeded,
+            OutcomeKind::DeadlineExceeded,
+            OutcomeKind::Trapped("unreachable".into()),
+        ] {
+            let answer = answer_for(Finished::Outcome(kind.clone()), "unused".into());
+            assert_eq!(answer.outcome(), kind.name());
+            assert!(!Finished::Outcome(kind).completed());
+        }
+        assert_eq!(
+            answer_for(Finished::Overloaded, String::new()).status(),
+            503
+        );
+        assert_eq!(answer_for(Finished::Lost, String::new()).status(), 500);
+        assert!(Finished::Outcome(OutcomeKind::Exited(1)).completed());
+    }
+}
