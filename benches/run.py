@@ -6,8 +6,11 @@
 Scenarios (loopback only; servers and load generator share the machine):
   1. hello: wasm-run serve over wasi:http and over CGI, next to a native hyper
      server (upper bound), a process-per-request CGI server (fork/exec of a
-     native hello) and `wasmtime serve -S cli` 48 when installed; rounds are
-     interleaved so noise hits every system alike.
+     native hello) and `wasmtime serve -S cli` 48 when installed (fresh
+     instance per request, and its reuse mode, which keeps no isolation
+     between requests); rounds are interleaved so noise hits every system
+     alike. With `wrk` installed, every system is also measured by
+     `wrk -t2 -c64` in the same rounds.
   2. isolation: hello alone, then 50% hello + 50% abusive (spin, bomb, sleep)
      on the same server: hello failures, p99 ratio mix/alone, kill outcomes.
   3. overload: many memory-heavy requests at once against a small memory
@@ -95,12 +98,28 @@ def load(url, duration, conns, label, mix=()):
     return json.loads(out)
 
 
+WASMTIME = None  # set from --wasmtime
+
+
 def wasmtime_48():
-    exe = shutil.which("wasmtime")
+    exe = WASMTIME or shutil.which("wasmtime")
     if not exe:
         return None
     v = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     return exe if v.startswith("wasmtime 48") else None
+
+
+def wrk(url, duration, conns):
+    """`wrk -t2 -cN`: requests/s and p99 as wrk measures them (closed loop)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", url],
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    m = re.search(r"99%\s+([0-9.]+)(us|ms|s)\b", out)
+    p99_ms = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = (int(errors.group(1)) if errors else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"rps": rps, "p99_ms": p99_ms, "failed": failed}
 
 
 def med(runs, key):
@@ -125,13 +144,29 @@ def scenario_hello(a, results):
                         lambda: Server("wasmtime", [wt, "serve", "-S", "cli", "--addr",
                                                     "127.0.0.1:0", str(HTTP_GUEST)],
                                        merge_stderr=True), "/"))
+        systems.append((REUSE,
+                        lambda: Server("wasmtime-reuse",
+                                       [wt, "serve", "-S", "cli", "--addr", "127.0.0.1:0",
+                                        "--max-instance-reuse-count", "1000000",
+                                        str(HTTP_GUEST)], merge_stderr=True), "/"))
     servers = {name: start() for name, start, _ in systems}
     try:
         runs = {name: [] for name, _, _ in systems}
+        wrk_runs = {name: [] for name, _, _ in systems}
+        use_wrk = shutil.which("wrk") is not None
         for _ in range(a.rounds):
             for name, _, path in systems:
                 r = load(f"http://{servers[name].addr}{path}", a.duration, a.connections, name)
                 runs[name].append(next(iter(r["paths"].values())))
+                if use_wrk:
+                    url = f"http://{servers[name].addr}{path}"
+                    wrk_runs[name].append(wrk(url, a.duration, a.wrk_connections))
+        if use_wrk:
+            results["hello_wrk"] = {
+                name: {"rps": med(rs, "rps"), "p99_ms": med(rs, "p99_ms"),
+                       "failed": sum(r["failed"] for r in rs), "runs": rs}
+                for name, rs in wrk_runs.items()
+            }
         results["hello"] = {
             name: {
                 "rps": med(rs, "rps"), "p50_ms": med(rs, "p50_ms"), "p99_ms": med(rs, "p99_ms"),
@@ -144,6 +179,24 @@ def scenario_hello(a, results):
     finally:
         for s in servers.values():
             s.stop()
+
+
+REUSE = "wasmtime serve 48 (one instance reused: no isolation)"
+FRESH = "wasmtime serve 48 (fresh instance)"
+
+
+def ratio_lines(h):
+    """Each wasm-run figure against its baselines, from the same run."""
+    out = []
+    for ours in ("wasm-run wasi:http", "wasm-run CGI"):
+        if FRESH in h:
+            out.append(f"{ours} / wasmtime serve: **{h[ours]['rps'] / h[FRESH]['rps']:.2f}×**")
+        if REUSE in h:
+            out.append(f"{ours} / wasmtime serve reuse mode: "
+                       f"**{h[ours]['rps'] / h[REUSE]['rps']:.2f}×**")
+    if FRESH not in h:
+        out.append("wasmtime serve 48: not installed for this run")
+    return out
 
 
 def scenario_isolation(a, results):
@@ -269,17 +322,20 @@ def markdown(results, a):
             out.append(f"| {n} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
                        f"{v['p999_ms']:.2f} | {v['failed']} |")
         h = results["hello"]
-        ratios = []
-        if "wasmtime serve 48 (fresh instance)" in h:
-            ratios.append(f"wasm-run wasi:http / wasmtime serve: "
-                          f"**{h['wasm-run wasi:http']['rps'] / h['wasmtime serve 48 (fresh instance)']['rps']:.2f}×**")
-        else:
-            ratios.append("wasmtime serve 48: not installed for this run")
+        ratios = ratio_lines(h)
         ratios.append(f"wasm-run CGI / process per request: "
                       f"**{h['wasm-run CGI']['rps'] / h['process per request (fork/exec)']['rps']:.1f}×**")
         ratios.append(f"wasm-run wasi:http / native hyper: "
                       f"{h['wasm-run wasi:http']['rps'] / h['native hyper']['rps']:.2f}×")
         out.append("\n" + "; ".join(ratios) + ".\n")
+    if "hello_wrk" in results:
+        out.append(f"#### hello under `wrk -t2 -c{a.wrk_connections} -d{a.duration}s` "
+                   f"(same servers, interleaved with the rows above)\n")
+        out.append("| system | req/s | p99 ms | failed |")
+        out.append("|---|---|---|---|")
+        for n, v in results["hello_wrk"].items():
+            out.append(f"| {n} | {v['rps']:,.0f} | {v['p99_ms']:.2f} | {v['failed']} |")
+        out.append("\n" + "; ".join(ratio_lines(results["hello_wrk"])) + ".\n")
     if "isolation" in results:
         i = results["isolation"]
         out.append("### 2. isolation: 50% hello + 50% abusive (spin, bomb, sleep)\n")
@@ -324,8 +380,12 @@ def main():
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--wrk-connections", type=int, default=64)
+    p.add_argument("--wasmtime", help="wasmtime 48 binary (default: `wasmtime` on PATH)")
     p.add_argument("--only", choices=["hello", "isolation", "overload"], action="append")
     a = p.parse_args()
+    global WASMTIME
+    WASMTIME = a.wasmtime
     sh("scripts/setup.sh")
     sh("cargo", "build", "--release", "-p", "wasm-run", "-p", "wasm-run-benches", "--bins")
     sh("cargo", "build", "-p", "wasm-run-tests")

@@ -233,6 +233,12 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
     // Old modules import the pre-preview-1 names (`wasi_unstable`).
     wasmtime_wasi::p0::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
         .map_err(|e| link_error(name, e))?;
+    if module
+        .imports()
+        .any(|i| i.module() == crate::budget::CORE_MODULE)
+    {
+        crate::budget::add_to_core_linker(&mut linker).map_err(|e| link_error(name, e))?;
+    }
     // Name the first import the linker cannot satisfy, rather than leaving
     // the user to decode a link error.
     let mut probe = wasmtime::Store::new(
@@ -251,8 +257,9 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
             return Err(Error::UnsatisfiedImport {
                 name: name.to_string(),
                 import: format!("{}::{}", import.module(), import.name()),
-                message: "wasm-run provides only WASI preview 1 (`wasi_snapshot_preview1`, \
-                          and the older `wasi_unstable`) to core modules"
+                message: "wasm-run provides WASI preview 1 (`wasi_snapshot_preview1`, and the \
+                          older `wasi_unstable`) and its own `wasm_run_budget` functions to \
+                          core modules"
                     .into(),
             });
         }
@@ -303,13 +310,20 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| link_error(name, e))?;
     }
+    for (import, _) in ty.imports(engine.wasmtime()) {
+        if crate::budget::is_interface(import) {
+            crate::budget::add_to_component_linker(&mut linker, import)
+                .map_err(|e| link_error(name, e))?;
+        }
+    }
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         let import = ty
             .imports(engine.wasmtime())
             .map(|(n, _)| n.to_string())
             .find(|n| {
                 let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
-                    || n.starts_with("wasi:http/");
+                    || n.starts_with("wasi:http/")
+                    || crate::budget::is_interface(n);
                 !provided
             })
             .unwrap_or_else(|| "(see message)".into());

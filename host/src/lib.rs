@@ -31,6 +31,8 @@
 //!
 //! # Layout
 //!
+//! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
+//!   through which a guest reads its own fuel, memory and time left.
 //! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
 //!   and its epoch ticker thread.
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
@@ -58,6 +60,7 @@
 
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod engine;
 pub mod error;
 pub mod guest;

@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Limits;
+use crate::budget::BudgetInfo;
 use crate::engine::Engine;
 use crate::outbound::OutboundPolicy;
 
@@ -70,6 +71,8 @@ pub(crate) struct StoreState {
     pub(crate) outbound: OutboundPolicy,
     /// Caps and records the invocation's total linear memory.
     pub(crate) limiter: MemoryLimiter,
+    /// What the guest may read about its budget (`crate::budget`).
+    pub(crate) budget: BudgetInfo,
 }
 
 impl StoreState {
@@ -85,6 +88,7 @@ impl StoreState {
             http,
             outbound,
             limiter: MemoryLimiter::new(max_memory),
+            budget: BudgetInfo::default(),
         }
     }
 }
@@ -141,6 +145,16 @@ impl MemoryLimiter {
             last_grant: 0,
             killed: false,
         }
+    }
+
+    /// The cap on total memory, in bytes.
+    pub(crate) fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Total memory counted against the cap now, in bytes.
+    pub(crate) fn used(&self) -> u64 {
+        self.total
     }
 
     /// Highest total memory (linear memory and tables) reached, in bytes.
@@ -240,6 +254,13 @@ pub(crate) fn new_store(
     limits: &Limits,
     started: Instant,
 ) -> Store<StoreState> {
+    // A deadline too far away to represent is no deadline.
+    let deadline = limits.timeout.and_then(|t| started.checked_add(t));
+    let mut state = state;
+    state.budget = BudgetInfo {
+        fuel_limited: engine.config().fuel && limits.fuel.is_some(),
+        deadline,
+    };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {
@@ -247,8 +268,6 @@ pub(crate) fn new_store(
             .set_fuel(limits.fuel.unwrap_or(u64::MAX))
             .expect("fuel is enabled in this engine");
     }
-    // A deadline too far away to represent is no deadline.
-    let deadline = limits.timeout.and_then(|t| started.checked_add(t));
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -4,6 +4,7 @@
 //! One test binary with modules (built as a test of the `wasm-run` package so
 //! that `CARGO_BIN_EXE_wasm-run` points at the freshly built binary).
 
+mod budget;
 mod cli;
 mod compile;
 mod concurrency;

@@ -1,0 +1,141 @@
+//! The budget a guest can read about itself: the `wasm-run:sandbox/budget`
+//! interface of `wit/budget.wit` for components, and the same four
+//! functions as plain imports of the module [`CORE_MODULE`] for core
+//! modules (an `i64` each, `-1` for "none").
+//!
+//! The figures are the live ones of the calling invocation: fuel from its
+//! store, memory from its limiter, time from its deadline. Each function is
+//! linked only into guests that import it.
+
+use std::time::Instant;
+
+use wasmtime::component::Linker as ComponentLinker;
+use wasmtime::{AsContext, Linker};
+
+use crate::store::StoreState;
+
+/// The WIT interface components import (any 0.1.x version is accepted).
+pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.1.0";
+
+/// The import module of the core-module flavour.
+pub const CORE_MODULE: &str = "wasm_run_budget";
+
+/// What the store knows about its budget beyond what wasmtime keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BudgetInfo {
+    /// Whether the invocation has a fuel budget (the store's fuel is
+    /// `u64::MAX` without one).
+    pub(crate) fuel_limited: bool,
+    /// When the invocation is killed for time, if ever.
+    pub(crate) deadline: Option<Instant>,
+}
+
+fn fuel_remaining(store: impl AsContext<Data = StoreState>) -> Option<u64> {
+    let store = store.as_context();
+    if !store.data().budget.fuel_limited {
+        return None;
+    }
+    store.get_fuel().ok()
+}
+
+fn memory_cap(store: impl AsContext<Data = StoreState>) -> u64 {
+    store.as_context().data().limiter.cap()
+}
+
+fn memory_used(store: impl AsContext<Data = StoreState>) -> u64 {
+    store.as_context().data().limiter.used()
+}
+
+fn time_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {
+    let deadline = store.as_context().data().budget.deadline?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    Some(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `None` as `-1`, for the core flavour (every real figure fits in an
+/// `i64`: fuel and nanoseconds are clamped to `i64::MAX`).
+fn core(value: Option<u64>) -> i64 {
+    value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Whether a component import name is this interface (any 0.1.x).
+pub(crate) fn is_interface(import: &str) -> bool {
+    import.starts_with("wasm-run:sandbox/budget@0.1.")
+}
+
+/// Defines the interface under `import` (the exact name the component
+/// imports, so that any 0.1.x patch version links).
+pub(crate) fn add_to_component_linker(
+    linker: &mut ComponentLinker<StoreState>,
+    import: &str,
+) -> wasmtime::Result<()> {
+    let mut budget = linker.instance(import)?;
+    budget.func_wrap("fuel-remaining", |store, (): ()| {
+        Ok((fuel_remaining(store),))
+    })?;
+    budget.func_wrap("memory-cap", |store, (): ()| Ok((memory_cap(store),)))?;
+    budget.func_wrap("memory-used", |store, (): ()| Ok((memory_used(store),)))?;
+    budget.func_wrap("time-remaining-ns", |store, (): ()| {
+        Ok((time_remaining_ns(store),))
+    })?;
+    Ok(())
+}
+
+/// Defines the core flavour's functions.
+pub(crate) fn add_to_core_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        CORE_MODULE,
+        "fuel_remaining",
+        |c: wasmtime::Caller<'_, StoreState>| core(fuel_remaining(c)),
+    )?;
+    linker.func_wrap(
+        CORE_MODULE,
+        "memory_cap",
+        |c: wasmtime::Caller<'_, StoreState>| core(Some(memory_cap(c))),
+    )?;
+    linker.func_wrap(
+        CORE_MODULE,
+        "memory_used",
+        |c: wasmtime::Caller<'_, StoreState>| core(Some(memory_used(c))),
+    )?;
+    linker.func_wrap(
+        CORE_MODULE,
+        "time_remaining_ns",
+        |c: wasmtime::Caller<'_, StoreState>| core(time_remaining_ns(c)),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_is_minus_one_and_large_values_clamp() {
+        assert_eq!(core(None), -1);
+        assert_eq!(core(Some(7)), 7);
+        assert_eq!(core(Some(u64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn every_0_1_version_of_the_interface_is_recognised() {
+        assert!(is_interface(INTERFACE));
+        assert!(is_interface("wasm-run:sandbox/budget@0.1.3"));
+        assert!(!is_interface("wasm-run:sandbox/budget@0.2.0"));
+        assert!(!is_interface("wasi:cli/environment@0.2.0"));
+    }
+
+    #[test]
+    fn the_wit_file_declares_what_is_linked() {
+        let wit = include_str!("../../wit/budget.wit");
+        assert!(wit.contains("package wasm-run:sandbox@0.1.0;"));
+        for function in [
+            "fuel-remaining: func() -> option<u64>;",
+            "memory-cap: func() -> u64;",
+            "memory-used: func() -> u64;",
+            "time-remaining-ns: func() -> option<u64>;",
+        ] {
+            assert!(wit.contains(function), "{function}");
+        }
+    }
+}
