@@ -56,6 +56,8 @@ pub struct EngineConfig {
     pub keep_resident: usize,
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
+    /// Needs the crate's `cache` feature (on with the default `cli`); without
+    /// it a directory given here is ignored with a warning.
     pub cache_dir: Option<PathBuf>,
     /// CPU time (in wasm and in host calls, not waiting) after which an
     /// invocation counts as long-running and moves to the low-priority
@@ -157,6 +159,14 @@ impl Engine {
                 .pagemap_scan(Enabled::Auto);
             wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        #[cfg(not(feature = "cache"))]
+        if let Some(dir) = &config.cache_dir {
+            tracing::warn!(
+                dir = %dir.display(),
+                "wasm-run was built without its `cache` feature; compiling without a cache"
+            );
+        }
+        #[cfg(feature = "cache")]
         if let Some(dir) = &config.cache_dir {
             // The cache only saves time: if it cannot be set up (e.g. an
             // unwritable home directory), run without it.

@@ -70,6 +70,7 @@ pub mod limits;
 pub mod outbound;
 pub mod outcome;
 pub mod scheduler;
+#[cfg(feature = "serve")]
 pub mod serve;
 mod store;
 
@@ -87,3 +88,8 @@ pub use store::{
     HOST_ALLOWANCE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
     MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES,
 };
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
