@@ -31,6 +31,8 @@
 //!
 //! # Layout
 //!
+//! - [`admission`]: admission by memory budget, as `wasm-run serve` admits
+//!   requests, for embedders that want bursts to queue instead of failing.
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
@@ -60,6 +62,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod budget;
 pub mod engine;
 pub mod error;

@@ -333,3 +333,64 @@ async fn each_entry_point_refuses_the_other_kind_of_guest() {
         assert!(matches!(err, Error::WrongShape { .. }), "{target:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn an_embedder_can_queue_invocations_on_a_memory_budget() {
+    use std::sync::Arc;
+    use wasm_run::admission::{Admission, AdmissionConfig};
+    let guest = load("sleeper", Target::P1);
+    let limits = wasm_run::Limits {
+        max_memory: 16 * MIB,
+        ..wasm_run::Limits::default()
+    };
+    let need = limits.max_memory + guest.host_allowance();
+    // Room for two at a time; eight arrive at once and queue.
+    let admission = Admission::new(AdmissionConfig {
+        budget: 2 * need,
+        max_queue: 8,
+        queue_timeout: Duration::from_secs(60),
+    });
+    let started = Instant::now();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (guest, limits, admission) = (guest.clone(), limits.clone(), admission.clone());
+            let (running, most) = (running.clone(), most.clone());
+            tokio::spawn(async move {
+                let (permit, _) = admission.admit(need).await.expect("admitted");
+                let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                assert!(admission.in_use() <= 2 * need);
+                let outcome = guest
+                    .run(wasm_run::Invocation {
+                        args: vec!["0.1".into()],
+                        limits,
+                        ..wasm_run::Invocation::default()
+                    })
+                    .await
+                    .expect("runs");
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                drop(permit);
+                outcome.kind
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), OutcomeKind::Exited(0));
+    }
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Four rounds of two 100 ms sleeps.
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // A queue that is full turns the next one away at once.
+    let full = Admission::new(AdmissionConfig {
+        budget: need,
+        max_queue: 0,
+        queue_timeout: Duration::from_secs(60),
+    });
+    let _held = full.admit(need).await.expect("first fits");
+    assert_eq!(
+        full.admit(need).await.unwrap_err(),
+        wasm_run::admission::Rejected::QueueFull
+    );
+}

@@ -55,7 +55,8 @@
 //! "slots"; kernel priorities cut hello's p99 under abuse further, see
 //! benches/RESULTS.md.)
 
-pub mod admission;
+/// Admission by memory budget (the library's [`crate::admission`]).
+pub use crate::admission;
 pub mod cgi;
 mod cgi_guest;
 pub mod config;

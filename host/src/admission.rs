@@ -1,8 +1,35 @@
-//! Admission by memory budget: a request is admitted when its route's memory
-//! cap fits in what is left of the host's budget, so the sum of the caps of
-//! admitted requests never exceeds the budget. A request that does not fit
-//! waits in a FIFO queue bounded in length and in time; past either it is
-//! turned away (503 `overloaded`).
+//! Admission by memory budget: an invocation is admitted when what it may
+//! make the host hold — its memory cap plus its guest's host allowance
+//! ([`crate::Guest::host_allowance`]) — fits in what is left of the budget,
+//! so the sum over admitted invocations never exceeds the budget. One that
+//! does not fit waits in a FIFO queue bounded in length and in time; past
+//! either it is turned away (`wasm-run serve` answers 503 `overloaded`).
+//!
+//! `wasm-run serve` admits every request this way; an embedder can do the
+//! same, so that a burst queues instead of failing:
+//!
+//! ```no_run
+//! # async fn demo(guest: wasm_run::Guest) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use wasm_run::admission::{Admission, AdmissionConfig};
+//! use wasm_run::{Invocation, Limits};
+//!
+//! let admission = Admission::new(AdmissionConfig {
+//!     budget: 1 << 30,
+//!     max_queue: 1024,
+//!     queue_timeout: Duration::from_secs(30),
+//! });
+//! let limits = Limits { max_memory: 32 << 20, ..Limits::default() };
+//! let need = limits.max_memory + guest.host_allowance();
+//! let (permit, _waited) = admission.admit(need).await?; // waits its turn
+//! let outcome = guest.run(Invocation { limits, ..Invocation::default() }).await?;
+//! drop(permit); // the budget is free again
+//! # Ok(()) }
+//! ```
+//!
+//! A budget of at most `EngineConfig::max_instances` × the smallest need
+//! also keeps the engine's instance pool from running out
+//! ([`crate::Error::Capacity`]).
 //!
 //! Because each request is *killed* at its cap (never allowed past it), the
 //! budget — which counts each request's cap plus its guest's fixed host
@@ -18,11 +45,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Why a request was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
     /// The queue already holds `max_queue` requests.
+    #[error("the memory budget is in use and the admission queue is full")]
     QueueFull,
     /// The request waited `queue_timeout` without fitting.
+    #[error("the memory budget stayed in use for longer than the queue timeout")]
     Timeout,
 }
 
