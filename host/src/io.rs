@@ -46,6 +46,13 @@ pub enum Output {
     /// Kept in memory up to [`crate::Limits::max_output`] bytes and returned
     /// in the [`crate::Outcome`]; the rest is discarded and marked truncated.
     Capture,
+    /// As [`Output::Capture`], but a write past
+    /// [`crate::Limits::max_output`] kills the guest there (outcome
+    /// `trapped`, "output cap of N bytes exceeded"; the capture keeps the
+    /// first N bytes and is marked truncated) instead of being discarded: a
+    /// flooding guest stops at once rather than burning the rest of its
+    /// fuel or time.
+    CaptureOrKill,
     /// Written to this writer (e.g. a response body), with backpressure:
     /// the guest waits while the writer is not ready.
     Writer(Box<dyn AsyncWrite + Send + Sync>),
@@ -77,6 +84,7 @@ impl fmt::Debug for Output {
             Output::Null => f.write_str("Null"),
             Output::Inherit => f.write_str("Inherit"),
             Output::Capture => f.write_str("Capture"),
+            Output::CaptureOrKill => f.write_str("CaptureOrKill"),
             Output::Writer(_) => f.write_str("Writer(..)"),
             Output::Sink(_) => f.write_str("Sink(..)"),
         }
@@ -121,9 +129,13 @@ pub(crate) fn set_output(
             };
             None
         }
-        Output::Capture => {
+        Output::Capture | Output::CaptureOrKill => {
             let buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
-            set(builder, which, SinkStream::new(Box::new(buffer.clone())));
+            let mut stream = SinkStream::new(Box::new(buffer.clone()));
+            if matches!(output, Output::CaptureOrKill) {
+                stream.kill_past = Some(buffer.clone());
+            }
+            set(builder, which, stream);
             Some(buffer)
         }
         Output::Sink(sink) => {
@@ -154,18 +166,37 @@ const SINK_WRITE_BUDGET: usize = 1 << 20;
 /// A guest output stream that hands every write to an [`OutputSink`] on the
 /// spot: no buffer, no worker task.
 #[derive(Clone)]
-struct SinkStream(Arc<Mutex<Box<dyn OutputSink>>>);
+struct SinkStream {
+    sink: Arc<Mutex<Box<dyn OutputSink>>>,
+    /// For [`Output::CaptureOrKill`]: the capture whose overflow kills.
+    kill_past: Option<CaptureBuffer>,
+}
+
+/// The trap of a guest that wrote past its output cap under
+/// [`Output::CaptureOrKill`].
+#[derive(Debug, thiserror::Error)]
+#[error("output cap of {0} bytes exceeded")]
+pub(crate) struct OutputCapExceeded(usize);
 
 impl SinkStream {
     fn new(sink: Box<dyn OutputSink>) -> Self {
-        SinkStream(Arc::new(Mutex::new(sink)))
+        SinkStream {
+            sink: Arc::new(Mutex::new(sink)),
+            kill_past: None,
+        }
     }
 
-    fn write_all(&self, bytes: &[u8]) {
-        self.0
+    /// Hands `bytes` to the sink; an error when they overflowed a capture
+    /// that kills.
+    fn write_all(&self, bytes: &[u8]) -> Result<(), OutputCapExceeded> {
+        self.sink
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write(bytes);
+        match &self.kill_past {
+            Some(capture) => capture.overflowed(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -188,8 +219,8 @@ impl StdoutStream for SinkStream {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for SinkStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.write_all(&bytes);
-        Ok(())
+        self.write_all(&bytes)
+            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -212,8 +243,10 @@ impl AsyncWrite for SinkStream {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.write_all(buf);
-        Poll::Ready(Ok(buf.len()))
+        match self.write_all(buf) {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
+            Err(e) => Poll::Ready(Err(std::io::Error::other(e))),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -249,6 +282,16 @@ impl CaptureBuffer {
                 cap,
                 truncated: false,
             })),
+        }
+    }
+
+    /// An error once a write did not fit.
+    fn overflowed(&self) -> Result<(), OutputCapExceeded> {
+        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if s.truncated {
+            Err(OutputCapExceeded(s.cap))
+        } else {
+            Ok(())
         }
     }
 

@@ -132,6 +132,38 @@ async fn output_flood_is_capped_and_only_hurts_itself() {
 }
 
 #[tokio::test]
+async fn an_output_cap_that_kills_stops_a_flood_at_once() {
+    for target in Target::ALL {
+        let o = run_guest("flood", target, |i| {
+            i.stdout = wasm_run::Output::CaptureOrKill;
+            i.limits.max_output = 64 * 1024;
+            i.limits.timeout = Some(Duration::from_secs(30));
+        })
+        .await;
+        let OutcomeKind::Trapped(message) = &o.kind else {
+            panic!("{target:?}: {:?}", o.kind);
+        };
+        assert!(
+            message.contains("output cap of 65536 bytes exceeded"),
+            "{message}"
+        );
+        assert!(o.usage.wall_time < Duration::from_secs(10));
+        let out = o.stdout.unwrap();
+        assert_eq!(out.bytes.len(), 64 * 1024);
+        assert!(out.truncated);
+
+        // Within the cap, the same capture is an ordinary one.
+        let hello = run_guest("hello", target, |i| {
+            i.stdout = wasm_run::Output::CaptureOrKill;
+            i.limits.max_output = 64;
+        })
+        .await;
+        assert_eq!(hello.kind, OutcomeKind::Exited(0));
+        assert_eq!(stdout_of(&hello), "Hello from wasm-run!\n");
+    }
+}
+
+#[tokio::test]
 async fn args_env_stdin_and_dirs_reach_the_guest() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lib-dir");
     std::fs::create_dir_all(&dir).unwrap();
