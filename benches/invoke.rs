@@ -1,6 +1,7 @@
 //! In-process cost of one invocation: fresh store + instantiate + run + drop,
 //! for the hello guest as a core module and as a component, with and without
-//! fuel metering. Results and how to read them: `benches/RESULTS.md`.
+//! fuel metering; and one request to the wasi:http guest's `/hello` through
+//! `Guest::handle_http` (the response body read to its end), no sockets. Results and how to read them: `benches/RESULTS.md`.
 //!
 //! ```text
 //! cargo bench -p wasm-run-benches --bench invoke
@@ -32,6 +33,39 @@ fn invoke(c: &mut Criterion) {
                 })
             });
         }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("invoke-http-hello");
+    for fuel in [true, false] {
+        let engine = Engine::new(EngineConfig {
+            fuel,
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        let guest = Guest::from_file(&engine, wasm_run_tests::http_guest()).expect("loads");
+        let label = if fuel { "fuel" } else { "no-fuel" };
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    use http_body_util::BodyExt;
+                    let request = http::Request::builder()
+                        .uri("http://localhost/hello")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .expect("request");
+                    let call = guest
+                        .handle_http(request, Invocation::default())
+                        .expect("call");
+                    let response = async {
+                        let response = call.response.await.expect("response").expect("ok");
+                        response.into_body().collect().await.expect("body").to_bytes()
+                    };
+                    let (outcome, body) = tokio::join!(call.run, response);
+                    assert_eq!(outcome.expect("runs").kind, wasm_run::OutcomeKind::Exited(0));
+                    assert_eq!(body.len(), 36);
+                })
+            })
+        });
     }
     group.finish();
 }

@@ -22,6 +22,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +33,9 @@ ABUSE = ["--mix", "/spin=0.34", "--mix", "/bomb=0.33", "--mix", "/sleep?s=10=0.3
 
 
 def start(cmd):
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    # wasmtime prints its "Serving HTTP on" line on stderr, wasm-run on
+    # stdout: read both, and keep draining them so the server never blocks.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={"WASM_RUN_LOG": "error", "PATH": "/usr/bin:/bin",
                                             "RUST_BACKTRACE": "0"})
     deadline = time.time() + 120
@@ -42,6 +45,7 @@ def start(cmd):
             if marker in line:
                 addr = line.split(marker, 1)[1].strip().rstrip("/").removeprefix("http://")
                 assert addr.startswith("127."), "loopback only"
+                threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
                 return proc, addr
         if proc.poll() is not None:
             break

@@ -141,7 +141,8 @@ def scenario_hello(a, results):
     wt = wasmtime_48()
     if wt:
         systems.append(("wasmtime serve 48 (fresh instance)",
-                        lambda: Server("wasmtime", [wt, "serve", "-S", "cli", "--addr",
+                        lambda: Server("wasmtime", [wt, "serve", "-S", "cli", "-O",
+                                                    "pooling-allocator=y", "--addr",
                                                     "127.0.0.1:0", str(HTTP_GUEST)],
                                        merge_stderr=True), "/"))
         systems.append((REUSE,
@@ -312,7 +313,7 @@ def markdown(results, a):
                f"Linux {m['kernel']}; `python3 benches/run.py --duration {a.duration} "
                f"--connections {a.connections} --rounds {a.rounds}`; load generator "
                f"(`benches/src/bin/load.rs`, {a.connections} keep-alive connections) on the same "
-               f"machine; RUST_BACKTRACE={os.environ.get('RUST_BACKTRACE', 'unset')}. "
+               f"machine; servers run with RUST_BACKTRACE=0 and WASM_RUN_LOG=warn. "
                f"Figures are medians over rounds; rounds interleave the systems.\n")
     if "hello" in results:
         out.append("### 1. hello\n")
