@@ -58,10 +58,18 @@ fn invoke(c: &mut Criterion) {
                         .expect("call");
                     let response = async {
                         let response = call.response.await.expect("response").expect("ok");
-                        response.into_body().collect().await.expect("body").to_bytes()
+                        response
+                            .into_body()
+                            .collect()
+                            .await
+                            .expect("body")
+                            .to_bytes()
                     };
                     let (outcome, body) = tokio::join!(call.run, response);
-                    assert_eq!(outcome.expect("runs").kind, wasm_run::OutcomeKind::Exited(0));
+                    assert_eq!(
+                        outcome.expect("runs").kind,
+                        wasm_run::OutcomeKind::Exited(0)
+                    );
                     assert_eq!(body.len(), 36);
                 })
             })

@@ -106,7 +106,7 @@ def main():
                                      "-W", "timeout=2s", str(HTTP_GUEST)]
     for f in [LOAD, HTTP_GUEST]:
         if not f.exists():
-            sys.exit(f"openloop: {f} is missing (cargo build --release -p wasm-run-benches; "
+            sys.exit(f"openloop: {f} is missing (cargo build --release -p wasm-run-cli -p wasm-run-benches; "
                      "cargo test --workspace --no-run builds the guests)")
     results = {name: [] for name in cmds}
     for _ in range(args.rounds):

@@ -388,7 +388,7 @@ def main():
     global WASMTIME
     WASMTIME = a.wasmtime
     sh("scripts/setup.sh")
-    sh("cargo", "build", "--release", "-p", "wasm-run", "-p", "wasm-run-benches", "--bins")
+    sh("cargo", "build", "--release", "-p", "wasm-run-cli", "-p", "wasm-run-benches", "--bins")
     sh("cargo", "build", "-p", "wasm-run-tests")
     results = {"machine": machine()}
     for name, f in [("hello", scenario_hello), ("isolation", scenario_isolation),

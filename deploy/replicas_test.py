@@ -237,7 +237,7 @@ def main():
                 exe = str(candidate)
                 break
     if not exe or not Path(exe).exists():
-        fail("no wasm-run binary; build it with `cargo build -p wasm-run`")
+        fail("no wasm-run binary; build it with `cargo build -p wasm-run-cli`")
     if not shutil.which("haproxy"):
         fail("haproxy is not installed (apt-get install haproxy)")
     figures = {}

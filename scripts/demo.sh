@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build -p wasm-run
+cargo build -p wasm-run-cli
 (cd guests && cargo build --release --target wasm32-wasip1 --target-dir ../target/guests)
 bin=target/debug/wasm-run
 g=target/guests/wasm32-wasip1/release

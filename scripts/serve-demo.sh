@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build -p wasm-run
+cargo build -p wasm-run-cli
 exec target/debug/wasm-run serve --addr "${1:-127.0.0.1:8080}"

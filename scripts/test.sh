@@ -9,7 +9,7 @@ cargo test --workspace --doc
 # Two replicas behind HAProxy: saturation and a rolling restart lose no
 # request (deploy/replicas_test.py). Needs haproxy; .ci/run installs it.
 if command -v haproxy >/dev/null 2>&1; then
-    cargo build -p wasm-run --bin wasm-run
+    cargo build -p wasm-run-cli
     python3 deploy/replicas_test.py --wasm-run target/debug/wasm-run
 else
     echo "test.sh: SKIPPED deploy/replicas_test.py: haproxy is not installed" \

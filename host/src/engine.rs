@@ -56,7 +56,7 @@ pub struct EngineConfig {
     pub keep_resident: usize,
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
-    /// Needs the crate's `cache` feature (on with the default `cli`); without
+    /// Needs the crate's `cache` feature (the `wasm-run` command has it); without
     /// it a directory given here is ignored with a warning.
     pub cache_dir: Option<PathBuf>,
     /// CPU time (in wasm and in host calls, not waiting) after which an

@@ -2,7 +2,7 @@
 //! with a nested cargo, so the `wasm-run` binary can embed it and serve the
 //! built-in demo. Sets `WASM_RUN_DEMO_WASM` to the built module's path.
 //!
-//! Only for the binary (feature `cli`): the library alone builds no guest
+//! Only the binary's package does this: the library alone builds no guest
 //! and needs no wasm target. The guest is built under `OUT_DIR`.
 
 use std::env;
@@ -27,13 +27,10 @@ const CLEARED_VARS: &[&str] = &[
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    if env::var_os("CARGO_FEATURE_CLI").is_none() {
-        return;
-    }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
         .parent()
-        .expect("host/ has a parent")
+        .expect("cli/ has a parent")
         .to_path_buf();
     let guests = root.join("guests");
     let target_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("guests");
