@@ -319,3 +319,29 @@ fn walk(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn everything_after_the_module_is_the_guests_even_flags() {
+    for target in Target::ALL {
+        let printenv = path("printenv", target);
+        let out = wasm_run(&[
+            "run",
+            "--fuel",
+            "100000000",
+            &printenv,
+            "--fuel",
+            "5",
+            "--version",
+            "-h",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{target:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("arg=--fuel\narg=5\narg=--version\narg=-h\n"),
+            "{target:?}: {stdout}"
+        );
+    }
+    // Before the module, an unknown flag is still a usage error.
+    let out = wasm_run(&["run", "--bogus", &path("hello", Target::P1)]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -56,7 +56,11 @@ Examples:
 /// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
 /// with `wasm-run:`.
 #[derive(Debug, Args)]
-#[command(after_help = AFTER_HELP, args_override_self = true)]
+#[command(
+    after_help = AFTER_HELP,
+    args_override_self = true,
+    override_usage = "wasm-run run [OPTIONS] <MODULE> [ARGS]..."
+)]
 pub struct RunCommand {
     /// Fuel budget: roughly one unit per wasm instruction. The guest is
     /// killed (exit 152) when it runs out. Default: unlimited (fuel is still
@@ -95,20 +99,24 @@ pub struct RunCommand {
     #[arg(long)]
     no_cache: bool,
 
-    /// The module or component to run.
-    #[arg(value_name = "MODULE")]
-    module: PathBuf,
-
-    /// Arguments passed to the guest (after its own name).
+    /// The module or component to run, then the arguments passed to the
+    /// guest (after its own name). Options go before MODULE: everything after
+    /// it is the guest's, `--help` and `--version` included.
     #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        value_name = "MODULE [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
     )]
-    args: Vec<String>,
+    command: Vec<String>,
 }
 
 impl RunCommand {
+    /// The module or component to run (the first of `command`).
+    fn module(&self) -> PathBuf {
+        PathBuf::from(&self.command[0])
+    }
+
     /// Runs the guest and returns the exit status per the `run` contract.
     pub fn execute(self) -> ExitCode {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -118,7 +126,7 @@ impl RunCommand {
             Ok(rt) => rt,
             Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
         };
-        let module = self.module.display().to_string();
+        let module = self.module().display().to_string();
         let report = self.report.clone();
         let stdout_tail = LineTracker::default();
         let stderr_tail = LineTracker::default();
@@ -163,9 +171,9 @@ impl RunCommand {
             cache_dir: if self.no_cache { None } else { cache_dir() },
             ..EngineConfig::default()
         })?;
-        let guest = Guest::from_file(&engine, &self.module)?;
+        let guest = Guest::from_file(&engine, self.module())?;
         let invocation = Invocation {
-            args: self.args,
+            args: self.command[1..].to_vec(),
             program_name: None,
             env: self.env,
             dirs: self.dirs.iter().map(|d| DirMapping::parse(d)).collect(),
