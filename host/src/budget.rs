@@ -14,6 +14,11 @@ use wasmtime::{AsContext, Linker};
 
 use crate::store::StoreState;
 
+/// The WIT of the interface (`wit/budget.wit`), for guests' bindings
+/// generators: write it to a `wit/` directory and point `wit-bindgen`,
+/// componentize-py or jco at it.
+pub const WIT: &str = include_str!("../wit/budget.wit");
+
 /// The WIT interface components import (any 0.1.x version is accepted).
 pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.1.0";
 
@@ -126,8 +131,13 @@ mod tests {
     }
 
     #[test]
+    fn the_crate_ships_the_repositorys_wit() {
+        assert_eq!(WIT, include_str!("../../wit/budget.wit"));
+    }
+
+    #[test]
     fn the_wit_file_declares_what_is_linked() {
-        let wit = include_str!("../../wit/budget.wit");
+        let wit = WIT;
         assert!(wit.contains("package wasm-run:sandbox@0.1.0;"));
         for function in [
             "fuel-remaining: func() -> option<u64>;",
