@@ -224,6 +224,19 @@ def flood(replica, stop, connections=16):
     return threads
 
 
+def settle(steady, figures, phase, what):
+    """Stops the steady stream of a phase; fails unless every request of it
+    succeeded (and enough went through to mean something)."""
+    ok, failures = steady.finish()
+    figures[phase] = {"ok": ok, "failed": len(failures), "errors": failures[:5]}
+    name = phase.replace("_", " ")
+    print(f"{name}: {what}; {ok} hellos ok, {len(failures)} failed", file=sys.stderr)
+    if failures:
+        fail(f"{len(failures)} requests failed during the {name} phase: {failures[:5]}")
+    if ok < 100:
+        fail(f"only {ok} requests went through during the {name} phase")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--wasm-run", default=None, help="wasm-run binary (default: target/release, "
@@ -266,14 +279,8 @@ def main():
         for t in flooders:
             t.join()
         lb.wait_status("a", "UP", 15)
-        ok, failures = steady.finish()
-        figures["saturation"] = {"ok": ok, "failed": len(failures), "errors": failures[:5]}
-        print(f"saturation: A out of rotation after {figures['saturation_detected_s']} s; "
-              f"{ok} hellos ok, {len(failures)} failed", file=sys.stderr)
-        if failures:
-            fail(f"{len(failures)} requests failed while A was saturated: {failures[:5]}")
-        if ok < 100:
-            fail(f"only {ok} requests went through during the saturation phase")
+        settle(steady, figures, "saturation",
+               f"A out of rotation after {figures['saturation_detected_s']} s")
 
         # 2. Rolling restart under load: zero lost requests.
         steady = Steady(lb.port)
@@ -286,14 +293,7 @@ def main():
             lb.wait_status(replica.name, "UP", 15)
         figures["rolling_restart_s"] = round(time.time() - started, 3)
         time.sleep(1)
-        ok, failures = steady.finish()
-        figures["rolling_restart"] = {"ok": ok, "failed": len(failures), "errors": failures[:5]}
-        print(f"rolling restart: {figures['rolling_restart_s']} s; {ok} hellos ok, "
-              f"{len(failures)} failed", file=sys.stderr)
-        if failures:
-            fail(f"{len(failures)} requests failed during the rolling restart: {failures[:5]}")
-        if ok < 100:
-            fail(f"only {ok} requests went through during the rolling restart")
+        settle(steady, figures, "rolling_restart", f"{figures['rolling_restart_s']} s")
     finally:
         for r in (a_rep, b_rep):
             r.kill()
