@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
+/// Host memory is charged to the invocation that causes it, so that
+/// `--max-memory` covers it (see `wasm_run::accounting`).
+#[global_allocator]
+static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
+
 /// Run WebAssembly guests with per-invocation limits: fuel, memory, deadline.
 ///
 /// Every run is its own sandbox, like a Unix process of old: a guest that

@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::footprint::Footprint;
 use crate::outbound::OutboundPolicy;
 use crate::store::StoreState;
 
@@ -49,6 +50,9 @@ pub(crate) struct GuestInner {
     pub(crate) pre: Pre,
     /// Whether the guest imports wasi:http (serves it, or may send requests).
     pub(crate) uses_http: bool,
+    /// What one instantiation makes the host hold (zero for a precompiled
+    /// artifact, whose wasm is no longer there to read).
+    pub(crate) footprint: Footprint,
 }
 
 pub(crate) enum Pre {
@@ -87,6 +91,7 @@ impl Guest {
     /// would a binary.
     pub fn from_bytes(engine: &Engine, name: impl Into<String>, bytes: &[u8]) -> Result<Guest> {
         let name = name.into();
+        let mut footprint = Footprint::default();
         let (pre, uses_http) = match wasmtime::Engine::detect_precompiled(bytes) {
             Some(wasmtime::Precompiled::Component) => {
                 let component = deserialize_component(engine, &name, bytes)?;
@@ -98,6 +103,7 @@ impl Guest {
             }
             None => {
                 let binary = to_binary(&name, bytes)?;
+                footprint = crate::footprint::of(&binary);
                 let invalid = |e: wasmtime::Error| Error::Invalid {
                     name: name.clone(),
                     message: format!("{e:#}"),
@@ -117,6 +123,7 @@ impl Guest {
                 engine: engine.clone(),
                 pre,
                 uses_http,
+                footprint,
             }),
         })
     }
@@ -127,16 +134,30 @@ impl Guest {
     }
 
     /// Host memory one invocation of this guest may make the host hold
-    /// besides its linear memory and tables: [`crate::HOST_ALLOWANCE`], plus
-    /// [`crate::HTTP_HOST_ALLOWANCE`] when it imports wasi:http. A server
-    /// that admits invocations by memory budget should count this beside
-    /// each invocation's memory cap, as `wasm-run serve` does.
+    /// *outside* its memory cap. A server that admits invocations by memory
+    /// budget should count this beside each invocation's memory cap, as
+    /// `wasm-run serve` does.
+    ///
+    /// With the accounting allocator installed ([`crate::Accounting`]),
+    /// every byte the host allocates for the invocation is charged to its
+    /// cap, and this is only [`crate::UNATTRIBUTED_ALLOWANCE`]. Without it,
+    /// it is the fixed per-resource allowance: [`crate::HOST_ALLOWANCE`],
+    /// plus [`crate::HTTP_HOST_ALLOWANCE`] when the guest imports wasi:http.
     pub fn host_allowance(&self) -> u64 {
-        if self.inner.uses_http {
+        if crate::accounting::is_installed() {
+            crate::UNATTRIBUTED_ALLOWANCE
+        } else if self.inner.uses_http {
             crate::HOST_ALLOWANCE + crate::HTTP_HOST_ALLOWANCE
         } else {
             crate::HOST_ALLOWANCE
         }
+    }
+
+    /// What one instantiation of this guest creates, as known from its
+    /// bytes: estimated instance state, core instances, memories and
+    /// tables. All zero for a precompiled artifact.
+    pub fn footprint(&self) -> Footprint {
+        self.inner.footprint
     }
 
     /// What kind of guest this is.
@@ -247,6 +268,7 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
             wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
             OutboundPolicy::default(),
             0,
+            crate::Account::new(u64::MAX),
         ),
     );
     for import in module.imports() {

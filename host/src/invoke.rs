@@ -13,6 +13,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::Limits;
+use crate::accounting::Account;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, Pre};
 use crate::io::{self, Input, Output, Stream};
@@ -177,6 +178,10 @@ impl Guest {
     /// context (argv, environment, preopens, stdio) and the host state.
     fn prepare(&self, invocation: Invocation) -> Result<Prepared> {
         let started = Instant::now();
+        let account = Account::new(invocation.limits.max_memory);
+        // The context (argv, environment, stdio buffers) is the invocation's
+        // own host memory, like everything its store holds later.
+        let _charged = account.enter();
         let Invocation {
             args,
             program_name,
@@ -192,7 +197,12 @@ impl Guest {
         io::set_stdin(&mut builder, stdin);
         let stdout = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
         let stderr = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
-        let state = StoreState::new(builder.build_p1(), outbound, limits.max_memory);
+        let state = StoreState::new(
+            builder.build_p1(),
+            outbound,
+            limits.max_memory,
+            account.clone(),
+        );
         Ok(Prepared {
             started,
             state,
@@ -258,15 +268,25 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
         stderr,
     } = prepared;
     let engine = guest.inner.engine.clone();
+    let account = state.account.clone();
     let invocation = async move {
         let mut store = new_store(&guest.inner.engine, state, &limits, started);
-        let call = call_entry(&guest.inner.pre, &mut store, entry);
-        let result = with_deadline(&limits, started, call).await;
+        let result = match refuse_unfitting_state(&guest, &mut store) {
+            Err(refused) => Some(Err(refused)),
+            Ok(()) => {
+                let account = store.data().account.clone();
+                let call = call_entry(&guest.inner.pre, &mut store, entry);
+                let watched = until_host_memory_exceeded(&account, call);
+                with_deadline(&limits, started, watched).await
+            }
+        };
         let concluded = conclude(&guest, &store, &limits, started, result);
         drop(store);
         concluded
     };
-    let (concluded, cpu_time) = engine.scheduler().run(invocation).await;
+    // Every poll — instantiation, host calls, wasm, and the store's drop —
+    // is charged to the invocation's account.
+    let (concluded, cpu_time) = engine.scheduler().run(account.scope(invocation)).await;
     let (kind, mut usage) = concluded?;
     usage.cpu_time = cpu_time;
     Ok(Outcome {
@@ -275,6 +295,45 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
         stdout: stdout.map(|c| c.take()),
         stderr: stderr.map(|c| c.take()),
     })
+}
+
+/// Refuses to instantiate a guest whose instance state (known from its
+/// modules: globals, functions, tables, memories of every core instance)
+/// does not fit in what its cap leaves, so that the host never allocates
+/// it. Instance state is allocated while instantiating, in one poll, before
+/// any other check could run.
+fn refuse_unfitting_state(guest: &Guest, store: &mut Store<StoreState>) -> Result<(), Failure> {
+    let needed = guest.inner.footprint.instance_state_bytes;
+    let state = store.data_mut();
+    let left = state
+        .limiter
+        .cap()
+        .saturating_sub(state.account.bytes().saturating_add(state.limiter.used()));
+    if needed <= left {
+        return Ok(());
+    }
+    state.limiter.killed = true;
+    Err(Failure::Instantiating(wasmtime::Error::msg(format!(
+        "the guest's instance state needs about {needed} bytes of host memory, more than the \
+         {left} bytes its memory cap leaves"
+    ))))
+}
+
+/// Runs `call`, but gives up on it (dropping it, which cancels the guest)
+/// as soon as its host memory passed what the cap leaves: checked each time
+/// the call yields, which a running guest does at every epoch tick.
+async fn until_host_memory_exceeded(
+    account: &Account,
+    call: impl std::future::Future<Output = Result<i32, Failure>>,
+) -> Result<i32, Failure> {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+        std::task::Poll::Pending if account.exceeded() => {
+            std::task::Poll::Ready(Err(Failure::HostMemory))
+        }
+        polled => polled,
+    })
+    .await
 }
 
 /// A WASI context builder with argv, environment and preopened directories.
@@ -330,11 +389,14 @@ fn conclude(
     started: Instant,
     result: Option<Result<i32, Failure>>,
 ) -> Result<(OutcomeKind, Usage)> {
-    let killed = store.data().limiter.killed;
+    let killed = store.data().limiter.killed || store.data().account.exceeded();
     let end = match result {
         None => CallEnd::TimedOut,
         Some(Ok(code)) => CallEnd::Returned(Ok(code)),
         Some(Err(Failure::Running(e))) => CallEnd::Returned(Err(e)),
+        Some(Err(Failure::HostMemory)) => CallEnd::Returned(Err(wasmtime::Error::msg(
+            "host memory held for the guest passed its memory cap",
+        ))),
         Some(Err(Failure::Instantiating(e))) => {
             // The guest's own doing: a trap, an exit or an uncaught
             // exception in its start function, or a limit it hit.
@@ -368,6 +430,7 @@ fn conclude(
     let usage = Usage {
         fuel_consumed,
         peak_memory_bytes: store.data().limiter.peak(),
+        host_memory_peak_bytes: store.data().account.peak(),
         wall_time: started.elapsed(),
         cpu_time: std::time::Duration::ZERO,
     };
@@ -382,6 +445,9 @@ enum Failure {
     Instantiating(wasmtime::Error),
     /// While running the entry point.
     Running(wasmtime::Error),
+    /// The host memory charged to the invocation passed what its cap
+    /// leaves (seen between two polls).
+    HostMemory,
 }
 
 /// Instantiates and calls the entry point; `Ok(code)` is the exit code.

@@ -31,6 +31,11 @@
 //!
 //! # Layout
 //!
+//! - [`accounting`]: the accounting allocator ([`Accounting`]) that charges
+//!   host memory to the invocation that causes it; install it as your
+//!   `#[global_allocator]` for the memory cap to cover host memory.
+//! - [`footprint`]: what one instantiation creates, read from the guest's
+//!   bytes (instance state, instances, memories, tables).
 //! - [`admission`]: admission by memory budget, as `wasm-run serve` admits
 //!   requests, for embedders that want bursts to queue instead of failing.
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
@@ -62,10 +67,12 @@
 
 #![deny(missing_docs)]
 
+pub mod accounting;
 pub mod admission;
 pub mod budget;
 pub mod engine;
 pub mod error;
+pub mod footprint;
 pub mod guest;
 pub mod invoke;
 pub mod io;
@@ -76,6 +83,13 @@ pub mod scheduler;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod store;
+
+pub use accounting::{Account, Accounting};
+
+/// Host unit tests run with the accounting allocator, as the binary does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: Accounting = Accounting;
 
 /// Byte buffers in the API ([`Input::Bytes`], [`CapturedOutput`]).
 pub use bytes::Bytes;
@@ -89,7 +103,7 @@ pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
 pub use store::{
     HOST_ALLOWANCE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
-    MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES,
+    MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,
 };
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

@@ -40,11 +40,37 @@ type SendFuture =
 /// Longest a connection attempt may take when the guest sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest a host name may take to resolve: 5 s. Resolution runs on
+/// Tokio's blocking threads (`getaddrinfo`), so it is also bounded in
+/// number by [`DEFAULT_MAX_OUTGOING`] per invocation.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default for [`OutboundPolicy::with_max_outgoing`]: at most 16 outgoing
+/// requests of one invocation in flight at once (each holds a socket, a
+/// connection task and its buffers). One more fails with the wasi:http
+/// error `connection-limit-reached` until an earlier one is done.
+pub const DEFAULT_MAX_OUTGOING: usize = 16;
+
+/// Largest response head accepted from an upstream: 64 KiB (hyper's
+/// default is ~400 KiB); a larger one fails the request.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 << 10;
+
 /// Which destinations a guest may send HTTP requests to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OutboundPolicy {
     /// Empty (the default) denies every outgoing request.
     rules: Arc<[Rule]>,
+    /// Outgoing requests one invocation may have in flight at once.
+    max_outgoing: usize,
+}
+
+impl Default for OutboundPolicy {
+    fn default() -> Self {
+        OutboundPolicy {
+            rules: Arc::new([]),
+            max_outgoing: DEFAULT_MAX_OUTGOING,
+        }
+    }
 }
 
 /// One allow-list entry.
@@ -119,7 +145,20 @@ impl OutboundPolicy {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OutboundPolicy {
             rules: rules.into(),
+            max_outgoing: DEFAULT_MAX_OUTGOING,
         })
+    }
+
+    /// Sets how many outgoing requests one invocation may have in flight at
+    /// once (at least 1); default [`DEFAULT_MAX_OUTGOING`].
+    pub fn with_max_outgoing(mut self, n: usize) -> Self {
+        self.max_outgoing = n.max(1);
+        self
+    }
+
+    /// How many outgoing requests one invocation may have in flight at once.
+    pub fn max_outgoing(&self) -> usize {
+        self.max_outgoing
     }
 
     /// Whether no destination at all is allowed.
@@ -186,8 +225,9 @@ impl OutboundPolicy {
         let (host, port, https, explicit) = self.check_url(uri)?;
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            Err(_) => tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
                 .await
+                .map_err(|_| Denied::Unresolved)?
                 .map_err(|_| Denied::Unresolved)?
                 .collect(),
         };
@@ -312,15 +352,41 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240) // reserved
 }
 
-impl WasiHttpHooks for OutboundPolicy {
+/// One invocation's outgoing HTTP: its policy, and the slots that bound
+/// how many of its requests are in flight at once.
+#[derive(Debug)]
+pub(crate) struct OutboundHooks {
+    policy: OutboundPolicy,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl OutboundHooks {
+    pub(crate) fn new(policy: OutboundPolicy) -> Self {
+        let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_outgoing));
+        OutboundHooks { policy, slots }
+    }
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    /// Sends a request the policy allows. wasmtime runs the returned
+    /// futures on tasks of their own: both carry the invocation's account
+    /// (so what they allocate — connection, buffers, response — is charged
+    /// to it) and one of its outgoing slots, held until the connection is
+    /// done.
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _io: IoFuture,
     ) -> SendFuture {
-        let policy = self.clone();
-        Box::new(async move {
+        let policy = self.policy.clone();
+        let slot = Arc::clone(&self.slots).try_acquire_owned();
+        let account = crate::accounting::Account::current();
+        let send = async move {
+            let Ok(slot) = slot else {
+                tracing::info!(uri = %request.uri(), "outgoing HTTP request over the invocation's limit");
+                return Err(HttpError::ConnectionLimitReached);
+            };
             let vetted = match policy.vet(request.uri()).await {
                 Ok(v) => v,
                 Err(reason) => {
@@ -328,8 +394,24 @@ impl WasiHttpHooks for OutboundPolicy {
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
-            send(vetted, request, options).await
-        })
+            let (response, io) = send(vetted, request, options).await?;
+            let io = Box::into_pin(io);
+            let io: IoFuture = match crate::accounting::Account::current() {
+                Some(account) => Box::new(account.scope(async move {
+                    let _slot = slot;
+                    io.await
+                })),
+                None => Box::new(async move {
+                    let _slot = slot;
+                    io.await
+                }),
+            };
+            Ok((response, io))
+        };
+        match account {
+            Some(account) => Box::new(account.scope(send)),
+            None => Box::new(send),
+        }
     }
 }
 
@@ -405,7 +487,9 @@ where
 {
     let (mut sender, conn) = tokio::time::timeout(
         timeout,
-        hyper::client::conn::http1::Builder::new().handshake(io),
+        hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES.max(8192))
+            .handshake(io),
     )
     .await
     .map_err(|_| HttpError::ConnectionTimeout)??;

@@ -22,9 +22,9 @@ pub enum OutcomeKind {
     Exited(i32),
     /// The guest used up its fuel budget.
     FuelExhausted,
-    /// The guest tried to grow its total memory (linear memory and tables)
-    /// past the cap, or to hold more host resources than its allowance
-    /// ([`crate::MAX_RESOURCES`]), and was killed there.
+    /// The guest tried to grow its total memory (linear memory, tables and
+    /// the host memory charged to it) past the cap, or to hold more host
+    /// resources than allowed ([`crate::MAX_RESOURCES`]), and was killed.
     MemoryExceeded,
     /// The guest was still running (or blocked in a host call) at its deadline.
     DeadlineExceeded,
@@ -68,6 +68,12 @@ pub struct Usage {
     /// [`crate::TABLE_ELEMENT_BYTES`] per element) the invocation
     /// reached, in bytes.
     pub peak_memory_bytes: u64,
+    /// The most host memory charged to the invocation at once, in bytes:
+    /// its store, instance state, WASI and wasi:http resources, buffers and
+    /// copies of host-call arguments (see [`crate::accounting`]; 0 when the
+    /// accounting allocator is not installed). It counts against the same
+    /// cap, [`crate::Limits::max_memory`], as linear memory and tables.
+    pub host_memory_peak_bytes: u64,
     /// Wall time from the start of instantiation to the end of the call.
     pub wall_time: Duration,
     /// CPU time the invocation used: time running wasm and synchronous host
@@ -109,9 +115,10 @@ impl Outcome {
                 "guest ran out of fuel after consuming {fuel} units"
             )),
             OutcomeKind::MemoryExceeded => Some(format!(
-                "guest tried to grow its memory past the cap, or to hold more host resources \
-                 than allowed (peak {} bytes of linear memory and tables)",
-                self.usage.peak_memory_bytes
+                "guest tried to grow its memory past the cap, or to make the host hold more \
+                 than the cap leaves (peak {} bytes of linear memory and tables, {} bytes of \
+                 host memory)",
+                self.usage.peak_memory_bytes, self.usage.host_memory_peak_bytes
             )),
             OutcomeKind::DeadlineExceeded => Some(format!(
                 "guest did not finish within its deadline ({} ms elapsed)",
@@ -131,6 +138,7 @@ impl Outcome {
             },
             fuel_consumed: self.usage.fuel_consumed,
             peak_memory_bytes: self.usage.peak_memory_bytes,
+            host_memory_peak_bytes: self.usage.host_memory_peak_bytes,
             wall_time_us: u64::try_from(self.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
             message: self.message(),
         }
@@ -148,6 +156,9 @@ pub struct Report {
     pub fuel_consumed: Option<u64>,
     /// Peak total memory (linear memory and tables) in bytes.
     pub peak_memory_bytes: u64,
+    /// Peak host memory charged to the invocation, in bytes (an added
+    /// field; see [`Usage::host_memory_peak_bytes`]).
+    pub host_memory_peak_bytes: u64,
     /// Wall time in microseconds.
     pub wall_time_us: u64,
     /// Explanation for anything but a clean exit, otherwise `null`.
@@ -278,12 +289,13 @@ mod tests {
     }
 
     #[test]
-    fn report_has_exactly_the_contract_fields() {
+    fn report_has_the_contract_fields_and_the_host_memory_peak() {
         let o = Outcome {
             kind: OutcomeKind::FuelExhausted,
             usage: Usage {
                 fuel_consumed: Some(10),
                 peak_memory_bytes: 65536,
+                host_memory_peak_bytes: 4096,
                 wall_time: Duration::from_micros(1500),
                 cpu_time: Duration::from_micros(900),
             },
@@ -298,6 +310,7 @@ mod tests {
             [
                 "exit_code",
                 "fuel_consumed",
+                "host_memory_peak_bytes",
                 "message",
                 "outcome",
                 "peak_memory_bytes",

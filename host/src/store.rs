@@ -7,15 +7,16 @@
 
 use std::time::Instant;
 
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{CallHook, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Limits;
+use crate::accounting::Account;
 use crate::budget::BudgetInfo;
 use crate::engine::Engine;
-use crate::outbound::OutboundPolicy;
+use crate::outbound::{OutboundHooks, OutboundPolicy};
 
 /// Most WASI resources (open files and directories, streams, pollables,
 /// wasi:http fields, requests, responses and bodies...) one invocation may
@@ -52,6 +53,12 @@ pub const HOST_ALLOWANCE: u64 = 4 << 20;
 /// map the guest built, capped at [`MAX_FIELDS_BYTES`]): 32 MiB.
 pub const HTTP_HOST_ALLOWANCE: u64 = MAX_RESOURCES as u64 * (32 << 10);
 
+/// Host memory an invocation makes the host hold *outside* its account
+/// when the accounting allocator is installed: the server's task, timer and
+/// log record for the request, which run outside the invocation's polls:
+/// 256 KiB. Admission counts it beside each memory cap.
+pub const UNATTRIBUTED_ALLOWANCE: u64 = 256 << 10;
+
 /// Most wasm instances (a component counts each core instance), tables and
 /// memories one invocation may create.
 pub const MAX_INSTANCES: usize = 64;
@@ -67,29 +74,51 @@ pub(crate) struct StoreState {
     pub(crate) wasi: WasiP1Ctx,
     /// wasi:http state; unused by guests that do not import wasi:http.
     pub(crate) http: WasiHttpCtx,
-    /// Which outgoing HTTP requests the guest may make.
-    pub(crate) outbound: OutboundPolicy,
+    /// Which outgoing HTTP requests the guest may make, and how many at once.
+    pub(crate) outbound: OutboundHooks,
     /// Caps and records the invocation's total linear memory.
     pub(crate) limiter: MemoryLimiter,
     /// What the guest may read about its budget (`crate::budget`).
     pub(crate) budget: BudgetInfo,
+    /// The host memory charged to this invocation (`crate::accounting`).
+    pub(crate) account: Account,
 }
 
 impl StoreState {
     /// Host state with the host-side bounds installed: at most
     /// [`MAX_RESOURCES`] WASI resources and [`MAX_FIELDS_BYTES`] per
     /// wasi:http fields resource.
-    pub(crate) fn new(mut wasi: WasiP1Ctx, outbound: OutboundPolicy, max_memory: u64) -> Self {
+    pub(crate) fn new(
+        mut wasi: WasiP1Ctx,
+        outbound: OutboundPolicy,
+        max_memory: u64,
+        account: Account,
+    ) -> Self {
         wasi.ctx().table.set_max_capacity(MAX_RESOURCES);
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(MAX_FIELDS_BYTES);
         StoreState {
             wasi,
             http,
-            outbound,
-            limiter: MemoryLimiter::new(max_memory),
+            outbound: OutboundHooks::new(outbound),
+            limiter: MemoryLimiter::new(max_memory, account.clone()),
             budget: BudgetInfo::default(),
+            account,
         }
+    }
+
+    /// Kills the invocation for memory if its host memory passed what its
+    /// cap leaves (`crate::accounting`): the checks at host-call returns and
+    /// epoch ticks.
+    fn check_host_memory(&mut self) -> wasmtime::Result<()> {
+        if !self.account.exceeded() {
+            return Ok(());
+        }
+        self.limiter.killed = true;
+        Err(wasmtime::Error::new(MemoryCapExceeded {
+            cap: self.limiter.cap,
+            wanted: self.limiter.total.saturating_add(self.account.bytes()),
+        }))
     }
 }
 
@@ -112,7 +141,9 @@ impl WasiHttpView for StoreState {
 
 /// Caps the invocation's *total* memory — every linear memory of every
 /// instance plus every table (elements × [`TABLE_ELEMENT_BYTES`], which the
-/// host allocates) — and records the peak. Also caps how many instances,
+/// host allocates) plus the host memory charged to its account — and
+/// records the peak of linear memory and tables. As linear memory grows,
+/// the account's limit shrinks to what the cap leaves. Also caps how many instances,
 /// tables and memories the invocation may create.
 ///
 /// A grow past the cap is refused with an error, which wasmtime turns into a
@@ -125,24 +156,30 @@ pub(crate) struct MemoryLimiter {
     total: u64,
     peak: u64,
     last_grant: u64,
+    account: Account,
     pub(crate) killed: bool,
 }
 
 /// The error the limiter returns to wasmtime to kill a grow.
 #[derive(Debug, thiserror::Error)]
-#[error("memory cap of {cap} bytes exceeded: a grow to {wanted} bytes total was refused")]
+#[error(
+    "memory cap of {cap} bytes exceeded: {wanted} bytes of linear memory, tables and host \
+     memory wanted"
+)]
 pub(crate) struct MemoryCapExceeded {
     cap: u64,
     wanted: u64,
 }
 
 impl MemoryLimiter {
-    pub(crate) fn new(cap: u64) -> Self {
+    pub(crate) fn new(cap: u64, account: Account) -> Self {
+        account.set_limit(cap);
         MemoryLimiter {
             cap,
             total: 0,
             peak: 0,
             last_grant: 0,
+            account,
             killed: false,
         }
     }
@@ -166,16 +203,18 @@ impl MemoryLimiter {
     /// pass the cap.
     fn grant(&mut self, delta: u64) -> wasmtime::Result<bool> {
         let wanted = self.total.saturating_add(delta);
-        if wanted > self.cap {
+        let host = self.account.bytes();
+        if wanted.saturating_add(host) > self.cap {
             self.killed = true;
             return Err(wasmtime::Error::new(MemoryCapExceeded {
                 cap: self.cap,
-                wanted,
+                wanted: wanted.saturating_add(host),
             }));
         }
         self.total = wanted;
         self.peak = self.peak.max(wanted);
         self.last_grant = delta;
+        self.account.set_limit(self.cap - wanted);
         Ok(true)
     }
 
@@ -183,6 +222,7 @@ impl MemoryLimiter {
     fn give_back_last_grant(&mut self) {
         self.total = self.total.saturating_sub(self.last_grant);
         self.last_grant = 0;
+        self.account.set_limit(self.cap - self.total);
     }
 }
 
@@ -269,11 +309,18 @@ pub(crate) fn new_store(
             .expect("fuel is enabled in this engine");
     }
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
+    store.epoch_deadline_callback(move |mut cx: StoreContextMut<'_, StoreState>| {
+        cx.data_mut().check_host_memory()?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }
         Ok(UpdateDeadline::Yield(1))
+    });
+    // Host memory a host call caused is looked at as the call returns, so a
+    // guest cannot run on past its cap between two epoch ticks.
+    store.call_hook(|mut cx, hook| match hook {
+        CallHook::ReturningFromHost => cx.data_mut().check_host_memory(),
+        _ => Ok(()),
     });
     store
 }
@@ -284,7 +331,7 @@ mod tests {
 
     #[test]
     fn limiter_caps_the_total_across_memories() {
-        let mut l = MemoryLimiter::new(100);
+        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX));
         assert!(l.memory_growing(0, 60, None).unwrap());
         // A second memory: its growth counts against the same total.
         assert!(l.memory_growing(0, 40, None).unwrap());
@@ -297,14 +344,14 @@ mod tests {
 
     #[test]
     fn limiter_leaves_the_memorys_own_maximum_to_the_guest() {
-        let mut l = MemoryLimiter::new(1000);
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
         assert!(!l.memory_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
     }
 
     #[test]
     fn tables_count_against_the_same_cap() {
-        let mut l = MemoryLimiter::new(1000);
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
         assert!(l.memory_growing(0, 600, None).unwrap());
         // 50 elements of 8 bytes: 400 bytes, exactly at the cap.
         assert!(l.table_growing(0, 50, None).unwrap());
@@ -315,14 +362,36 @@ mod tests {
 
     #[test]
     fn a_tables_own_maximum_is_the_guests_business() {
-        let mut l = MemoryLimiter::new(1000);
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
         assert!(!l.table_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
     }
 
     #[test]
+    fn host_memory_counts_against_the_same_cap() {
+        let account = Account::new(u64::MAX);
+        let mut l = MemoryLimiter::new(1 << 20, account.clone());
+        let held = {
+            let _in = account.enter();
+            vec![0u8; 600 << 10]
+        };
+        // 600 KiB held by the host leave room for 300 KiB, not 500 KiB.
+        assert!(l.memory_growing(0, 300 << 10, None).unwrap());
+        assert!(l.memory_growing(300 << 10, 500 << 10, None).is_err());
+        assert!(l.killed);
+        // And linear memory lowers what the host may hold before the flag.
+        assert!(!account.exceeded());
+        let more = {
+            let _in = account.enter();
+            vec![0u8; 200 << 10]
+        };
+        assert!(account.exceeded());
+        drop((held, more));
+    }
+
+    #[test]
     fn failed_grow_is_given_back() {
-        let mut l = MemoryLimiter::new(100);
+        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX));
         assert!(l.memory_growing(0, 80, None).unwrap());
         l.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
         assert!(l.memory_growing(0, 80, None).unwrap());

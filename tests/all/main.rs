@@ -14,6 +14,10 @@ mod library;
 mod properties;
 mod serve;
 
+/// The library tests run with the accounting allocator, as the binary does.
+#[global_allocator]
+static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output as ProcessOutput};
 use std::sync::OnceLock;

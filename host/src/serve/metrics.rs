@@ -47,6 +47,8 @@ pub struct Metrics {
     pub cpu_seconds: Hist,
     /// Peak memory (linear memory and tables) per request, in bytes.
     pub peak_memory: Hist,
+    /// Peak host memory charged to a request (its account), in bytes.
+    pub host_memory: Hist,
     /// Sum of the memory caps of admitted requests, in bytes.
     pub budget_in_use: Gauge,
     /// Requests waiting for memory budget.
@@ -124,6 +126,13 @@ impl Metrics {
             "Peak total memory (linear memory and tables) of a request",
             peak_memory.clone(),
         );
+        let host_memory: Hist =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(16384.0, 2.0, 18)));
+        registry.register(
+            "request_host_memory_peak_bytes",
+            "Peak host memory charged to a request (instance state, resources, buffers)",
+            host_memory.clone(),
+        );
         let budget_in_use = Gauge::default();
         registry.register(
             "memory_budget_in_use_bytes",
@@ -181,6 +190,7 @@ impl Metrics {
             fuel,
             cpu_seconds,
             peak_memory,
+            host_memory,
         }
     }
 

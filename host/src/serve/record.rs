@@ -126,6 +126,7 @@ impl Drop for RequestRecord {
             aborted,
             fuel = usage.fuel_consumed.unwrap_or(0),
             peak_memory = usage.peak_memory_bytes,
+            host_memory_peak = usage.host_memory_peak_bytes,
             wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
             cpu_us = u64::try_from(usage.cpu_time.as_micros()).unwrap_or(u64::MAX),
             trap = message,
@@ -156,6 +157,10 @@ impl Drop for RequestRecord {
                 .peak_memory
                 .get_or_create(&labels)
                 .observe(usage.peak_memory_bytes as f64);
+            self.metrics
+                .host_memory
+                .get_or_create(&labels)
+                .observe(usage.host_memory_peak_bytes as f64);
             self.metrics
                 .cpu_seconds
                 .get_or_create(&labels)

@@ -1,0 +1,531 @@
+//! Host memory charged to the request that causes it.
+//!
+//! [`Accounting`] is a [`GlobalAlloc`] around the system allocator. Each
+//! block it hands out carries a small header naming the [`Account`] that was
+//! *current on the thread* when the block was allocated; the block's bytes
+//! are charged to that account, and credited back when the block is freed —
+//! on whatever thread frees it, however long after the request ended.
+//!
+//! The scheduler makes an invocation's account current around every poll of
+//! its future (instantiation, host calls, the guest's wasm), and futures
+//! wasm-run hands to other tasks on a request's behalf (outgoing requests,
+//! their connections) carry the account with them ([`Account::scope`]). So
+//! instance state, WASI and wasi:http resources, stream and body buffers and
+//! copies of host-call arguments are all charged to the request, with no
+//! list of cases to keep up to date.
+//!
+//! An allocation cannot fail gracefully in Rust, so passing the limit does
+//! not fail the allocation: it raises the account's [`Account::exceeded`]
+//! flag, and the invocation is killed as `memory_exceeded` at the next
+//! check — when the host call returns, at the next epoch tick, or when its
+//! future next yields, whichever is first.
+//!
+//! Without the allocator installed (an embedder that does not set it as its
+//! `#[global_allocator]`), accounts count nothing ([`is_installed`] says
+//! which) and the per-resource bounds of the `store` module still hold.
+//!
+//! Cost: a header of 16 bytes per block (more for blocks aligned past 16),
+//! a thread-local read per allocation and one atomic add per charged
+//! allocation and free.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::ptr::{self, NonNull};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::task::{Context, Poll};
+
+/// The accounting allocator: install it as the program's global allocator
+/// so that host memory is charged to the invocation that causes it.
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accounting;
+
+/// Bytes of header in front of every block aligned to 16 or less.
+const HEADER: usize = 16;
+
+/// Live bytes are kept in the low 40 bits of an account's counter (up to
+/// 1 TiB), handles in the bits above (up to 16 million).
+const HANDLE: u64 = 1 << 40;
+const BYTES: u64 = HANDLE - 1;
+
+/// The shared state of one account. Allocated with the system allocator,
+/// not through [`Accounting`], and freed when the last handle is dropped and
+/// the last block charged to it is freed.
+struct Inner {
+    /// Live bytes charged (low bits) plus one [`HANDLE`] per live handle.
+    count: AtomicU64,
+    /// Most bytes live at once.
+    peak: AtomicU64,
+    /// Past this many bytes, `exceeded` is raised.
+    limit: AtomicU64,
+    exceeded: AtomicBool,
+}
+
+thread_local! {
+    /// The account charged for allocations made on this thread now.
+    static CURRENT: Cell<*const Inner> = const { Cell::new(ptr::null()) };
+}
+
+fn current() -> *const Inner {
+    CURRENT.try_with(Cell::get).unwrap_or(ptr::null())
+}
+
+impl Inner {
+    /// Charges `bytes`; raises `exceeded` past the limit.
+    fn charge(&self, bytes: u64) {
+        let live = (self.count.fetch_add(bytes, Ordering::Relaxed) + bytes) & BYTES;
+        if live > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(live, Ordering::Relaxed);
+        }
+        if live > self.limit.load(Ordering::Relaxed) {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes `amount` off the counter (bytes or a handle); frees the account
+    /// when nothing is left.
+    ///
+    /// # Safety
+    /// `this` is a live account and `amount` was added to it before.
+    unsafe fn release(this: *const Inner, amount: u64) {
+        // SAFETY: the caller holds `amount` of the count, so `this` is live.
+        let prev = unsafe { &*this }.count.fetch_sub(amount, Ordering::Release);
+        if prev == amount {
+            fence(Ordering::Acquire);
+            // SAFETY: nothing else refers to the account any more; it was
+            // allocated by `System` with this layout in `Account::new`.
+            unsafe { System.dealloc(this as *mut u8, Layout::new::<Inner>()) };
+        }
+    }
+}
+
+/// Header size and the layout actually asked of the system allocator.
+fn padded(layout: Layout) -> Option<(usize, Layout)> {
+    let header = layout.align().max(HEADER);
+    let size = layout.size().checked_add(header)?;
+    Layout::from_size_align(size, header).ok().map(|l| (header, l))
+}
+
+/// Writes the tag in front of `ptr` and charges the block.
+///
+/// # Safety
+/// `base` is a fresh block of `full` bytes with `header` bytes of header.
+unsafe fn tag(base: *mut u8, header: usize, full: usize) -> *mut u8 {
+    let account = current();
+    // SAFETY: the header lies inside the block, 8-aligned (header ≥ 16).
+    unsafe {
+        let user = base.add(header);
+        (user.sub(size_of::<usize>()) as *mut *const Inner).write(account);
+        if let Some(a) = account.as_ref() {
+            a.charge(full as u64);
+        }
+        user
+    }
+}
+
+// SAFETY: every block is a system block of the padded layout; the pointer
+// handed out is `header` bytes into it and aligned as asked, and the tag in
+// front of it is read back only by these functions.
+unsafe impl GlobalAlloc for Accounting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let Some((header, full)) = padded(layout) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `full` has a non-zero size.
+        let base = unsafe { System.alloc(full) };
+        if base.is_null() {
+            return base;
+        }
+        // SAFETY: a fresh block of `full`.
+        unsafe { tag(base, header, full.size()) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let Some((header, full)) = padded(layout) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `full` has a non-zero size.
+        let base = unsafe { System.alloc_zeroed(full) };
+        if base.is_null() {
+            return base;
+        }
+        // SAFETY: a fresh block of `full`.
+        unsafe { tag(base, header, full.size()) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (header, full) = padded(layout).expect("the block was allocated with this layout");
+        // SAFETY: `ptr` came from `alloc` with this layout: its tag is in
+        // front of it and its block starts `header` bytes before.
+        unsafe {
+            let account = (ptr.sub(size_of::<usize>()) as *const *const Inner).read();
+            System.dealloc(ptr.sub(header), full);
+            if !account.is_null() {
+                Inner::release(account, full.size() as u64);
+            }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (header, full) = padded(layout).expect("the block was allocated with this layout");
+        let Some(new_full) = new_size.checked_add(header) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: as in `dealloc`; the tag moves with the block's contents,
+        // and the account stays live while the block is charged to it.
+        unsafe {
+            let account = (ptr.sub(size_of::<usize>()) as *const *const Inner).read();
+            let base = System.realloc(ptr.sub(header), full, new_full);
+            if base.is_null() {
+                return base;
+            }
+            if let Some(a) = account.as_ref() {
+                let (old, new) = (full.size() as u64, new_full as u64);
+                if new >= old {
+                    a.charge(new - old);
+                } else {
+                    // The block stays charged, so this never frees the account.
+                    a.count.fetch_sub(old - new, Ordering::Relaxed);
+                }
+            }
+            base.add(header)
+        }
+    }
+}
+
+/// Whether [`Accounting`] is this program's global allocator, so that
+/// accounts really count.
+pub fn is_installed() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        let probe = Account::new(u64::MAX);
+        let _in = probe.enter();
+        let block = std::hint::black_box(vec![0u8; 64]);
+        let counted = probe.bytes() >= 64;
+        drop(block);
+        counted
+    })
+}
+
+/// One invocation's account of host memory; cheap to clone (all clones are
+/// the same account).
+pub struct Account {
+    inner: NonNull<Inner>,
+}
+
+// SAFETY: `Inner` is only atomics.
+unsafe impl Send for Account {}
+// SAFETY: as above.
+unsafe impl Sync for Account {}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("bytes", &self.bytes())
+            .field("peak", &self.peak())
+            .field("exceeded", &self.exceeded())
+            .finish()
+    }
+}
+
+impl Account {
+    /// A new account that raises [`Account::exceeded`] once more than
+    /// `limit` bytes are charged to it at once.
+    pub fn new(limit: u64) -> Account {
+        let layout = Layout::new::<Inner>();
+        // SAFETY: `Inner` has a non-zero size.
+        let raw = unsafe { System.alloc(layout) } as *mut Inner;
+        let Some(inner) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: a fresh, suitably aligned block for one `Inner`.
+        unsafe {
+            inner.as_ptr().write(Inner {
+                count: AtomicU64::new(HANDLE),
+                peak: AtomicU64::new(0),
+                limit: AtomicU64::new(limit),
+                exceeded: AtomicBool::new(false),
+            })
+        };
+        Account { inner }
+    }
+
+    fn inner(&self) -> &Inner {
+        // SAFETY: this handle keeps the account live.
+        unsafe { self.inner.as_ref() }
+    }
+
+    /// The account current on this thread, if any.
+    pub fn current() -> Option<Account> {
+        let inner = NonNull::new(current() as *mut Inner)?;
+        // SAFETY: the current account is kept live by the guard of whoever
+        // entered it, further up this thread's stack.
+        unsafe { inner.as_ref() }
+            .count
+            .fetch_add(HANDLE, Ordering::Relaxed);
+        Some(Account { inner })
+    }
+
+    /// Makes this the account charged for allocations on this thread until
+    /// the guard is dropped (which restores the previous one).
+    pub fn enter(&self) -> Entered<'_> {
+        let previous = CURRENT.with(|c| c.replace(self.inner.as_ptr()));
+        Entered {
+            previous,
+            _account: std::marker::PhantomData,
+        }
+    }
+
+    /// Wraps `fut` so that every poll of it is charged to this account:
+    /// what a request hands to another task keeps being its own.
+    pub fn scope<F: Future>(&self, fut: F) -> Scoped<F> {
+        Scoped {
+            account: self.clone(),
+            fut: Some(Box::pin(fut)),
+        }
+    }
+
+    /// Bytes charged to the account now.
+    pub fn bytes(&self) -> u64 {
+        self.inner().count.load(Ordering::Relaxed) & BYTES
+    }
+
+    /// Most bytes charged at once.
+    pub fn peak(&self) -> u64 {
+        self.inner().peak.load(Ordering::Relaxed)
+    }
+
+    /// Whether more than the limit was charged at some point.
+    pub fn exceeded(&self) -> bool {
+        self.inner().exceeded.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit (e.g. as the invocation's linear memory grows, what
+    /// is left of its cap for host memory shrinks). Raises the flag at once
+    /// if the account is already past it.
+    pub fn set_limit(&self, limit: u64) {
+        let inner = self.inner();
+        inner.limit.store(limit, Ordering::Relaxed);
+        if self.bytes() > limit {
+            inner.exceeded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u64 {
+        self.inner().limit.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for Account {
+    fn clone(&self) -> Account {
+        self.inner().count.fetch_add(HANDLE, Ordering::Relaxed);
+        Account { inner: self.inner }
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        // SAFETY: this handle holds one HANDLE of the count.
+        unsafe { Inner::release(self.inner.as_ptr(), HANDLE) };
+    }
+}
+
+/// Restores the previously current account when dropped; see
+/// [`Account::enter`].
+#[must_use = "the account is current only while the guard lives"]
+pub struct Entered<'a> {
+    previous: *const Inner,
+    _account: std::marker::PhantomData<&'a Account>,
+}
+
+impl std::fmt::Debug for Entered<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entered").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
+    }
+}
+
+/// A future whose polls are charged to an account; see [`Account::scope`].
+pub struct Scoped<F> {
+    account: Account,
+    fut: Option<Pin<Box<F>>>,
+}
+
+impl<F> std::fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scoped")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _in = this.account.enter();
+        match this.fut.as_mut() {
+            Some(fut) => fut.as_mut().poll(cx),
+            None => unreachable!("a Scoped future is not polled after it is dropped"),
+        }
+    }
+}
+
+impl<F> Drop for Scoped<F> {
+    fn drop(&mut self) {
+        // What the future allocates while it is dropped counts too.
+        let _in = self.account.enter();
+        self.fut.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host's unit tests run with [`Accounting`] installed (lib.rs).
+    use super::*;
+
+    #[test]
+    fn the_allocator_is_installed_in_these_tests() {
+        assert!(is_installed());
+    }
+
+    #[test]
+    fn blocks_are_charged_while_entered_and_credited_when_freed() {
+        let account = Account::new(u64::MAX);
+        let block = {
+            let _in = account.enter();
+            vec![1u8; 1 << 20]
+        };
+        assert!(account.bytes() >= 1 << 20, "{account:?}");
+        // Allocations outside the scope are not charged.
+        let other = std::hint::black_box(vec![0u8; 1 << 20]);
+        assert!(account.bytes() < 2 << 20);
+        drop(block);
+        assert_eq!(account.bytes(), 0);
+        assert!(account.peak() >= 1 << 20);
+        drop(other);
+    }
+
+    #[test]
+    fn a_block_freed_on_another_thread_is_credited_to_its_own_account() {
+        let account = Account::new(u64::MAX);
+        let block = {
+            let _in = account.enter();
+            vec![1u8; 100_000]
+        };
+        assert!(account.bytes() >= 100_000);
+        let elsewhere = Account::new(u64::MAX);
+        std::thread::spawn(move || {
+            let _in = elsewhere.enter();
+            drop(block);
+            assert_eq!(elsewhere.bytes(), 0);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(account.bytes(), 0);
+    }
+
+    #[test]
+    fn growing_a_block_charges_the_account_it_belongs_to() {
+        let a = Account::new(u64::MAX);
+        let b = Account::new(u64::MAX);
+        let mut v: Vec<u8> = {
+            let _in = a.enter();
+            Vec::with_capacity(16)
+        };
+        {
+            let _in = b.enter();
+            v.reserve_exact(1 << 20);
+        }
+        assert!(a.bytes() >= 1 << 20);
+        assert_eq!(b.bytes(), 0);
+        v.shrink_to(16);
+        assert!(a.bytes() < 1024);
+        drop(v);
+        assert_eq!(a.bytes(), 0);
+    }
+
+    #[test]
+    fn passing_the_limit_raises_the_flag_and_a_lower_limit_does_too() {
+        let account = Account::new(64 << 10);
+        let small = {
+            let _in = account.enter();
+            vec![0u8; 1024]
+        };
+        assert!(!account.exceeded());
+        let big = {
+            let _in = account.enter();
+            vec![0u8; 100 << 10]
+        };
+        assert!(account.exceeded());
+        drop((small, big));
+        let later = Account::new(u64::MAX);
+        let _kept = {
+            let _in = later.enter();
+            vec![0u8; 4096]
+        };
+        assert!(!later.exceeded());
+        later.set_limit(1024);
+        assert!(later.exceeded());
+    }
+
+    #[test]
+    fn blocks_outliving_every_handle_keep_the_account_alive() {
+        let account = Account::new(u64::MAX);
+        let block = {
+            let _in = account.enter();
+            vec![7u8; 4096]
+        };
+        drop(account);
+        // The account's state is freed by this drop, not before: reading
+        // the tag must still find it (run under a sanitizer to see it).
+        drop(block);
+    }
+
+    #[test]
+    fn the_current_account_is_restored_after_nested_scopes() {
+        let outer = Account::new(u64::MAX);
+        let inner = Account::new(u64::MAX);
+        let _o = outer.enter();
+        {
+            let _i = inner.enter();
+            let cur = Account::current().expect("inner is current");
+            assert_eq!(cur.inner, inner.inner);
+        }
+        let cur = Account::current().expect("outer is current again");
+        assert_eq!(cur.inner, outer.inner);
+    }
+
+    #[tokio::test]
+    async fn a_scoped_future_is_charged_on_every_poll_wherever_it_runs() {
+        let account = Account::new(u64::MAX);
+        let task = tokio::spawn(account.scope(async {
+            let mut kept = Vec::new();
+            for _ in 0..4 {
+                kept.push(vec![0u8; 64 << 10]);
+                tokio::task::yield_now().await;
+            }
+            kept
+        }));
+        let kept = task.await.unwrap();
+        assert!(account.bytes() >= 4 * (64 << 10), "{account:?}");
+        drop(kept);
+        assert!(account.bytes() < 4096, "{account:?}");
+    }
+}
