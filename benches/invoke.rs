@@ -1,11 +1,11 @@
-//! In-process cost of one invocation: fresh store + instantiate + run + drop,
-//! for the hello guest as a core module and as a component, with and without
-//! fuel metering; and one request to the wasi:http guest's `/hello` through
-//! `Guest::handle_http` (the response body read to its end), no sockets. Results and how to read them: `benches/RESULTS.md`.
-//!
-//! ```text
-//! cargo bench -p wasm-run-benches --bench invoke
-//! ```
+// In-process cost of one invocation: fresh store + instantiate + run + drop,
+// for the hello guest as a core module and as a component, with and without
+// fuel metering; and one request to the wasi:http guest's `/hello` through
+// `Guest::handle_http` (the response body read to its end), no sockets. Results and how to read them: `benches/RESULTS.md`.
+//
+// ```text
+// cargo bench -p wasm-run-benches --bench invoke
+// ```
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasm_run::{Engine, EngineConfig, Guest, Invocation};

@@ -9,6 +9,7 @@ mod commands;
 
 /// Host memory is charged to the invocation that causes it, so that
 /// `--max-memory` covers it (see `wasm_run::accounting`).
+#[cfg(feature = "accounting")]
 #[global_allocator]
 static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
 

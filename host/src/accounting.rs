@@ -112,7 +112,9 @@ impl Inner {
 fn padded(layout: Layout) -> Option<(usize, Layout)> {
     let header = layout.align().max(HEADER);
     let size = layout.size().checked_add(header)?;
-    Layout::from_size_align(size, header).ok().map(|l| (header, l))
+    Layout::from_size_align(size, header)
+        .ok()
+        .map(|l| (header, l))
 }
 
 /// Writes the tag in front of `ptr` and charges the block.

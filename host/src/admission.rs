@@ -165,8 +165,8 @@ impl Admission {
         let (ticket, mut granted) = {
             let mut s = self.lock();
             // FIFO: nobody overtakes a waiting request.
-            if s.queue.is_empty() && s.in_use + need <= self.config.budget {
-                s.in_use += need;
+            if s.queue.is_empty() && s.in_use.saturating_add(need) <= self.config.budget {
+                s.in_use = s.in_use.saturating_add(need);
                 return Ok((self.permit(need), Duration::ZERO));
             }
             if s.queue.len() >= self.config.max_queue {
@@ -229,11 +229,11 @@ impl Admission {
     /// Admits waiters from the head of the queue while they fit.
     fn grant_waiters(&self, s: &mut State) {
         while let Some(head) = s.queue.front() {
-            if s.in_use + head.need > self.config.budget {
+            if s.in_use.saturating_add(head.need) > self.config.budget {
                 break;
             }
             let w = s.queue.pop_front().expect("head exists");
-            s.in_use += w.need;
+            s.in_use = s.in_use.saturating_add(w.need);
             // The receiver lives as long as the waiter's `admit` future, whose
             // guard handles a grant that arrives as it is dropped.
             let _ = w.grant.send(());

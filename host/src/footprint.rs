@@ -152,9 +152,7 @@ fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
                         .saturating_add(types.saturating_mul(TYPE))
                         .saturating_add(func_imports.saturating_mul(FUNC_IMPORT))
                         .saturating_add(other_imports.saturating_mul(OTHER_IMPORT))
-                        .saturating_add(
-                            func_imports.saturating_add(funcs).saturating_mul(FUNC_REF),
-                        )
+                        .saturating_add(func_imports.saturating_add(funcs).saturating_mul(FUNC_REF))
                         .saturating_add(globals.saturating_mul(GLOBAL))
                         .saturating_add(memories.saturating_mul(MEMORY))
                         .saturating_add(tables.saturating_mul(TABLE))

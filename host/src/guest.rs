@@ -269,6 +269,7 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
             OutboundPolicy::default(),
             0,
             crate::Account::new(u64::MAX),
+            false,
         ),
     );
     for import in module.imports() {

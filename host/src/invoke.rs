@@ -202,6 +202,7 @@ impl Guest {
             outbound,
             limits.max_memory,
             account.clone(),
+            !self.inner.engine.config().pooling,
         );
         Ok(Prepared {
             started,
@@ -305,10 +306,7 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
 fn refuse_unfitting_state(guest: &Guest, store: &mut Store<StoreState>) -> Result<(), Failure> {
     let needed = guest.inner.footprint.instance_state_bytes;
     let state = store.data_mut();
-    let left = state
-        .limiter
-        .cap()
-        .saturating_sub(state.account.bytes().saturating_add(state.limiter.used()));
+    let left = state.limiter.left();
     if needed <= left {
         return Ok(());
     }

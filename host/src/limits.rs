@@ -37,7 +37,7 @@ pub struct Limits {
     /// every memory and table of every instance (a component may have
     /// several). A grow
     /// past it kills the invocation, like the OOM killer. Default 256 MiB.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "de_memory_cap")]
     pub max_memory: u64,
     /// Wall-clock deadline for the whole invocation, including time the guest
     /// spends blocked in host calls such as sleeping. `None` (the default)
@@ -185,6 +185,55 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
     Ok(d)
 }
 
+/// Parses a memory cap: a size (as [`parse_size`]) of at most
+/// [`MAX_MEMORY_CEILING`].
+pub fn parse_memory_cap(s: &str) -> Result<u64, ParseError> {
+    let n = parse_size(s)?;
+    check_memory_cap(s, n)
+}
+
+fn check_memory_cap(s: &str, n: u64) -> Result<u64, ParseError> {
+    if n > MAX_MEMORY_CEILING {
+        return Err(ParseError {
+            what: "memory cap",
+            value: s.to_string(),
+            reason: "more than the 4GiB ceiling",
+            example: "`64MiB`, `1GiB` or `4GiB`",
+        });
+    }
+    Ok(n)
+}
+
+/// A memory cap written as a [`ByteSize`], at most [`MAX_MEMORY_CEILING`]
+/// (what `--max-memory` and `max-memory` accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemoryCap(pub u64);
+
+impl FromStr for MemoryCap {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_memory_cap(s).map(MemoryCap)
+    }
+}
+
+impl fmt::Display for MemoryCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ByteSize(self.0).fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryCap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_memory_cap(d).map(MemoryCap)
+    }
+}
+
+fn de_memory_cap<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = de_size(d)?;
+    check_memory_cap(&ByteSize(n).to_string(), n).map_err(serde::de::Error::custom)
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     SizeOrNumber::deserialize(d)?.into_bytes()
 }
@@ -282,6 +331,15 @@ mod tests {
             assert!(msg.contains(&format!("`{bad}`")), "{msg}");
             assert!(msg.contains("250ms"), "{msg}");
         }
+    }
+
+    #[test]
+    fn memory_caps_stop_at_the_ceiling() {
+        assert_eq!(parse_memory_cap("4GiB"), Ok(MAX_MEMORY_CEILING));
+        let e = parse_memory_cap("5GiB").unwrap_err();
+        assert!(e.to_string().contains("`5GiB`"), "{e}");
+        assert!(toml::from_str::<Limits>("max-memory = \"8GiB\"").is_err());
+        assert!(toml::from_str::<Limits>("max-memory = 18446744073709551615").is_err());
     }
 
     #[test]

@@ -225,11 +225,13 @@ impl OutboundPolicy {
         let (host, port, https, explicit) = self.check_url(uri)?;
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-                .await
-                .map_err(|_| Denied::Unresolved)?
-                .map_err(|_| Denied::Unresolved)?
-                .collect(),
+            Err(_) => {
+                tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
+                    .await
+                    .map_err(|_| Denied::Unresolved)?
+                    .map_err(|_| Denied::Unresolved)?
+                    .collect()
+            }
         };
         let addr = choose_address(&addrs, explicit)?;
         Ok(Vetted { addr, https, host })

@@ -93,6 +93,7 @@ impl StoreState {
         outbound: OutboundPolicy,
         max_memory: u64,
         account: Account,
+        tables_on_heap: bool,
     ) -> Self {
         wasi.ctx().table.set_max_capacity(MAX_RESOURCES);
         let mut http = WasiHttpCtx::new();
@@ -101,7 +102,7 @@ impl StoreState {
             wasi,
             http,
             outbound: OutboundHooks::new(outbound),
-            limiter: MemoryLimiter::new(max_memory, account.clone()),
+            limiter: MemoryLimiter::new(max_memory, account.clone(), tables_on_heap),
             budget: BudgetInfo::default(),
             account,
         }
@@ -117,7 +118,10 @@ impl StoreState {
         self.limiter.killed = true;
         Err(wasmtime::Error::new(MemoryCapExceeded {
             cap: self.limiter.cap,
-            wanted: self.limiter.total.saturating_add(self.account.bytes()),
+            wanted: self
+                .limiter
+                .outside_account()
+                .saturating_add(self.account.bytes()),
         }))
     }
 }
@@ -157,6 +161,13 @@ pub(crate) struct MemoryLimiter {
     peak: u64,
     last_grant: u64,
     account: Account,
+    /// Whether tables live on the host heap (the on-demand allocator), where
+    /// the account sees them too, rather than in the pool's own mapping.
+    tables_on_heap: bool,
+    /// Bytes of tables granted that are on the heap, hence also in the
+    /// account: counted once.
+    heap_tables: u64,
+    last_grant_on_heap: bool,
     pub(crate) killed: bool,
 }
 
@@ -172,7 +183,7 @@ pub(crate) struct MemoryCapExceeded {
 }
 
 impl MemoryLimiter {
-    pub(crate) fn new(cap: u64, account: Account) -> Self {
+    pub(crate) fn new(cap: u64, account: Account, tables_on_heap: bool) -> Self {
         account.set_limit(cap);
         MemoryLimiter {
             cap,
@@ -180,8 +191,21 @@ impl MemoryLimiter {
             peak: 0,
             last_grant: 0,
             account,
+            tables_on_heap,
+            heap_tables: 0,
+            last_grant_on_heap: false,
             killed: false,
         }
+    }
+
+    /// Linear memory and tables that the account does not see.
+    fn outside_account(&self) -> u64 {
+        self.total.saturating_sub(self.heap_tables)
+    }
+
+    /// Host memory charged now, less heap tables already counted in `total`.
+    fn host(&self) -> u64 {
+        self.account.bytes().saturating_sub(self.heap_tables)
     }
 
     /// The cap on total memory, in bytes.
@@ -194,6 +218,13 @@ impl MemoryLimiter {
         self.total
     }
 
+    /// What the cap leaves now for anything more: linear memory, tables or
+    /// host memory.
+    pub(crate) fn left(&self) -> u64 {
+        self.cap
+            .saturating_sub(self.outside_account().saturating_add(self.account.bytes()))
+    }
+
     /// Highest total memory (linear memory and tables) reached, in bytes.
     pub(crate) fn peak(&self) -> u64 {
         self.peak
@@ -201,28 +232,37 @@ impl MemoryLimiter {
 
     /// Grants `delta` more bytes, or kills the invocation if that would
     /// pass the cap.
-    fn grant(&mut self, delta: u64) -> wasmtime::Result<bool> {
+    fn grant(&mut self, delta: u64, on_heap: bool) -> wasmtime::Result<bool> {
         let wanted = self.total.saturating_add(delta);
-        let host = self.account.bytes();
-        if wanted.saturating_add(host) > self.cap {
+        let all = wanted.saturating_add(self.host());
+        if all > self.cap {
             self.killed = true;
             return Err(wasmtime::Error::new(MemoryCapExceeded {
                 cap: self.cap,
-                wanted: wanted.saturating_add(host),
+                wanted: all,
             }));
         }
         self.total = wanted;
         self.peak = self.peak.max(wanted);
         self.last_grant = delta;
-        self.account.set_limit(self.cap - wanted);
+        self.last_grant_on_heap = on_heap;
+        if on_heap {
+            self.heap_tables = self.heap_tables.saturating_add(delta);
+        }
+        self.account
+            .set_limit(self.cap.saturating_sub(self.outside_account()));
         Ok(true)
     }
 
     /// The engine could not back a grow we had granted: give it back.
     fn give_back_last_grant(&mut self) {
         self.total = self.total.saturating_sub(self.last_grant);
+        if self.last_grant_on_heap {
+            self.heap_tables = self.heap_tables.saturating_sub(self.last_grant);
+        }
         self.last_grant = 0;
-        self.account.set_limit(self.cap - self.total);
+        self.account
+            .set_limit(self.cap.saturating_sub(self.outside_account()));
     }
 }
 
@@ -238,7 +278,7 @@ impl ResourceLimiter for MemoryLimiter {
             // grow the guest asked for, not a breach of our cap.
             return Ok(false);
         }
-        self.grant(desired.saturating_sub(current) as u64)
+        self.grant(desired.saturating_sub(current) as u64, false)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -256,7 +296,10 @@ impl ResourceLimiter for MemoryLimiter {
             return Ok(false);
         }
         let elements = desired.saturating_sub(current) as u64;
-        self.grant(elements.saturating_mul(TABLE_ELEMENT_BYTES))
+        self.grant(
+            elements.saturating_mul(TABLE_ELEMENT_BYTES),
+            self.tables_on_heap,
+        )
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -331,7 +374,7 @@ mod tests {
 
     #[test]
     fn limiter_caps_the_total_across_memories() {
-        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX));
+        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX), false);
         assert!(l.memory_growing(0, 60, None).unwrap());
         // A second memory: its growth counts against the same total.
         assert!(l.memory_growing(0, 40, None).unwrap());
@@ -344,14 +387,14 @@ mod tests {
 
     #[test]
     fn limiter_leaves_the_memorys_own_maximum_to_the_guest() {
-        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX), false);
         assert!(!l.memory_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
     }
 
     #[test]
     fn tables_count_against_the_same_cap() {
-        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX), false);
         assert!(l.memory_growing(0, 600, None).unwrap());
         // 50 elements of 8 bytes: 400 bytes, exactly at the cap.
         assert!(l.table_growing(0, 50, None).unwrap());
@@ -362,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_tables_own_maximum_is_the_guests_business() {
-        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX));
+        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX), false);
         assert!(!l.table_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
     }
@@ -370,7 +413,7 @@ mod tests {
     #[test]
     fn host_memory_counts_against_the_same_cap() {
         let account = Account::new(u64::MAX);
-        let mut l = MemoryLimiter::new(1 << 20, account.clone());
+        let mut l = MemoryLimiter::new(1 << 20, account.clone(), false);
         let held = {
             let _in = account.enter();
             vec![0u8; 600 << 10]
@@ -391,7 +434,7 @@ mod tests {
 
     #[test]
     fn failed_grow_is_given_back() {
-        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX));
+        let mut l = MemoryLimiter::new(100, Account::new(u64::MAX), false);
         assert!(l.memory_growing(0, 80, None).unwrap());
         l.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
         assert!(l.memory_growing(0, 80, None).unwrap());

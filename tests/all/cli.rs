@@ -54,6 +54,7 @@ fn hello_exits_zero_and_reports_every_field() {
                 "cpu_time_us",
                 "exit_code",
                 "fuel_consumed",
+                "host_memory_peak_bytes",
                 "host_peak_rss_bytes",
                 "message",
                 "outcome",

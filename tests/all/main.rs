@@ -10,6 +10,7 @@ mod compile;
 mod concurrency;
 mod fuzz;
 mod host_limits;
+mod host_memory;
 mod library;
 mod properties;
 mod serve;

@@ -820,7 +820,7 @@ fn gen_route_attrs(segments: Vec<String>) -> impl Strategy<Value = GenRoute> {
         0..3usize,
         "[a-z0-9_-]{1,10}\\.wasm",
         prop::option::of(any::<u64>().prop_map(|f| f >> 1)),
-        prop::option::of((0..=1u64 << 40, any::<bool>())),
+        prop::option::of((0..=wasm_run::limits::MAX_MEMORY_CEILING, any::<bool>())),
         prop::option::of(0..=86_400u64),
         btree_map("[A-Z_][A-Z0-9_]{0,8}", "[a-zA-Z0-9 _./:=-]{0,12}", 0..3),
         vec(

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use anyhow::Context as _;
 use clap::Args;
 use tokio::io::AsyncWrite;
-use wasm_run::limits::{ByteSize, DEFAULT_MAX_MEMORY, HumanDuration};
+use wasm_run::limits::{DEFAULT_MAX_MEMORY, HumanDuration, MemoryCap};
 use wasm_run::{
     DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, OutboundPolicy, Outcome,
     Output,
@@ -23,7 +23,8 @@ use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
 const AFTER_HELP: &str = "\
 Limits:
   --fuel 50000000        kill the guest after ~50 million wasm instructions
-  --max-memory 64MiB     kill the guest when its memory (linear + tables) would pass 64 MiB
+  --max-memory 64MiB     kill the guest when its memory (linear + tables + the host
+                         memory it makes wasm-run hold) would pass 64 MiB
   --timeout 2s           kill the guest 2 seconds after it starts, even while it sleeps
 
 Exit status:
@@ -35,12 +36,18 @@ Report (--report PATH, or - for stderr), one JSON object:
   {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
    \"exit_code\": N|null, \"fuel_consumed\": N, \"peak_memory_bytes\": N,
    \"wall_time_us\": N, \"message\": \"...\"|null,
+   \"host_memory_peak_bytes\": N, (host memory charged to the guest: instance state,
+                                resources, buffers)
    \"cpu_time_us\": N,            (CPU used in wasm and host calls, not waiting)
    \"host_peak_rss_bytes\": N}   (peak memory of the wasm-run process itself)
 
-Memory: --max-memory caps linear memory and tables together (each table
-element counts 8 bytes); a guest may also hold at most 1024 WASI resources
-(open files, streams, ...). Past either it is killed as memory_exceeded.
+Memory: --max-memory is one number: linear memory, tables (8 bytes an
+element) and every byte of host memory the guest makes wasm-run hold
+(instance state, WASI resources, buffers, copies of host-call arguments).
+A guest whose instance state alone cannot fit is refused before it is
+allocated. A guest may also hold at most 1024 WASI resources (open files,
+streams, ...). Past either it is killed as memory_exceeded. The cap is at
+most 4GiB.
 
 Examples:
   wasm-run run hello.wasm
@@ -68,10 +75,11 @@ pub struct RunCommand {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
-    /// Cap on the guest's total memory (all linear memories and tables), e.g.
-    /// `64MiB`, `1GiB`, `65536`. A grow past it kills the guest (exit 137).
-    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(DEFAULT_MAX_MEMORY))]
-    max_memory: ByteSize,
+    /// Cap on the guest's total memory (all linear memories and tables, and
+    /// the host memory it causes), e.g. `64MiB`, `1GiB`, `65536`; at most
+    /// `4GiB`. Passing it kills the guest (exit 137).
+    #[arg(long, value_name = "SIZE", default_value_t = MemoryCap(DEFAULT_MAX_MEMORY))]
+    max_memory: MemoryCap,
 
     /// Wall-clock deadline, e.g. `250ms`, `2s`, `1m`; it also fires while the
     /// guest sleeps or waits on I/O (exit 124). Default: none.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::net::TcpListener;
-use wasm_run::limits::{ByteSize, HumanDuration};
+use wasm_run::limits::{ByteSize, HumanDuration, MemoryCap};
 use wasm_run::serve::admission::default_budget;
 use wasm_run::serve::config::{
     self, ConfigFile, DEFAULT_ADDR, DEFAULT_BODY_BUFFER, DEFAULT_BODY_TIMEOUT,
@@ -90,10 +90,10 @@ pub struct ServeCommand {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
-    /// Cap on each request's total memory (linear memories and tables), e.g.
-    /// `64MiB`. Default 256MiB.
+    /// Cap on each request's total memory (linear memories, tables and the
+    /// host memory it causes), e.g. `64MiB`; at most `4GiB`. Default 256MiB.
     #[arg(long, value_name = "SIZE")]
-    max_memory: Option<ByteSize>,
+    max_memory: Option<MemoryCap>,
 
     /// Deadline per request, e.g. `2s`. Default 30s.
     #[arg(long, value_name = "DURATION")]
@@ -104,10 +104,10 @@ pub struct ServeCommand {
     max_body: Option<ByteSize>,
 
     /// Host-wide memory budget: the sum, over admitted requests, of each
-    /// one's memory cap (--max-memory) plus its guest's fixed host allowance
-    /// (4MiB; 36MiB for guests that import wasi:http) never exceeds it; a
-    /// request that does not fit waits in a FIFO queue. Default: half of
-    /// this machine's memory.
+    /// one's memory cap (--max-memory, which covers the host memory the
+    /// request causes) plus 256KiB the host holds for it outside its account
+    /// never exceeds it; a request that does not fit waits in a FIFO queue.
+    /// Default: half of this machine's memory.
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<ByteSize>,
 

@@ -14,6 +14,8 @@
 //! | `/stream?n=N&ms=M` | 200: `N` lines `line i` (default 100), one write and flush each, `M` ms apart (default 0) |
 //! | `/status/404` | 404 `not found` |
 //! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/outgoing-handler`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `ErrorCode::HttpRequestDenied`) |
+//! | `/keep-bodies?n=N&kib=K` | `N` times: makes an outgoing POST request, writes up to `K` KiB (default 2048) into its body as fast as the host takes it, finishes the body and keeps the request without sending it; then 200 `kept N bodies` (host memory held outside linear memory) |
+//! | `/outgoing-flood?url=URL&n=N` | starts `N` outgoing GETs of `URL` (default 1000) without waiting for them, then waits on them all: 200 `ok A, failed F` with the first error, e.g. `ConnectionLimitReached` |
 //! | `/env` | 200: the environment from `wasi:cli/environment`, sorted `KEY=VALUE` lines |
 //! | `/stdout` | prints a line to stdout and one to stderr, then 200 `logged` |
 //! | anything else | 404 `no route` |
@@ -60,6 +62,8 @@ impl Guest for Handler {
             "/stream" => stream(response_out, query),
             "/status/404" => respond(response_out, 404, b"not found\n"),
             "/outbound" => outbound(response_out, query),
+            "/keep-bodies" => keep_bodies(response_out, query),
+            "/outgoing-flood" => outgoing_flood(response_out, query),
             "/env" => env(response_out),
             "/stdout" => {
                 println!("hello from guest stdout");
@@ -340,6 +344,77 @@ fn outbound(response_out: ResponseOutparam, query: &str) -> Outcome {
             format!("outbound error: {error}\n").as_bytes(),
         ),
     }
+}
+
+fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let kib: usize = query_param(query, "kib").and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let chunk = vec![b'x'; MIB];
+    let mut kept = Vec::with_capacity(n);
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_method(&Method::Post);
+        let _ = request.set_authority(Some("example.com"));
+        let body = request.body().expect("the body is taken once");
+        {
+            let stream = body.write().expect("the stream is taken once");
+            let mut left = kib << 10;
+            while left > 0 {
+                let permit = match stream.check_write() {
+                    Ok(0) | Err(_) => break,
+                    Ok(p) => p as usize,
+                };
+                let len = permit.min(left).min(chunk.len());
+                if stream.write(&chunk[..len]).is_err() {
+                    break;
+                }
+                left -= len;
+            }
+        }
+        let _ = OutgoingBody::finish(body, None);
+        kept.push(request);
+    }
+    respond(response_out, 200, format!("kept {} bodies\n", kept.len()).as_bytes())
+}
+
+fn outgoing_flood(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let Some(url) = query_param(query, "url").filter(|url| !url.is_empty()) else {
+        return respond(response_out, 400, b"missing ?url=\n");
+    };
+    let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let mut futures = Vec::with_capacity(n);
+    let mut failed = 0;
+    let mut first_error = String::new();
+    for _ in 0..n {
+        let Some(request) = outgoing_get(&url) else {
+            return respond(response_out, 400, format!("bad url: {url}\n").as_bytes());
+        };
+        match outgoing_handler::handle(request, None) {
+            Ok(future) => futures.push(future),
+            Err(code) => {
+                failed += 1;
+                if first_error.is_empty() {
+                    first_error = format!("{code:?}");
+                }
+            }
+        }
+    }
+    let mut ok = 0;
+    for future in &futures {
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Ok(_))) => ok += 1,
+            Some(Ok(Err(code))) => {
+                failed += 1;
+                if first_error.is_empty() {
+                    first_error = format!("{code:?}");
+                }
+            }
+            _ => failed += 1,
+        }
+    }
+    let text = format!("ok {ok}, failed {failed}: {first_error}\n");
+    respond(response_out, 200, text.as_bytes())
 }
 
 fn env(response_out: ResponseOutparam) -> Outcome {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{ByteSize, HumanDuration};
+use crate::limits::{ByteSize, HumanDuration, MemoryCap};
 use crate::{DirMapping, Limits};
 
 /// Default address of the HTTP listener.
@@ -104,7 +104,7 @@ pub struct LimitsOverlay {
     /// Fuel budget per request.
     pub fuel: Option<u64>,
     /// Cap on a request's total memory (linear memories and tables).
-    pub max_memory: Option<ByteSize>,
+    pub max_memory: Option<MemoryCap>,
     /// Wall-clock deadline per request.
     pub timeout: Option<HumanDuration>,
 }

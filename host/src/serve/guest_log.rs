@@ -48,12 +48,13 @@ impl GuestLog {
         }
         self.events_left -= 1;
         let text = String::from_utf8_lossy(&self.line);
+        let text = neutralise(text.trim_end_matches(['\n', '\r']));
         tracing::info!(
             target: "wasm_run::guest",
             request_id = %self.request_id,
             stream = self.stream,
             "{}",
-            text.trim_end_matches(['\n', '\r'])
+            text
         );
         self.line.clear();
     }
@@ -82,6 +83,27 @@ impl GuestLog {
     }
 }
 
+/// A guest's line with every character that could start a new line in a
+/// text log or a terminal (CR, vertical tab, form feed, NEL, U+2028/2029,
+/// other control characters and ESC) written as an escape, so that a guest
+/// cannot forge log lines.
+fn neutralise(line: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}');
+    if !line.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Drop for GuestLog {
     fn drop(&mut self) {
         self.emit();
@@ -97,6 +119,28 @@ impl OutputSink for GuestLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn characters_that_break_lines_are_escaped() {
+        assert_eq!(neutralise("plain\ttext"), "plain\ttext");
+        for forged in [
+            "a\rb",
+            "a\u{b}b",
+            "a\u{c}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{85}b",
+            "a\u{1b}[2Jb",
+        ] {
+            let out = neutralise(forged);
+            assert!(
+                !out.chars()
+                    .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
+                "{out:?}"
+            );
+            assert!(out.starts_with('a') && out.ends_with('b'), "{out:?}");
+        }
+    }
 
     #[test]
     fn lines_are_split_and_output_is_capped() {

@@ -1,0 +1,199 @@
+//! Every byte a request causes is charged to it: host memory outside linear
+//! memory (instance state, body buffers, outgoing connections) counts
+//! against the request's one memory cap, and these tests measure the
+//! process (VmHWM / VmRSS, open descriptors from `/proc`) so that they fail
+//! without the bound. Each attack comes as a pair: the obeyed case is served,
+//! the violated one is killed alone and the host stays bounded.
+
+use std::time::{Duration, Instant};
+
+use wasm_run_tests::http_guest;
+
+use crate::serve::{ServeGuard, assert_killed, get};
+use crate::{MIB, wat_file};
+
+/// A `wasi:cli/run` command component that instantiates a core module
+/// defining `globals` i64 globals `instances` times, then returns.
+fn instance_state_component(globals: usize, instances: usize) -> String {
+    let mut wat = String::with_capacity(globals * 28 + 1024);
+    wat.push_str("(component\n  (core module $state\n");
+    for _ in 0..globals {
+        wat.push_str("    (global i64 (i64.const 0))\n");
+    }
+    wat.push_str("  )\n");
+    for i in 0..instances {
+        wat.push_str(&format!("  (core instance $s{i} (instantiate $state))\n"));
+    }
+    wat.push_str(
+        r#"  (core module $main (func (export "run") (result i32) (i32.const 0)))
+  (core instance $m (instantiate $main))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli))
+)"#,
+    );
+    wat
+}
+
+/// `(VmRSS, VmHWM)` of process `pid`, in bytes.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Open descriptors of process `pid`.
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+#[test]
+fn instance_state_counts_against_the_cap_and_a_bomb_is_never_allocated() {
+    // ~250k globals: about 4 MiB of instance state per instance.
+    const GLOBALS: usize = 250_000;
+    let once = wat_file("state-once", &instance_state_component(GLOBALS, 1));
+    let (status, _, _, report) =
+        crate::cli::run_report(&["--max-memory", "16MiB"], once.to_str().unwrap(), &[]);
+    assert_eq!(status, 0, "{report}");
+    let host = report["host_memory_peak_bytes"].as_u64().unwrap();
+    assert!(
+        host >= 16 * GLOBALS as u64,
+        "instance state is charged to the invocation: {report}"
+    );
+    let base = report["host_peak_rss_bytes"].as_u64().unwrap();
+
+    // 62 instances would hold ~250 MiB of host memory: refused before any
+    // of it is allocated, as memory, and the process never holds it.
+    let bomb = wat_file("state-bomb", &instance_state_component(GLOBALS, 62));
+    let (status, _, _, report) =
+        crate::cli::run_report(&["--max-memory", "64MiB"], bomb.to_str().unwrap(), &[]);
+    assert_eq!(status, 137, "{report}");
+    assert_eq!(report["outcome"], "memory_exceeded");
+    let rss = report["host_peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss < base + 64 * MIB,
+        "process peaked at {} MiB (one instance: {} MiB)",
+        rss >> 20,
+        base >> 20
+    );
+}
+
+#[tokio::test]
+async fn outgoing_bodies_kept_unsent_count_against_the_request() {
+    let module = http_guest();
+    let server = ServeGuard::start(&[
+        "--timeout",
+        "30s",
+        "--max-memory",
+        "16MiB",
+        "--memory-budget",
+        "1GiB",
+        module.to_str().unwrap(),
+    ]);
+    let a = server.addr;
+    // Obeyed: four bodies of 1 MiB fit a 16 MiB cap.
+    let ok = get(a, "/keep-bodies?n=4&kib=1024").await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(ok.text(), "kept 4 bodies\n");
+    let (before, _) = rss_of(server.pid());
+
+    // Violated: four requests that each keep 1,000 bodies of 2 MiB (2 GB
+    // each without the bound) are killed as memory, well before their
+    // deadline, and the server holds at most their caps.
+    let started = Instant::now();
+    let bombs: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get(a, "/keep-bodies?n=1000&kib=2048")))
+        .collect();
+    for bomb in bombs {
+        assert_killed(&bomb.await.unwrap(), 500, "memory_exceeded");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (_, peak) = rss_of(server.pid());
+    assert!(
+        peak < before + 4 * 16 * MIB + 64 * MIB,
+        "server peaked at {} MiB, {} MiB before",
+        peak >> 20,
+        before >> 20
+    );
+    assert_eq!(get(a, "/hello").await.status, 200);
+}
+
+#[tokio::test]
+async fn outgoing_requests_are_bounded_per_request() {
+    // A loopback listener that accepts and never answers; it holds what it
+    // accepts until the test ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(conn);
+            if held.len() > 2000 {
+                break;
+            }
+        }
+    });
+    let module = http_guest();
+    let allow = upstream.to_string();
+    let server = ServeGuard::start(&[
+        "--timeout",
+        "5s",
+        "--max-memory",
+        "32MiB",
+        "--allow-outbound",
+        &allow,
+        module.to_str().unwrap(),
+    ]);
+    let a = server.addr;
+    let fds_before = fds_of(server.pid());
+    let url = format!("http://{upstream}/");
+    let path = format!("/outgoing-flood?n=1000&url={url}");
+    // Eight requests each try to start 1,000 outgoing GETs at once.
+    let floods: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { get(a, &path).await })
+        })
+        .collect();
+    // Wait until the listener has seen what the floods may open.
+    crate::serve::eventually(Duration::from_secs(10), "outgoing connections", || {
+        let accepted = accepted.clone();
+        async move {
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
+                >= 8 * wasm_run::outbound::DEFAULT_MAX_OUTGOING
+        }
+    })
+    .await;
+    let fds = fds_of(server.pid());
+    assert!(
+        fds <= fds_before + 8 * wasm_run::outbound::DEFAULT_MAX_OUTGOING + 32,
+        "server holds {fds} descriptors ({fds_before} before)"
+    );
+    // A well-behaved request on another connection is served meanwhile.
+    let started = Instant::now();
+    assert_eq!(get(a, "/hello").await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for flood in floods {
+        // Each blocks on its first (never answered) request until its
+        // deadline: killed alone, with the documented outcome.
+        assert_killed(&flood.await.unwrap(), 504, "deadline_exceeded");
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed)
+            <= 8 * wasm_run::outbound::DEFAULT_MAX_OUTGOING
+    );
+    holder.abort();
+}
