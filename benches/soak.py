@@ -11,7 +11,9 @@ Traffic (loopback only, bounded in count and time, stops by itself):
     answer within 10 s) is a failure;
   - abusive guests, one loop each: spin (fuel or deadline), bomb (memory
     cap) on both guest kinds, fields (host memory through wasi:http
-    fields), sleep (deadline);
+    fields), kept outgoing bodies (host memory through wasi:http bodies
+    never sent), an instance-state bomb (a component instantiating a module
+    of 250,000 globals 62 times), sleep (deadline);
   - hostile clients: 20 slowloris heads, 10 bodies that announce 1 MB and
     send 3 bytes, 2 clients that request an endless response and never
     read; each reconnects when the server drops it.
@@ -40,7 +42,28 @@ MIB = 1 << 20
 MAX_DURATION = 3 * 3600
 
 
+def state_bomb():
+    """A command component whose instances' state (~250 MB) could never fit
+    a request's cap: refused before the host allocates it."""
+    wat = tempfile.NamedTemporaryFile("w", suffix=".wat", delete=False)
+    wat.write("(component\n  (core module $state\n")
+    wat.write("    (global i64 (i64.const 0))\n" * 250_000)
+    wat.write("  )\n")
+    for i in range(62):
+        wat.write(f"  (core instance $s{i} (instantiate $state))\n")
+    wat.write("""  (core module $main (func (export "run") (result i32) (i32.const 0)))
+  (core instance $m (instantiate $main))
+  (func $run (result (result)) (canon lift (core func $m "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli))
+)
+""")
+    wat.close()
+    return wat.name
+
+
 def start_server(binary, duration):
+    bomb = state_bomb()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(f"""
 [server]
@@ -64,6 +87,10 @@ module = "{HTTP_GUEST}"
 [[route]]
 path = "/cgi"
 module = "{DEMO}"
+
+[[route]]
+path = "/statebomb"
+module = "{bomb}"
 """)
     config.close()
     proc = subprocess.Popen(
@@ -215,7 +242,7 @@ async def soak(addr, pid, duration, stats):
     tasks = [asyncio.create_task(well_behaved(addr, stats, stop)),
              asyncio.create_task(sampler(pid, stats, stop, start))]
     for path in ["/spin", "/bomb", "/fields?kib=15", "/sleep?s=10", "/cgi/bomb",
-                 "/cgi/spin"]:
+                 "/cgi/spin", "/keep-bodies?n=1000&kib=2048", "/statebomb"]:
         tasks.append(asyncio.create_task(abuser(addr, path, stats, stop)))
     tasks += [asyncio.create_task(slowloris(addr, stats, stop)) for _ in range(20)]
     tasks += [asyncio.create_task(dribbler(addr, stats, stop)) for _ in range(10)]

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use wasm_run::{Engine, EngineConfig, Guest, Invocation, Limits, Output};
 
+/// Charges host memory to the invocation that causes it, so that each
+/// `max_memory` covers it too.
+#[global_allocator]
+static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut argv = std::env::args().skip(1);

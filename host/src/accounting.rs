@@ -24,9 +24,12 @@
 //! `#[global_allocator]`), accounts count nothing ([`is_installed`] says
 //! which) and the per-resource bounds of the `store` module still hold.
 //!
-//! Cost: a header of 16 bytes per block (more for blocks aligned past 16),
-//! a thread-local read per allocation and one atomic add per charged
-//! allocation and free.
+//! Cost: a header of 16 bytes per block (more for blocks aligned past 16)
+//! and a thread-local read per allocation and free. A thread gathers what it
+//! charges to its current account and adds it to the account's shared
+//! counter every 64 KiB and when it stops polling the invocation, so the
+//! common case takes no atomic operation; a block freed on another thread
+//! (or while another account is current) is credited with one.
 
 #![allow(unsafe_code)]
 
@@ -45,6 +48,7 @@ use std::task::{Context, Poll};
 /// ```
 /// #[global_allocator]
 /// static ALLOC: wasm_run::Accounting = wasm_run::Accounting;
+/// # fn main() { assert!(wasm_run::accounting::is_installed()); }
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Accounting;
@@ -52,10 +56,30 @@ pub struct Accounting;
 /// Bytes of header in front of every block aligned to 16 or less.
 const HEADER: usize = 16;
 
-/// Live bytes are kept in the low 40 bits of an account's counter (up to
-/// 1 TiB), handles in the bits above (up to 16 million).
+/// Live bytes are kept in the low 40 bits of an account's counter, handles
+/// in the bits above (up to 16 million).
+///
+/// The bytes are read as a *signed* 40-bit number: a thread may credit a
+/// block to the shared counter before the thread that charged it has added
+/// its pending charge, so the shared figure can dip below zero for a moment
+/// (by at most 64 KiB per thread). Such a dip never reaches the handle bits
+/// in a way that matters: while any handle lives the counter cannot be
+/// zero, and once none does, no thread has the account current, so every
+/// pending charge has been added and the figure is exact. Live bytes above
+/// 512 GiB are not representable, far past what any cap allows.
 const HANDLE: u64 = 1 << 40;
 const BYTES: u64 = HANDLE - 1;
+const SIGN: u64 = HANDLE >> 1;
+
+/// The signed live bytes held in a counter's low bits.
+fn live(count: u64) -> i64 {
+    let low = count & BYTES;
+    if low >= SIGN {
+        low as i64 - HANDLE as i64
+    } else {
+        low as i64
+    }
+}
 
 /// The shared state of one account. Allocated with the system allocator,
 /// not through [`Accounting`], and freed when the last handle is dropped and
@@ -70,23 +94,86 @@ struct Inner {
     exceeded: AtomicBool,
 }
 
-thread_local! {
+/// What a thread charges to its current account is gathered here and
+/// added to the account's shared counter in one step when it reaches
+/// [`FLUSH_BYTES`] either way, and when the account stops being current:
+/// the common case — a request allocating and freeing on the thread that
+/// polls it — then costs no atomic operation at all.
+struct Local {
     /// The account charged for allocations made on this thread now.
-    static CURRENT: Cell<*const Inner> = const { Cell::new(ptr::null()) };
+    current: Cell<*const Inner>,
+    /// Bytes charged (positive) or credited (negative) to `current` on this
+    /// thread and not yet added to its counter.
+    pending: Cell<i64>,
+    /// The highest `pending` since the last flush, for the peak.
+    pending_max: Cell<i64>,
+}
+
+/// How far a thread's pending charge may drift before it is added to the
+/// account: 64 KiB. This is also how late, at most, the account sees that
+/// it passed its limit.
+const FLUSH_BYTES: i64 = 64 << 10;
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            current: Cell::new(ptr::null()),
+            pending: Cell::new(0),
+            pending_max: Cell::new(0),
+        }
+    };
 }
 
 fn current() -> *const Inner {
-    CURRENT.try_with(Cell::get).unwrap_or(ptr::null())
+    LOCAL.try_with(|l| l.current.get()).unwrap_or(ptr::null())
+}
+
+impl Local {
+    /// Charges (or credits, when negative) `delta` bytes to the current
+    /// account, which is `account`.
+    #[inline]
+    fn note(&self, account: &Inner, delta: i64) {
+        let pending = self.pending.get() + delta;
+        self.pending.set(pending);
+        if pending > self.pending_max.get() {
+            self.pending_max.set(pending);
+        }
+        if !(-FLUSH_BYTES..FLUSH_BYTES).contains(&pending) {
+            self.flush(account);
+        }
+    }
+
+    /// Adds what is pending to `account`, the current account.
+    fn flush(&self, account: &Inner) {
+        let pending = self.pending.replace(0);
+        let pending_max = self.pending_max.replace(0);
+        if pending > 0 {
+            account.charge(pending as u64, pending_max as u64);
+        } else if pending < 0 {
+            // The current account is entered, so a handle holds it: this
+            // never takes its count to zero.
+            account
+                .count
+                .fetch_sub(pending.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Inner {
-    /// Charges `bytes`; raises `exceeded` past the limit.
-    fn charge(&self, bytes: u64) {
-        let live = (self.count.fetch_add(bytes, Ordering::Relaxed) + bytes) & BYTES;
-        if live > self.peak.load(Ordering::Relaxed) {
-            self.peak.fetch_max(live, Ordering::Relaxed);
+    /// Adds `bytes` to the counter; `peak_extra` (at least `bytes`) is the
+    /// most the live bytes rose above the counter's old value meanwhile.
+    /// Raises `exceeded` past the limit.
+    fn charge(&self, bytes: u64, peak_extra: u64) {
+        let before = live(self.count.fetch_add(bytes, Ordering::Relaxed)).max(0) as u64;
+        let now = before + bytes;
+        // A plain store, not a read-modify-write: an account is polled by
+        // one thread at a time, and a peak a racing thread lowers by a few
+        // bytes is still a peak.
+        let peak = before + peak_extra.max(bytes);
+        if peak > self.peak.load(Ordering::Relaxed) {
+            self.peak.store(peak, Ordering::Relaxed);
         }
-        if live > self.limit.load(Ordering::Relaxed) {
+        if now > self.limit.load(Ordering::Relaxed) {
             self.exceeded.store(true, Ordering::Relaxed);
         }
     }
@@ -108,6 +195,58 @@ impl Inner {
     }
 }
 
+/// Charges `bytes` to `account`: through the thread's pending charge when
+/// it is the current account, otherwise to its counter directly.
+///
+/// # Safety
+/// `account` is live (a block is charged to it, or it is current).
+#[inline]
+unsafe fn charge_to(account: *const Inner, bytes: u64) {
+    let local = LOCAL.try_with(|l| {
+        if l.current.get() == account {
+            // SAFETY: the current account is live.
+            l.note(unsafe { &*account }, bytes as i64);
+            true
+        } else {
+            false
+        }
+    });
+    if local != Ok(true) {
+        // SAFETY: as the caller says.
+        unsafe { &*account }.charge(bytes, bytes);
+    }
+}
+
+/// Credits `bytes` of a block charged to `account` that is freed (or
+/// shrunk, when `shrink`: the block stays charged, so the account cannot be
+/// freed by it).
+///
+/// # Safety
+/// `account` is live: the block being freed or shrunk is charged to it.
+#[inline]
+unsafe fn credit_to(account: *const Inner, bytes: u64, shrink: bool) {
+    let local = LOCAL.try_with(|l| {
+        if l.current.get() == account {
+            // SAFETY: the current account is live.
+            l.note(unsafe { &*account }, -(bytes as i64));
+            true
+        } else {
+            false
+        }
+    });
+    if local != Ok(true) {
+        if shrink {
+            // SAFETY: as the caller says.
+            unsafe { &*account }
+                .count
+                .fetch_sub(bytes, Ordering::Relaxed);
+        } else {
+            // SAFETY: as the caller says.
+            unsafe { Inner::release(account, bytes) };
+        }
+    }
+}
+
 /// Header size and the layout actually asked of the system allocator.
 fn padded(layout: Layout) -> Option<(usize, Layout)> {
     let header = layout.align().max(HEADER);
@@ -117,21 +256,30 @@ fn padded(layout: Layout) -> Option<(usize, Layout)> {
         .map(|l| (header, l))
 }
 
-/// Writes the tag in front of `ptr` and charges the block.
+/// Writes the tag in front of the block's user part and charges the block
+/// to the current account, with one look at the thread-local state.
 ///
 /// # Safety
 /// `base` is a fresh block of `full` bytes with `header` bytes of header.
+#[inline]
 unsafe fn tag(base: *mut u8, header: usize, full: usize) -> *mut u8 {
-    let account = current();
     // SAFETY: the header lies inside the block, 8-aligned (header ≥ 16).
-    unsafe {
-        let user = base.add(header);
-        (user.sub(size_of::<usize>()) as *mut *const Inner).write(account);
-        if let Some(a) = account.as_ref() {
-            a.charge(full as u64);
+    let user = unsafe { base.add(header) };
+    let slot = unsafe { user.sub(size_of::<usize>()) } as *mut *const Inner;
+    let tagged = LOCAL.try_with(|l| {
+        let account = l.current.get();
+        // SAFETY: `slot` is inside the fresh block.
+        unsafe { slot.write(account) };
+        // SAFETY: the current account is live.
+        if let Some(a) = unsafe { account.as_ref() } {
+            l.note(a, full as i64);
         }
-        user
+    });
+    if tagged.is_err() {
+        // SAFETY: as above; a thread being torn down charges nothing.
+        unsafe { slot.write(ptr::null()) };
     }
+    user
 }
 
 // SAFETY: every block is a system block of the padded layout; the pointer
@@ -172,7 +320,7 @@ unsafe impl GlobalAlloc for Accounting {
             let account = (ptr.sub(size_of::<usize>()) as *const *const Inner).read();
             System.dealloc(ptr.sub(header), full);
             if !account.is_null() {
-                Inner::release(account, full.size() as u64);
+                credit_to(account, full.size() as u64, false);
             }
         }
     }
@@ -190,13 +338,12 @@ unsafe impl GlobalAlloc for Accounting {
             if base.is_null() {
                 return base;
             }
-            if let Some(a) = account.as_ref() {
+            if !account.is_null() {
                 let (old, new) = (full.size() as u64, new_full as u64);
                 if new >= old {
-                    a.charge(new - old);
+                    charge_to(account, new - old);
                 } else {
-                    // The block stays charged, so this never frees the account.
-                    a.count.fetch_sub(old - new, Ordering::Relaxed);
+                    credit_to(account, old - new, true);
                 }
             }
             base.add(header)
@@ -280,7 +427,15 @@ impl Account {
     /// Makes this the account charged for allocations on this thread until
     /// the guard is dropped (which restores the previous one).
     pub fn enter(&self) -> Entered<'_> {
-        let previous = CURRENT.with(|c| c.replace(self.inner.as_ptr()));
+        let previous = LOCAL.with(|l| {
+            let previous = l.current.get();
+            // SAFETY: the previous account is current, hence live.
+            if let Some(p) = unsafe { previous.as_ref() } {
+                l.flush(p);
+            }
+            l.current.set(self.inner.as_ptr());
+            previous
+        });
         Entered {
             previous,
             _account: std::marker::PhantomData,
@@ -296,9 +451,20 @@ impl Account {
         }
     }
 
-    /// Bytes charged to the account now.
+    /// Bytes charged to the account now (what this thread has pending for
+    /// it included; other threads' pending charges are at most 64 KiB each).
     pub fn bytes(&self) -> u64 {
-        self.inner().count.load(Ordering::Relaxed) & BYTES
+        let shared = live(self.inner().count.load(Ordering::Relaxed));
+        let pending = LOCAL
+            .try_with(|l| {
+                if std::ptr::eq(l.current.get(), self.inner.as_ptr()) {
+                    l.pending.get()
+                } else {
+                    0
+                }
+            })
+            .unwrap_or(0);
+        shared.saturating_add(pending).max(0) as u64
     }
 
     /// Most bytes charged at once.
@@ -306,9 +472,21 @@ impl Account {
         self.inner().peak.load(Ordering::Relaxed)
     }
 
-    /// Whether more than the limit was charged at some point.
+    /// Whether more than the limit was charged at some point (seen within
+    /// 64 KiB of growth on the thread that polls the invocation, or at once
+    /// when it stops polling).
     pub fn exceeded(&self) -> bool {
-        self.inner().exceeded.load(Ordering::Relaxed)
+        let inner = self.inner();
+        if inner.exceeded.load(Ordering::Relaxed) {
+            return true;
+        }
+        // What this thread has pending may already be past the limit: the
+        // flag, once raised, stays raised.
+        if self.bytes() > inner.limit.load(Ordering::Relaxed) {
+            inner.exceeded.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Changes the limit (e.g. as the invocation's linear memory grows, what
@@ -358,7 +536,14 @@ impl std::fmt::Debug for Entered<'_> {
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.previous));
+        LOCAL.with(|l| {
+            // SAFETY: the account being left is current, hence live (the
+            // guard borrows its handle).
+            if let Some(a) = unsafe { l.current.get().as_ref() } {
+                l.flush(a);
+            }
+            l.current.set(self.previous);
+        });
     }
 }
 
@@ -485,6 +670,54 @@ mod tests {
         assert!(!later.exceeded());
         later.set_limit(1024);
         assert!(later.exceeded());
+    }
+
+    #[test]
+    fn a_credit_before_its_charge_is_added_is_no_false_alarm() {
+        use std::sync::mpsc;
+        // The account is current on two threads at once (an invocation and
+        // its outgoing request's task); one frees what the other allocated
+        // before the other has added its pending charge.
+        let account = Account::new(16 << 10);
+        let (to_main, from_worker) = mpsc::channel::<Vec<u8>>();
+        let (to_worker, from_main) = mpsc::channel::<()>();
+        let worker_account = account.clone();
+        let worker = std::thread::spawn(move || {
+            let _in = worker_account.enter();
+            to_main.send(vec![0u8; 8 << 10]).unwrap();
+            // Stay entered (the charge pending) until the main thread has
+            // freed the block and left.
+            from_main.recv().unwrap();
+        });
+        let block = from_worker.recv().unwrap();
+        {
+            let _in = account.enter();
+            drop(block);
+        }
+        // The shared figure dipped below zero for a moment: read as none.
+        assert_eq!(account.bytes(), 0);
+        assert!(!account.exceeded());
+        to_worker.send(()).unwrap();
+        worker.join().unwrap();
+        // The channel's own blocks were allocated by the worker's send.
+        drop(from_worker);
+        assert_eq!(account.bytes(), 0);
+        assert!(!account.exceeded());
+    }
+
+    #[test]
+    fn small_charges_are_gathered_and_seen_when_the_scope_ends() {
+        let account = Account::new(u64::MAX);
+        let kept: Vec<Vec<u8>> = {
+            let _in = account.enter();
+            let kept = (0..10).map(|_| vec![0u8; 100]).collect();
+            // Inside the scope the thread's pending charge is counted.
+            assert!(account.bytes() >= 1000);
+            kept
+        };
+        assert!(account.bytes() >= 1000);
+        drop(kept);
+        assert_eq!(account.bytes(), 0);
     }
 
     #[test]

@@ -27,9 +27,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A budget of at most `EngineConfig::max_instances` × the smallest need
-//! also keeps the engine's instance pool from running out
-//! ([`crate::Error::Capacity`]).
+//! Memory is not all an invocation takes: each also takes slots of the
+//! engine's instance pool (core instances, linear memories, tables; see
+//! [`crate::Guest::footprint`]). A controller made with
+//! [`Admission::with_slots`] counts those too, and admits a request only
+//! when its slots fit in what the pool has left, so that requests of a
+//! slot-hungry guest wait their turn instead of making other requests fail
+//! with [`crate::Error::Capacity`]. `wasm-run serve` does this.
 //!
 //! Because each request is *killed* at its cap (never allowed past it), the
 //! budget — which counts each request's cap plus its guest's fixed host
@@ -70,12 +74,86 @@ pub struct AdmissionConfig {
 #[derive(Debug)]
 pub struct Admission {
     config: AdmissionConfig,
+    /// Pool slots counted, when the controller counts them.
+    pool: Option<Slots>,
     state: Mutex<State>,
+}
+
+/// Slots of the engine's instance pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// Invocations (each takes a component-instance slot and a stack).
+    pub invocations: u64,
+    /// Core instances.
+    pub instances: u64,
+    /// Linear memories.
+    pub memories: u64,
+    /// Tables.
+    pub tables: u64,
+}
+
+impl Slots {
+    fn add(self, other: Slots) -> Slots {
+        Slots {
+            invocations: self.invocations.saturating_add(other.invocations),
+            instances: self.instances.saturating_add(other.instances),
+            memories: self.memories.saturating_add(other.memories),
+            tables: self.tables.saturating_add(other.tables),
+        }
+    }
+
+    fn sub(self, other: Slots) -> Slots {
+        Slots {
+            invocations: self.invocations.saturating_sub(other.invocations),
+            instances: self.instances.saturating_sub(other.instances),
+            memories: self.memories.saturating_sub(other.memories),
+            tables: self.tables.saturating_sub(other.tables),
+        }
+    }
+
+    fn fits_in(self, pool: Slots) -> bool {
+        self.invocations <= pool.invocations
+            && self.instances <= pool.instances
+            && self.memories <= pool.memories
+            && self.tables <= pool.tables
+    }
+
+    /// The slots one instantiation of `guest` takes; for a precompiled
+    /// artifact (whose footprint is unknown), the most one invocation may
+    /// take ([`crate::MAX_INSTANCES`], [`crate::MAX_MEMORIES`],
+    /// [`crate::MAX_TABLES`]).
+    pub fn of(guest: &crate::Guest) -> Slots {
+        let f = guest.footprint();
+        if f.core_instances == 0 {
+            return Slots {
+                invocations: 1,
+                instances: crate::MAX_INSTANCES as u64,
+                memories: crate::MAX_MEMORIES as u64,
+                tables: crate::MAX_TABLES as u64,
+            };
+        }
+        Slots {
+            invocations: 1,
+            instances: f.core_instances,
+            memories: f.memories,
+            tables: f.tables,
+        }
+    }
+}
+
+/// What one request takes while admitted: bytes of budget and pool slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Bytes of the memory budget (its cap plus its guest's host allowance).
+    pub bytes: u64,
+    /// Slots of the instance pool.
+    pub slots: Slots,
 }
 
 #[derive(Debug, Default)]
 struct State {
     in_use: u64,
+    slots_in_use: Slots,
     next_ticket: u64,
     queue: VecDeque<Waiter>,
 }
@@ -83,7 +161,7 @@ struct State {
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
-    need: u64,
+    need: Need,
     grant: oneshot::Sender<()>,
 }
 
@@ -91,7 +169,7 @@ struct Waiter {
 struct QueueGuard<'a> {
     admission: &'a Arc<Admission>,
     ticket: u64,
-    need: u64,
+    need: Need,
     armed: bool,
 }
 
@@ -105,7 +183,7 @@ impl Drop for QueueGuard<'_> {
             s.queue.remove(i);
         } else {
             // Granted, but nobody will hold the permit: give it back.
-            s.in_use = s.in_use.saturating_sub(self.need);
+            s.take_back(self.need);
         }
         self.admission.grant_waiters(&mut s);
     }
@@ -115,7 +193,7 @@ impl Drop for QueueGuard<'_> {
 #[derive(Debug)]
 pub struct Permit {
     admission: Arc<Admission>,
-    amount: u64,
+    amount: Need,
 }
 
 impl Drop for Permit {
@@ -127,10 +205,52 @@ impl Drop for Permit {
 impl Admission {
     /// A controller with nothing admitted.
     pub fn new(config: AdmissionConfig) -> Arc<Admission> {
+        Admission::with_pool(config, None)
+    }
+
+    /// A controller that also counts instance-pool slots: the slots of
+    /// admitted requests never exceed `pool` (see the module doc).
+    pub fn with_slots(config: AdmissionConfig, pool: Slots) -> Arc<Admission> {
+        Admission::with_pool(config, Some(pool))
+    }
+
+    fn with_pool(config: AdmissionConfig, pool: Option<Slots>) -> Arc<Admission> {
         Arc::new(Admission {
             config,
+            pool,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The pool slots counted, if any.
+    pub fn pool(&self) -> Option<Slots> {
+        self.pool
+    }
+
+    /// Pool slots held by admitted requests.
+    pub fn slots_in_use(&self) -> Slots {
+        self.lock().slots_in_use
+    }
+
+    /// Whether `need` fits beside what is admitted now. A need larger than
+    /// the whole pool is held to the pool (so it is admitted alone rather
+    /// than never).
+    fn fits(&self, s: &State, need: Need) -> bool {
+        if s.in_use.saturating_add(need.bytes) > self.config.budget {
+            return false;
+        }
+        match self.pool {
+            None => true,
+            Some(pool) => {
+                let need = Slots {
+                    invocations: need.slots.invocations.min(pool.invocations),
+                    instances: need.slots.instances.min(pool.instances),
+                    memories: need.slots.memories.min(pool.memories),
+                    tables: need.slots.tables.min(pool.tables),
+                };
+                s.slots_in_use.add(need).fits_in(pool)
+            }
+        }
     }
 
     /// The settings.
@@ -158,15 +278,27 @@ impl Admission {
         queued > 0 && queued >= self.config.max_queue
     }
 
-    /// Admits a request needing `need` bytes, waiting in line if it does not
-    /// fit yet. Returns the permit and how long the request waited.
+    /// Admits a request needing `need` bytes (and no pool slots), waiting
+    /// in line if it does not fit yet. Returns the permit and how long the
+    /// request waited.
     pub async fn admit(self: &Arc<Self>, need: u64) -> Result<(Permit, Duration), Rejected> {
+        self.admit_need(Need {
+            bytes: need,
+            slots: Slots::default(),
+        })
+        .await
+    }
+
+    /// Admits a request needing `need` (bytes and pool slots), waiting in
+    /// line if it does not fit yet. Returns the permit and how long the
+    /// request waited.
+    pub async fn admit_need(self: &Arc<Self>, need: Need) -> Result<(Permit, Duration), Rejected> {
         let start = Instant::now();
         let (ticket, mut granted) = {
             let mut s = self.lock();
             // FIFO: nobody overtakes a waiting request.
-            if s.queue.is_empty() && s.in_use.saturating_add(need) <= self.config.budget {
-                s.in_use = s.in_use.saturating_add(need);
+            if s.queue.is_empty() && self.fits(&s, need) {
+                s.hold(need);
                 return Ok((self.permit(need), Duration::ZERO));
             }
             if s.queue.len() >= self.config.max_queue {
@@ -213,31 +345,43 @@ impl Admission {
         result
     }
 
-    fn permit(self: &Arc<Self>, amount: u64) -> Permit {
+    fn permit(self: &Arc<Self>, amount: Need) -> Permit {
         Permit {
             admission: self.clone(),
             amount,
         }
     }
 
-    fn release(&self, amount: u64) {
+    fn release(&self, amount: Need) {
         let mut s = self.lock();
-        s.in_use = s.in_use.saturating_sub(amount);
+        s.take_back(amount);
         self.grant_waiters(&mut s);
     }
 
     /// Admits waiters from the head of the queue while they fit.
     fn grant_waiters(&self, s: &mut State) {
         while let Some(head) = s.queue.front() {
-            if s.in_use.saturating_add(head.need) > self.config.budget {
+            if !self.fits(s, head.need) {
                 break;
             }
             let w = s.queue.pop_front().expect("head exists");
-            s.in_use = s.in_use.saturating_add(w.need);
+            s.hold(w.need);
             // The receiver lives as long as the waiter's `admit` future, whose
             // guard handles a grant that arrives as it is dropped.
             let _ = w.grant.send(());
         }
+    }
+}
+
+impl State {
+    fn hold(&mut self, need: Need) {
+        self.in_use = self.in_use.saturating_add(need.bytes);
+        self.slots_in_use = self.slots_in_use.add(need.slots);
+    }
+
+    fn take_back(&mut self, need: Need) {
+        self.in_use = self.in_use.saturating_sub(need.bytes);
+        self.slots_in_use = self.slots_in_use.sub(need.slots);
     }
 }
 

@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 /// Default number of instances that may be live at once in the pool: 1000.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
+/// Core instances and tables in the pool per component instance: a
+/// component has several (real ones 5-20), so those pools are larger.
+const CORE_INSTANCES_PER_COMPONENT: u64 = 4;
+
 /// How the process-wide engine is built.
 ///
 /// Plain data with safe defaults; see [`Engine::new`].
@@ -135,7 +139,9 @@ impl Engine {
             let mut pool = PoolingAllocationConfig::default();
             // A component has several core instances and tables (real ones
             // 5-20), so those pools are larger than the component pool.
-            let per_component_share = config.max_instances.saturating_mul(4);
+            let per_component_share = config
+                .max_instances
+                .saturating_mul(CORE_INSTANCES_PER_COMPONENT as u32);
             pool.total_core_instances(per_component_share)
                 .total_component_instances(config.max_instances)
                 .total_memories(config.max_instances)
@@ -222,6 +228,21 @@ impl Engine {
     /// The configuration this engine was built from.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The slots of the pooling allocator (invocations, core instances,
+    /// memories, tables), or `None` without pooling.
+    pub fn pool_slots(&self) -> Option<crate::admission::Slots> {
+        let c = &self.config;
+        c.pooling.then(|| {
+            let n = u64::from(c.max_instances);
+            crate::admission::Slots {
+                invocations: n,
+                instances: n.saturating_mul(CORE_INSTANCES_PER_COMPONENT),
+                memories: n,
+                tables: n.saturating_mul(CORE_INSTANCES_PER_COMPONENT),
+            }
+        })
     }
 
     /// Where invocations run, and at what priority.

@@ -17,8 +17,16 @@
 //! (which includes cloud metadata at 169.254.169.254), unique-local,
 //! shared (CGNAT), multicast, unspecified or otherwise reserved are denied
 //! unless the entry names that host or address itself — `*` never covers
-//! them. The connection then goes to the vetted address, so a second DNS
-//! answer cannot redirect it.
+//! them; link-local and metadata addresses only an IP-literal entry (or
+//! `localhost`) reaches, so a named host's DNS cannot point a guest at
+//! 169.254.169.254. The connection then goes to the vetted address, so a
+//! second DNS answer cannot redirect it.
+//!
+//! One invocation may have at most [`DEFAULT_MAX_OUTGOING`] requests in
+//! flight (per policy: [`OutboundPolicy::with_max_outgoing`]); names resolve
+//! within [`DNS_TIMEOUT`]; upstream heads are capped at
+//! [`MAX_RESPONSE_HEAD_BYTES`]; and everything an outgoing request makes the
+//! host hold is charged to the invocation's account (`crate::accounting`).
 //!
 //! A denied request reaches the guest as the wasi:http error code
 //! `HTTP-request-denied` (the guest decides what to answer); it is not a
@@ -233,22 +241,61 @@ impl OutboundPolicy {
                     .collect()
             }
         };
-        let addr = choose_address(&addrs, explicit)?;
+        let reach = if !explicit {
+            Reach::Public
+        } else if host.parse::<IpAddr>().is_ok() || host == "localhost" {
+            Reach::Any
+        } else {
+            Reach::NotLinkLocal
+        };
+        let addr = choose_address(&addrs, reach)?;
         Ok(Vetted { addr, https, host })
     }
 }
 
-/// The first address that may be dialled: any when the entry named the host
-/// explicitly, otherwise the first public one.
-fn choose_address(addrs: &[SocketAddr], explicit: bool) -> Result<SocketAddr, Denied> {
+/// Which resolved addresses an entry lets a request reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// `*`: public addresses only.
+    Public,
+    /// An entry naming the host by name: also private and loopback ones, but
+    /// never link-local or metadata addresses, which only an IP-literal
+    /// entry reaches — a name's DNS (perhaps a partner's) must not be able
+    /// to point a guest at 169.254.169.254.
+    NotLinkLocal,
+    /// An IP-literal entry, or `localhost`: exactly what it names.
+    Any,
+}
+
+/// The first address that may be dialled under `reach`.
+fn choose_address(addrs: &[SocketAddr], reach: Reach) -> Result<SocketAddr, Denied> {
     if addrs.is_empty() {
         return Err(Denied::Unresolved);
     }
     addrs
         .iter()
-        .find(|a| explicit || is_public(a.ip()))
+        .find(|a| match reach {
+            Reach::Any => true,
+            Reach::NotLinkLocal => !is_link_local(a.ip()),
+            Reach::Public => is_public(a.ip()),
+        })
         .copied()
         .ok_or(Denied::NonPublic)
+}
+
+/// Link-local addresses (169.254/16, fe80::/10, also IPv4-mapped), which
+/// include cloud metadata services, and AWS's IPv6 metadata fd00:ec2::254.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4.is_link_local();
+            }
+            let s = v6.segments();
+            (s[0] & 0xffc0) == 0xfe80 || s == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254]
+        }
+    }
 }
 
 fn parse_rule(entry: &str) -> Result<Rule, InvalidRule> {
@@ -369,7 +416,21 @@ impl OutboundHooks {
     }
 }
 
+/// Largest chunk one `output-stream.write` may pass to a wasi:http body
+/// (request or response): 64 KiB, the `check-write` permit the guest gets
+/// (wasmtime's default is 1 MiB). It bounds the host-side copy of one
+/// write, and the frames a connection may still hold once its guest ended.
+pub const BODY_CHUNK_BYTES: usize = 64 << 10;
+
 impl WasiHttpHooks for OutboundHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
     /// Sends a request the policy allows. wasmtime runs the returned
     /// futures on tasks of their own: both carry the invocation's account
     /// (so what they allocate — connection, buffers, response — is charged
@@ -654,19 +715,22 @@ mod tests {
     fn wildcard_never_reaches_non_public_addresses() {
         // `*` matched: only public addresses may be dialled, in DNS order.
         assert_eq!(
-            choose_address(&[addr("127.0.0.1"), addr("10.0.0.1")], false),
+            choose_address(&[addr("127.0.0.1"), addr("10.0.0.1")], Reach::Public),
             Err(Denied::NonPublic)
         );
         assert_eq!(
-            choose_address(&[addr("169.254.169.254"), addr("93.184.216.34")], false),
+            choose_address(
+                &[addr("169.254.169.254"), addr("93.184.216.34")],
+                Reach::Public
+            ),
             Ok(addr("93.184.216.34"))
         );
         // An explicit entry may name a private host.
         assert_eq!(
-            choose_address(&[addr("127.0.0.1")], true),
+            choose_address(&[addr("127.0.0.1")], Reach::Any),
             Ok(addr("127.0.0.1"))
         );
-        assert_eq!(choose_address(&[], true), Err(Denied::Unresolved));
+        assert_eq!(choose_address(&[], Reach::Any), Err(Denied::Unresolved));
     }
 
     #[test]
@@ -680,9 +744,44 @@ mod tests {
         // A literal private address under `*` passes the URL check but
         // fails the address check: it is never dialled.
         let (_, _, _, explicit) = p.check_url(&"http://127.0.0.1/".parse().unwrap()).unwrap();
+        assert!(!explicit);
         assert_eq!(
-            choose_address(&[addr("127.0.0.1")], explicit),
+            choose_address(&[addr("127.0.0.1")], Reach::Public),
             Err(Denied::NonPublic)
+        );
+    }
+
+    #[test]
+    fn a_named_entry_never_reaches_link_local_or_metadata_addresses() {
+        // What a name resolves to is up to its DNS: private and loopback
+        // answers are allowed for an explicit name, metadata never.
+        for metadata in [
+            "169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert_eq!(
+                choose_address(&[addr(metadata)], Reach::NotLinkLocal),
+                Err(Denied::NonPublic),
+                "{metadata}"
+            );
+        }
+        assert_eq!(
+            choose_address(
+                &[addr("169.254.169.254"), addr("10.0.0.7")],
+                Reach::NotLinkLocal
+            ),
+            Ok(addr("10.0.0.7"))
+        );
+        assert_eq!(
+            choose_address(&[addr("127.0.0.1")], Reach::NotLinkLocal),
+            Ok(addr("127.0.0.1"))
+        );
+        // Only an entry that is the address itself reaches it.
+        assert_eq!(
+            choose_address(&[addr("169.254.169.254")], Reach::Any),
+            Ok(addr("169.254.169.254"))
         );
     }
 

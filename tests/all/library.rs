@@ -426,3 +426,83 @@ async fn an_embedder_can_queue_invocations_on_a_memory_budget() {
         wasm_run::admission::Rejected::QueueFull
     );
 }
+
+/// A command component whose one invocation takes three core instances with
+/// a memory each, then spins until its deadline.
+const SLOT_HUNGRY: &str = r#"(component
+  (core module $m (memory 1))
+  (core instance (instantiate $m))
+  (core instance (instantiate $m))
+  (core module $main (memory 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))
+  (core instance $i (instantiate $main))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $cli))
+)"#;
+
+#[tokio::test]
+async fn pool_slots_are_admitted_like_memory() {
+    use wasm_run::admission::{Admission, AdmissionConfig, Need, Slots};
+    // A pool of four memories: one invocation of the guest fits, two do not.
+    let engine = wasm_run::Engine::new(wasm_run::EngineConfig {
+        max_instances: 4,
+        ..wasm_run::EngineConfig::default()
+    })
+    .expect("engine");
+    let guest = Guest::from_bytes(&engine, "slot-hungry", SLOT_HUNGRY.as_bytes()).expect("loads");
+    assert_eq!(guest.footprint().memories, 3);
+    let pool = engine.pool_slots().expect("pooling");
+    let limits = wasm_run::Limits {
+        max_memory: 16 * MIB,
+        timeout: Some(Duration::from_millis(300)),
+        ..wasm_run::Limits::default()
+    };
+    let invoke = |guest: Guest, limits: wasm_run::Limits| async move {
+        guest
+            .run(wasm_run::Invocation {
+                limits,
+                ..wasm_run::Invocation::default()
+            })
+            .await
+    };
+
+    // Violated: without counting slots, the second invocation finds the
+    // pool empty and fails as a host error.
+    let (a, b) = tokio::join!(
+        invoke(guest.clone(), limits.clone()),
+        invoke(guest.clone(), limits.clone())
+    );
+    let capacity = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Capacity { .. })))
+        .count();
+    assert_eq!(capacity, 1, "{a:?} {b:?}");
+
+    // Obeyed: admitted by slots as well as bytes, the second waits for the
+    // first and both run to their deadline.
+    let admission = Admission::with_slots(
+        AdmissionConfig {
+            budget: 1 << 30,
+            max_queue: 8,
+            queue_timeout: Duration::from_secs(30),
+        },
+        pool,
+    );
+    let need = Need {
+        bytes: limits.max_memory + guest.host_allowance(),
+        slots: Slots::of(&guest),
+    };
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let (guest, limits, admission) = (guest.clone(), limits.clone(), admission.clone());
+            tokio::spawn(async move {
+                let (_permit, _) = admission.admit_need(need).await.expect("admitted");
+                invoke(guest, limits).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let outcome = task.await.unwrap().expect("no capacity error");
+        assert_eq!(outcome.kind, OutcomeKind::DeadlineExceeded);
+    }
+}

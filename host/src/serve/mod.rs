@@ -87,7 +87,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use self::admission::{Admission, AdmissionConfig, Permit, Rejected};
+use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::conn_io::WriteTimeout;
 use self::guest_task::Exchange;
@@ -121,13 +121,18 @@ pub(crate) struct RouteRuntime {
 }
 
 impl RouteRuntime {
-    /// Budget one request on this route takes: its memory cap plus its
-    /// guest's host allowance ([`Guest::host_allowance`]).
-    fn admission_need(&self) -> u64 {
-        self.spec
-            .limits
-            .max_memory
-            .saturating_add(self.guest.host_allowance())
+    /// What one request on this route takes while admitted: its memory cap
+    /// plus its guest's host allowance ([`Guest::host_allowance`]), and the
+    /// instance-pool slots of its guest.
+    fn admission_need(&self) -> Need {
+        Need {
+            bytes: self
+                .spec
+                .limits
+                .max_memory
+                .saturating_add(self.guest.host_allowance()),
+            slots: Slots::of(&self.guest),
+        }
     }
 }
 
@@ -189,11 +194,17 @@ impl Server {
     /// Loads every route's guest (compiling each module once).
     pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
         let table = load_table(&engine, &config)?;
-        let admission = Admission::new(AdmissionConfig {
+        let admission_config = AdmissionConfig {
             budget: config.memory_budget,
             max_queue: config.max_queue,
             queue_timeout: config.queue_timeout,
-        });
+        };
+        // Requests also take instance-pool slots: counted, so that a route
+        // whose guests take many cannot make another route's fail.
+        let admission = match engine.pool_slots() {
+            Some(pool) => Admission::with_slots(admission_config, pool),
+            None => Admission::new(admission_config),
+        };
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,
@@ -428,7 +439,7 @@ impl Shared {
     /// make the host hold, to fit in the budget.
     async fn admit(&self, route: &RouteRuntime) -> Result<Permit, HostAnswer> {
         let need = route.admission_need();
-        match self.admission.admit(need).await {
+        match self.admission.admit_need(need).await {
             Ok((permit, waited)) => {
                 self.metrics
                     .queue_wait_seconds
@@ -514,15 +525,23 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// bounds the incoming headers a wasi:http guest can copy into new fields.
 pub const MAX_HEAD_BYTES: usize = 32 << 10;
 
+/// Most bytes hyper buffers per connection in each direction: 64 KiB
+/// (hyper's default is ~400 KiB). Past it, hyper stops reading the request
+/// body, or stops taking frames from the response body, until the socket
+/// drains — so a client that never reads holds at most this, one body frame
+/// ([`crate::outbound::BODY_CHUNK_BYTES`]) and the body's one-chunk channel.
+pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+
 /// The HTTP/1 settings of every connection: the head must arrive within
 /// `header_timeout` (which also closes idle keep-alive connections) and fit
-/// in [`MAX_HEAD_BYTES`].
+/// in [`MAX_HEAD_BYTES`]; buffers stop at [`CONNECTION_BUFFER_BYTES`].
 fn http1_builder(header_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(CONNECTION_BUFFER_BYTES)
         .keep_alive(true);
     builder
 }
