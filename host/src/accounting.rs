@@ -699,8 +699,9 @@ mod tests {
         assert!(!account.exceeded());
         to_worker.send(()).unwrap();
         worker.join().unwrap();
-        // The channel's own blocks were allocated by the worker's send.
-        drop(from_worker);
+        // The channels' own blocks (and the worker's waiter registration)
+        // were allocated while the worker had the account entered.
+        drop((from_worker, to_worker));
         assert_eq!(account.bytes(), 0);
         assert!(!account.exceeded());
     }

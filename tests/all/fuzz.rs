@@ -2,7 +2,11 @@
 //! modules (memories, tables, bulk memory, reference types, SIMD, tail
 //! calls, memory64, GC, exceptions, …) that all export `_start: [] -> []`,
 //! and each one is loaded and run through the library under small limits
-//! (fuel 100 000, 16 MiB of memory, 1 s).
+//! (fuel 100 000, 16 MiB of memory, 1 s). Every other module is wrapped
+//! into a `wasi:cli/run` command component first: the module instantiated
+//! up to eight times, inside nested components instantiated up to four
+//! times, and a `run` that calls the first instance's `_start` — many core
+//! instances, nested instances, and their state charged to the run.
 //!
 //! Every module must either fail to load with a host [`Error`] that blames
 //! the module, or run to one of the outcomes; the host must never panic,
@@ -128,6 +132,79 @@ fn generate(seed: u64, index: u64) -> Result<Vec<u8>, arbitrary::Error> {
     Ok(module.to_bytes())
 }
 
+/// Wraps a generated core module (exporting `_start`, importing nothing)
+/// into a command component: a nested component instantiates the module
+/// `inner` times and is itself instantiated `nested` times; the outer one
+/// instantiates the module `outer` times and exports `wasi:cli/run` with a
+/// `run` that calls the first of those instances' `_start`.
+fn wrap_in_component(module: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ComponentBuilder, ComponentExportKind, ComponentValType, EntityType,
+        ExportKind, ExportSection, Function, FunctionSection, ImportSection, Instruction,
+        ModuleArg, TypeSection, ValType,
+    };
+    let outer = 1 + (rng.next() % 4) as u32;
+    let inner = (rng.next() % 4) as u32;
+    let nested = (rng.next() % 5) as u32;
+    let mut c = ComponentBuilder::default();
+    if inner > 0 && nested > 0 {
+        let mut nest = ComponentBuilder::default();
+        let m = nest.core_module_raw(None, module);
+        for _ in 0..inner {
+            nest.core_instantiate(None, m, []);
+        }
+        let n = c.component(None, nest);
+        for _ in 0..nested {
+            c.instantiate(None, n, Vec::<(&str, ComponentExportKind, u32)>::new());
+        }
+    }
+    let m = c.core_module_raw(None, module);
+    let first = c.core_instantiate(None, m, []);
+    for _ in 1..outer {
+        c.core_instantiate(None, m, []);
+    }
+    // `run: () -> i32` calls `_start` of the first instance, returns 0 (ok).
+    let mut main = wasm_encoder::Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    types.ty().function([], [ValType::I32]);
+    main.section(&types);
+    let mut imports = ImportSection::new();
+    imports.import("g", "_start", EntityType::Function(0));
+    main.section(&imports);
+    let mut funcs = FunctionSection::new();
+    funcs.function(1);
+    main.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("run", ExportKind::Func, 1);
+    main.section(&exports);
+    let mut code = CodeSection::new();
+    let mut body = Function::new([]);
+    body.instruction(&Instruction::Call(0));
+    body.instruction(&Instruction::I32Const(0));
+    body.instruction(&Instruction::End);
+    code.function(&body);
+    main.section(&code);
+    let main = c.core_module(None, &main);
+    let main = c.core_instantiate(None, main, [("g", ModuleArg::Instance(first))]);
+    let run = c.core_alias_export(None, main, "run", ExportKind::Func);
+    let (result, ty) = c.ty(None);
+    ty.defined_type().result(None, None);
+    let (func_ty, ty) = c.ty(None);
+    ty.function()
+        .params(Vec::<(&str, ComponentValType)>::new())
+        .result(Some(ComponentValType::Type(result)));
+    let run = c.lift_func(None, run, func_ty, []);
+    let cli = c.instantiate_exports(None, [("run", ComponentExportKind::Func, run)]);
+    c.export(
+        "wasi:cli/run@0.2.0",
+        ComponentExportKind::Instance,
+        cli,
+        None,
+    );
+    c.finish()
+}
+
 /// The process's resident set size (`VmRSS`), in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -170,6 +247,8 @@ fn error_kind(e: &Error) -> &'static str {
 #[derive(Debug, Default)]
 struct Tally {
     generated: u64,
+    /// Of the generated, wrapped into components.
+    components: u64,
     generation_failed: u64,
     loaded: u64,
     load_errors: BTreeMap<&'static str, u64>,
@@ -244,6 +323,11 @@ async fn generated_modules_never_break_the_host() {
             );
         }
         let bytes = match generate(seed, index) {
+            Ok(bytes) if index % 2 == 1 => {
+                tally.components += 1;
+                let mut rng = SplitMix64(seed ^ index.rotate_left(17));
+                wrap_in_component(&bytes, &mut rng)
+            }
             Ok(bytes) => bytes,
             Err(e) => {
                 tally.generation_failed += 1;
@@ -374,10 +458,11 @@ async fn generated_modules_never_break_the_host() {
     let per_module = elapsed / u32::try_from(done.max(1)).unwrap_or(u32::MAX);
     println!(
         "fuzz summary: seed {seed}, {done} modules in {elapsed:.1?} ({per_module:.1?}/module); \
-         generated {}, generation failed {}, loaded {}, load errors {:?}, run errors {:?}, \
-         outcomes {:?}; RSS start {} MiB, at 10% {} MiB, end {} MiB (last 5% min {} MiB, \
-         max {} MiB)",
+         generated {} ({} as components), generation failed {}, loaded {}, load errors {:?}, \
+         run errors {:?}, outcomes {:?}; RSS start {} MiB, at 10% {} MiB, end {} MiB (last 5% \
+         min {} MiB, max {} MiB)",
         tally.generated,
+        tally.components,
         tally.generation_failed,
         tally.loaded,
         tally.load_errors,

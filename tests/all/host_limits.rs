@@ -125,7 +125,7 @@ fn read_only_directories_cannot_be_written() {
 }
 
 /// `(VmRSS, VmHWM)` of process `pid`, in bytes.
-fn rss_of(pid: u32) -> (u64, u64) {
+pub(crate) fn rss_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     let field = |name: &str| {
         status

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasm_run_tests::http_guest;
 
+use crate::host_limits::rss_of;
 use crate::serve::{ServeGuard, assert_killed, get};
 use crate::{MIB, wat_file};
 
@@ -33,21 +34,6 @@ fn instance_state_component(globals: usize, instances: usize) -> String {
 )"#,
     );
     wat
-}
-
-/// `(VmRSS, VmHWM)` of process `pid`, in bytes.
-fn rss_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Open descriptors of process `pid`.

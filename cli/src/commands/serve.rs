@@ -54,12 +54,15 @@ Config file (TOML), flags override it:
             env = { KEY = \"value\" },
             dirs = [\"data::/data\", \"tmp::/tmp:rw\"]     (read-only unless :rw),
             allowed-outbound-hosts = [\"example.com\", \"https://api.example.com:8443\"]
+            max-outgoing-requests = 16            (in flight at once per request)
 
-Limits that hold: each request's memory cap covers its linear memory and
-tables; it may also hold at most 1024 WASI resources and 16 KiB per wasi:http
-fields map (past either: memory_exceeded). --memory-budget counts each
-admitted request's cap plus a fixed host allowance (4MiB, 36MiB for guests
-importing wasi:http). See SECURITY.md for every bound and its default.
+Limits that hold: each request's memory cap is one number covering its
+linear memory, tables and every byte of host memory it makes the server hold
+(instance state, resources, body buffers, outgoing requests); it may also
+hold at most 1024 WASI resources and 16 KiB per wasi:http fields map (past
+any: memory_exceeded), and have at most 16 outgoing requests in flight.
+--memory-budget counts each admitted request's cap plus 256KiB, and the
+instance-pool slots its guest takes. See SECURITY.md for every bound.
 
 Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish, exit 0;
 SIGHUP reloads the config file and modules (on failure the old ones keep serving).
@@ -347,6 +350,7 @@ impl ServeCommand {
                     .map(|d| DirMapping::parse_with_default(d, true))
                     .collect(),
                 allowed_outbound_hosts: self.allow_outbound.clone(),
+                max_outgoing_requests: wasm_run::outbound::DEFAULT_MAX_OUTGOING,
             });
             wasm_run::OutboundPolicy::new(&self.allow_outbound)?;
         } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
@@ -462,6 +466,7 @@ fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
         env: Vec::new(),
         dirs: Vec::new(),
         allowed_outbound_hosts: Vec::new(),
+        max_outgoing_requests: wasm_run::outbound::DEFAULT_MAX_OUTGOING,
     };
     vec![
         route("/", defaults.clone()),

@@ -143,6 +143,10 @@ pub struct RouteSection {
     /// ports); loopback, private and link-local hosts need their own entry.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Outgoing HTTP requests one request's guest may have in flight at
+    /// once (default 16, [`crate::outbound::DEFAULT_MAX_OUTGOING`]).
+    #[serde(default)]
+    pub max_outgoing_requests: Option<usize>,
 }
 
 /// Where a route's module comes from.
@@ -174,6 +178,8 @@ pub struct RouteSpec {
     pub dirs: Vec<DirMapping>,
     /// Hosts wasi:http guests may reach.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Outgoing requests one request's guest may have in flight at once.
+    pub max_outgoing_requests: usize,
 }
 
 /// The whole resolved server configuration.
@@ -290,6 +296,16 @@ pub fn resolve_routes(
             env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dirs,
             allowed_outbound_hosts: r.allowed_outbound_hosts.clone(),
+            max_outgoing_requests: match r.max_outgoing_requests {
+                Some(0) => {
+                    return Err(err(format!(
+                        "route {}: max-outgoing-requests must be at least 1",
+                        i + 1
+                    )));
+                }
+                Some(n) => n,
+                None => crate::outbound::DEFAULT_MAX_OUTGOING,
+            },
         });
     }
     Ok(routes)

@@ -567,8 +567,9 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
                 guest
             }
         };
-        let outbound =
-            OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| LoadError {
+        let outbound = OutboundPolicy::new(&spec.allowed_outbound_hosts)
+            .map(|p| p.with_max_outgoing(spec.max_outgoing_requests))
+            .map_err(|e| LoadError {
                 prefix: spec.prefix.clone(),
                 source: crate::Error::Setup {
                     name: guest.name().to_string(),
