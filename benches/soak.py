@@ -13,7 +13,8 @@ Traffic (loopback only, bounded in count and time, stops by itself):
     cap) on both guest kinds, fields (host memory through wasi:http
     fields), kept outgoing bodies (host memory through wasi:http bodies
     never sent), an instance-state bomb (a component instantiating a module
-    of 250,000 globals 62 times), sleep (deadline);
+    of 15,000 globals 62 times: ~15 MB, inside the pool's 16 MiB per
+    component, against a 4 MiB cap), sleep (deadline);
   - hostile clients: 20 slowloris heads, 10 bodies that announce 1 MB and
     send 3 bytes, 2 clients that request an endless response and never
     read; each reconnects when the server drops it.
@@ -43,11 +44,11 @@ MAX_DURATION = 3 * 3600
 
 
 def state_bomb():
-    """A command component whose instances' state (~250 MB) could never fit
-    a request's cap: refused before the host allocates it."""
+    """A command component whose instances' state (~15 MB) could never fit
+    its route's 4 MiB cap: refused before the host allocates it."""
     wat = tempfile.NamedTemporaryFile("w", suffix=".wat", delete=False)
     wat.write("(component\n  (core module $state\n")
-    wat.write("    (global i64 (i64.const 0))\n" * 250_000)
+    wat.write("    (global i64 (i64.const 0))\n" * 15_000)
     wat.write("  )\n")
     for i in range(62):
         wat.write(f"  (core instance $s{i} (instantiate $state))\n")
@@ -91,6 +92,7 @@ module = "{DEMO}"
 [[route]]
 path = "/statebomb"
 module = "{bomb}"
+limits = {{ max-memory = "4MiB" }}
 """)
     config.close()
     proc = subprocess.Popen(

@@ -118,6 +118,22 @@ impl Slots {
             && self.tables <= pool.tables
     }
 
+    /// The slots of the pooling allocator of an engine built from
+    /// `config` (invocations, core instances, memories, tables), or `None`
+    /// without pooling.
+    pub fn pool_of(config: &crate::EngineConfig) -> Option<Slots> {
+        let per = crate::engine::CORE_INSTANCES_PER_COMPONENT;
+        config.pooling.then(|| {
+            let n = u64::from(config.max_instances);
+            Slots {
+                invocations: n,
+                instances: n.saturating_mul(per),
+                memories: n,
+                tables: n.saturating_mul(per),
+            }
+        })
+    }
+
     /// The slots one instantiation of `guest` takes; for a precompiled
     /// artifact (whose footprint is unknown), the most one invocation may
     /// take ([`crate::MAX_INSTANCES`], [`crate::MAX_MEMORIES`],

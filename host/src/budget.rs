@@ -48,7 +48,7 @@ fn memory_cap(store: impl AsContext<Data = StoreState>) -> u64 {
 }
 
 fn memory_used(store: impl AsContext<Data = StoreState>) -> u64 {
-    store.as_context().data().limiter.used()
+    store.as_context().data().limiter.in_use()
 }
 
 fn time_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {

@@ -31,7 +31,7 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 /// Core instances and tables in the pool per component instance: a
 /// component has several (real ones 5-20), so those pools are larger.
-const CORE_INSTANCES_PER_COMPONENT: u64 = 4;
+pub(crate) const CORE_INSTANCES_PER_COMPONENT: u64 = 4;
 
 /// How the process-wide engine is built.
 ///
@@ -228,21 +228,6 @@ impl Engine {
     /// The configuration this engine was built from.
     pub fn config(&self) -> &EngineConfig {
         &self.config
-    }
-
-    /// The slots of the pooling allocator (invocations, core instances,
-    /// memories, tables), or `None` without pooling.
-    pub fn pool_slots(&self) -> Option<crate::admission::Slots> {
-        let c = &self.config;
-        c.pooling.then(|| {
-            let n = u64::from(c.max_instances);
-            crate::admission::Slots {
-                invocations: n,
-                instances: n.saturating_mul(CORE_INSTANCES_PER_COMPONENT),
-                memories: n,
-                tables: n.saturating_mul(CORE_INSTANCES_PER_COMPONENT),
-            }
-        })
     }
 
     /// Where invocations run, and at what priority.

@@ -152,6 +152,9 @@ impl Guest {
             });
         }
         let mut prepared = self.prepare(invocation)?;
+        // The request's head and its resources are the invocation's own.
+        let account = prepared.state.account.clone();
+        let _charged = account.enter();
         let setup = |e: wasmtime::Error| Error::Setup {
             name: self.name().to_string(),
             message: format!("cannot pass the request to the guest: {e:#}"),
@@ -178,7 +181,12 @@ impl Guest {
     /// context (argv, environment, preopens, stdio) and the host state.
     fn prepare(&self, invocation: Invocation) -> Result<Prepared> {
         let started = Instant::now();
-        let account = Account::new(invocation.limits.max_memory);
+        let account = Account::new(
+            invocation
+                .limits
+                .max_memory
+                .saturating_add(crate::store::HOST_BASE),
+        );
         // The context (argv, environment, stdio buffers) is the invocation's
         // own host memory, like everything its store holds later.
         let _charged = account.enter();

@@ -102,7 +102,7 @@ pub use limits::{ByteSize, HumanDuration, Limits, MemoryCap};
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
 pub use store::{
-    HOST_ALLOWANCE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
+    HOST_ALLOWANCE, HOST_BASE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
     MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,
 };
 

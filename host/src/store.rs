@@ -53,10 +53,18 @@ pub const HOST_ALLOWANCE: u64 = 4 << 20;
 /// map the guest built, capped at [`MAX_FIELDS_BYTES`]): 32 MiB.
 pub const HTTP_HOST_ALLOWANCE: u64 = MAX_RESOURCES as u64 * (32 << 10);
 
+/// Host memory of an invocation that does not count against its cap: the
+/// first 64 KiB its account is charged — its empty store and WASI context
+/// (about 11–25 KiB for a hello guest) — so that a guest whose linear
+/// memory is exactly its cap still runs. Every byte past it counts. It is
+/// part of [`UNATTRIBUTED_ALLOWANCE`], which admission counts beside the cap.
+pub const HOST_BASE: u64 = 64 << 10;
+
 /// Host memory an invocation makes the host hold *outside* its account
 /// when the accounting allocator is installed: the server's task, timer and
-/// log record for the request, which run outside the invocation's polls:
-/// 256 KiB. Admission counts it beside each memory cap.
+/// log record for the request, which run outside the invocation's polls,
+/// and its [`HOST_BASE`]: 256 KiB. Admission counts it beside each memory
+/// cap.
 pub const UNATTRIBUTED_ALLOWANCE: u64 = 256 << 10;
 
 /// Most wasm instances (a component counts each core instance), tables and
@@ -118,10 +126,7 @@ impl StoreState {
         self.limiter.killed = true;
         Err(wasmtime::Error::new(MemoryCapExceeded {
             cap: self.limiter.cap,
-            wanted: self
-                .limiter
-                .outside_account()
-                .saturating_add(self.account.bytes()),
+            wanted: self.limiter.in_use(),
         }))
     }
 }
@@ -184,7 +189,7 @@ pub(crate) struct MemoryCapExceeded {
 
 impl MemoryLimiter {
     pub(crate) fn new(cap: u64, account: Account, tables_on_heap: bool) -> Self {
-        account.set_limit(cap);
+        account.set_limit(cap.saturating_add(HOST_BASE));
         MemoryLimiter {
             cap,
             total: 0,
@@ -203,9 +208,21 @@ impl MemoryLimiter {
         self.total.saturating_sub(self.heap_tables)
     }
 
-    /// Host memory charged now, less heap tables already counted in `total`.
+    /// Host memory counted against the cap now: what is charged, less heap
+    /// tables already counted in `total`, less the [`HOST_BASE`].
     fn host(&self) -> u64 {
-        self.account.bytes().saturating_sub(self.heap_tables)
+        self.account
+            .bytes()
+            .saturating_sub(self.heap_tables)
+            .saturating_sub(HOST_BASE)
+    }
+
+    /// The account's limit: what the cap leaves besides linear memory and
+    /// tables the account does not see, plus the [`HOST_BASE`].
+    fn account_limit(&self) -> u64 {
+        self.cap
+            .saturating_sub(self.outside_account())
+            .saturating_add(HOST_BASE)
     }
 
     /// The cap on total memory, in bytes.
@@ -213,16 +230,16 @@ impl MemoryLimiter {
         self.cap
     }
 
-    /// Total memory counted against the cap now, in bytes.
-    pub(crate) fn used(&self) -> u64 {
-        self.total
+    /// Everything counted against the cap now, in bytes: linear memory,
+    /// tables and host memory.
+    pub(crate) fn in_use(&self) -> u64 {
+        self.total.saturating_add(self.host())
     }
 
     /// What the cap leaves now for anything more: linear memory, tables or
     /// host memory.
     pub(crate) fn left(&self) -> u64 {
-        self.cap
-            .saturating_sub(self.outside_account().saturating_add(self.account.bytes()))
+        self.cap.saturating_sub(self.in_use())
     }
 
     /// Highest total memory (linear memory and tables) reached, in bytes.
@@ -249,8 +266,7 @@ impl MemoryLimiter {
         if on_heap {
             self.heap_tables = self.heap_tables.saturating_add(delta);
         }
-        self.account
-            .set_limit(self.cap.saturating_sub(self.outside_account()));
+        self.account.set_limit(self.account_limit());
         Ok(true)
     }
 
@@ -261,8 +277,7 @@ impl MemoryLimiter {
             self.heap_tables = self.heap_tables.saturating_sub(self.last_grant);
         }
         self.last_grant = 0;
-        self.account
-            .set_limit(self.cap.saturating_sub(self.outside_account()));
+        self.account.set_limit(self.account_limit());
     }
 }
 
@@ -416,9 +431,10 @@ mod tests {
         let mut l = MemoryLimiter::new(1 << 20, account.clone(), false);
         let held = {
             let _in = account.enter();
-            vec![0u8; 600 << 10]
+            vec![0u8; (600 << 10) + HOST_BASE as usize]
         };
-        // 600 KiB held by the host leave room for 300 KiB, not 500 KiB.
+        // 600 KiB held by the host past its base leave room for 300 KiB of
+        // linear memory, not 500 KiB.
         assert!(l.memory_growing(0, 300 << 10, None).unwrap());
         assert!(l.memory_growing(300 << 10, 500 << 10, None).is_err());
         assert!(l.killed);
@@ -430,6 +446,22 @@ mod tests {
         };
         assert!(account.exceeded());
         drop((held, more));
+    }
+
+    #[test]
+    fn the_host_base_does_not_count() {
+        // A guest whose linear memory is exactly its cap still runs while
+        // the host holds no more than the base for it.
+        let account = Account::new(u64::MAX);
+        let mut l = MemoryLimiter::new(64 << 10, account.clone(), false);
+        let held = {
+            let _in = account.enter();
+            vec![0u8; 32 << 10]
+        };
+        assert!(l.memory_growing(0, 64 << 10, None).unwrap());
+        assert!(!account.exceeded());
+        assert_eq!(l.in_use(), 64 << 10);
+        drop(held);
     }
 
     #[test]

@@ -183,3 +183,39 @@ async fn outgoing_requests_are_bounded_per_request() {
     );
     holder.abort();
 }
+
+#[test]
+fn a_guest_whose_memory_is_exactly_its_cap_still_runs() {
+    // The empty store and WASI context are the host's own base, not the
+    // guest's: one page of linear memory under a one-page cap runs, and
+    // one page more is killed.
+    let one = wat_file(
+        "exactly-one-page",
+        r#"(module (memory 1) (func (export "_start")))"#,
+    );
+    let (status, _, _, report) =
+        crate::cli::run_report(&["--max-memory", "64KiB"], one.to_str().unwrap(), &[]);
+    assert_eq!(status, 0, "{report}");
+    let two = wat_file(
+        "one-page-more",
+        r#"(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 1)))))"#,
+    );
+    let (status, _, _, report) =
+        crate::cli::run_report(&["--max-memory", "64KiB"], two.to_str().unwrap(), &[]);
+    assert_eq!(status, 137, "{report}");
+    assert_eq!(report["outcome"], "memory_exceeded");
+}
+
+#[test]
+fn memory_caps_past_the_ceiling_are_usage_errors() {
+    let one = wat_file("ceiling", r#"(module (memory 1) (func (export "_start")))"#);
+    let out = crate::wasm_run(&["run", "--max-memory", "5GiB", one.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("5GiB") && stderr.contains("4GiB"),
+        "{stderr}"
+    );
+    let out = crate::wasm_run(&["run", "--max-memory", "4GiB", one.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -451,7 +451,7 @@ async fn pool_slots_are_admitted_like_memory() {
     .expect("engine");
     let guest = Guest::from_bytes(&engine, "slot-hungry", SLOT_HUNGRY.as_bytes()).expect("loads");
     assert_eq!(guest.footprint().memories, 3);
-    let pool = engine.pool_slots().expect("pooling");
+    let pool = Slots::pool_of(engine.config()).expect("pooling");
     let limits = wasm_run::Limits {
         max_memory: 16 * MIB,
         timeout: Some(Duration::from_millis(300)),

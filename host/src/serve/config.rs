@@ -362,6 +362,27 @@ mod tests {
     }
 
     #[test]
+    fn outgoing_requests_per_request_are_a_route_setting() {
+        let dir = std::env::temp_dir();
+        let parse = |route: &str| {
+            let file: ConfigFile = toml::from_str(&format!(
+                "[[route]]\npath = \"/\"\nmodule = \"m.wasm\"\n{route}"
+            ))
+            .expect("parses");
+            resolve_routes(&file, &dir.join("c.toml"), &default_limits())
+        };
+        let routes = parse("").unwrap();
+        assert_eq!(
+            routes[0].max_outgoing_requests,
+            crate::outbound::DEFAULT_MAX_OUTGOING
+        );
+        let routes = parse("max-outgoing-requests = 2").unwrap();
+        assert_eq!(routes[0].max_outgoing_requests, 2);
+        let e = parse("max-outgoing-requests = 0").unwrap_err();
+        assert!(e.to_string().contains("max-outgoing-requests"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         for (text, key) in [
             ("[server]\nport = 1", "port"),

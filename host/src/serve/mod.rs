@@ -201,7 +201,7 @@ impl Server {
         };
         // Requests also take instance-pool slots: counted, so that a route
         // whose guests take many cannot make another route's fail.
-        let admission = match engine.pool_slots() {
+        let admission = match Slots::pool_of(engine.config()) {
             Some(pool) => Admission::with_slots(admission_config, pool),
             None => Admission::new(admission_config),
         };
