@@ -284,8 +284,9 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
             Err(refused) => Some(Err(refused)),
             Ok(()) => {
                 let account = store.data().account.clone();
+                let cpu = store.data().cpu.clone();
                 let call = call_entry(&guest.inner.pre, &mut store, entry);
-                let watched = until_host_memory_exceeded(&account, call);
+                let watched = until_limits_exceeded(&account, cpu.as_deref(), call);
                 with_deadline(&limits, started, watched).await
             }
         };
@@ -326,18 +327,33 @@ fn refuse_unfitting_state(guest: &Guest, store: &mut Store<StoreState>) -> Resul
 }
 
 /// Runs `call`, but gives up on it (dropping it, which cancels the guest)
-/// as soon as its host memory passed what the cap leaves: checked each time
-/// the call yields, which a running guest does at every epoch tick.
-async fn until_host_memory_exceeded(
+/// as soon as its host memory passed what the cap leaves, or its CPU time
+/// its limit: checked each time the call yields, which a running guest does
+/// at every epoch tick. With a CPU-time limit, each poll is timed with the
+/// thread CPU clock.
+async fn until_limits_exceeded(
     account: &Account,
+    cpu: Option<&crate::scheduler::CpuBudget>,
     call: impl std::future::Future<Output = Result<i32, Failure>>,
 ) -> Result<i32, Failure> {
     let mut call = std::pin::pin!(call);
-    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-        std::task::Poll::Pending if account.exceeded() => {
-            std::task::Poll::Ready(Err(Failure::HostMemory))
+    std::future::poll_fn(|cx| {
+        if let Some(cpu) = cpu {
+            cpu.begin();
         }
-        polled => polled,
+        let polled = call.as_mut().poll(cx);
+        if let Some(cpu) = cpu {
+            cpu.end();
+        }
+        match polled {
+            std::task::Poll::Pending if account.exceeded() => {
+                std::task::Poll::Ready(Err(Failure::HostMemory))
+            }
+            std::task::Poll::Pending if cpu.is_some_and(|c| c.exceeded()) => {
+                std::task::Poll::Ready(Err(Failure::Cpu))
+            }
+            polled => polled,
+        }
     })
     .await
 }
@@ -396,6 +412,7 @@ fn conclude(
     result: Option<Result<i32, Failure>>,
 ) -> Result<(OutcomeKind, Usage)> {
     let killed = store.data().limiter.killed || store.data().account.exceeded();
+    let cpu_killed = store.data().cpu.as_ref().is_some_and(|c| c.exceeded());
     let end = match result {
         None => CallEnd::TimedOut,
         Some(Ok(code)) => CallEnd::Returned(Ok(code)),
@@ -403,10 +420,14 @@ fn conclude(
         Some(Err(Failure::HostMemory)) => CallEnd::Returned(Err(wasmtime::Error::msg(
             "host memory held for the guest passed its memory cap",
         ))),
+        Some(Err(Failure::Cpu)) => CallEnd::Returned(Err(wasmtime::Error::msg(
+            "the guest passed its CPU-time limit",
+        ))),
         Some(Err(Failure::Instantiating(e))) => {
             // The guest's own doing: a trap, an exit or an uncaught
             // exception in its start function, or a limit it hit.
             let guest_caused = killed
+                || cpu_killed
                 || e.downcast_ref::<wasmtime::Trap>().is_some()
                 || e.downcast_ref::<wasmtime::ThrownException>().is_some()
                 || e.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
@@ -428,7 +449,7 @@ fn conclude(
             CallEnd::Returned(Err(e))
         }
     };
-    let kind = classify(end, killed);
+    let kind = classify(end, killed, cpu_killed);
     let fuel_consumed = match (guest.inner.engine.config().fuel, store.get_fuel()) {
         (true, Ok(left)) => Some(limits.fuel.unwrap_or(u64::MAX) - left),
         _ => None,
@@ -454,6 +475,8 @@ enum Failure {
     /// The host memory charged to the invocation passed what its cap
     /// leaves (seen between two polls).
     HostMemory,
+    /// The invocation passed its CPU-time limit (seen between two polls).
+    Cpu,
 }
 
 /// Instantiates and calls the entry point; `Ok(code)` is the exit code.

@@ -98,7 +98,7 @@ pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};
 pub use io::{Input, Output, OutputSink};
-pub use limits::{ByteSize, HumanDuration, Limits, MemoryCap};
+pub use limits::{ByteSize, CpuLimit, HumanDuration, Limits, MemoryCap};
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
 pub use store::{

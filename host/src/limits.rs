@@ -44,6 +44,13 @@ pub struct Limits {
     /// means no deadline.
     #[serde(deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
+    /// CPU-time limit, like `RLIMIT_CPU`: CPU the invocation spends in wasm
+    /// and in synchronous host calls, on whichever thread runs it; time
+    /// blocked (sleeping, waiting for I/O) does not count. Past it the
+    /// invocation is killed as `cpu_exceeded`. `None` (the default) means
+    /// no limit; CPU time is still measured and reported.
+    #[serde(deserialize_with = "de_opt_cpu_limit")]
+    pub max_cpu: Option<Duration>,
     /// Cap on the bytes of stdout and of stderr kept for an embedder that
     /// captures output; output past it is discarded (the guest is not told,
     /// and its other limits stop a flood that never ends) and the capture is
@@ -62,6 +69,7 @@ impl Default for Limits {
             fuel: None,
             max_memory: DEFAULT_MAX_MEMORY,
             timeout: None,
+            max_cpu: None,
             max_output: DEFAULT_MAX_OUTPUT,
         }
     }
@@ -234,6 +242,47 @@ fn de_memory_cap<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     check_memory_cap(&ByteSize(n).to_string(), n).map_err(serde::de::Error::custom)
 }
 
+/// Parses a CPU-time limit: a duration (as [`parse_duration`]) of more than
+/// zero.
+pub fn parse_cpu_limit(s: &str) -> Result<Duration, ParseError> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(ParseError {
+            what: "CPU-time limit",
+            value: s.to_string(),
+            reason: "it must be more than zero",
+            example: "`50ms`, `2s` or `1m`",
+        });
+    }
+    Ok(d)
+}
+
+/// A CPU-time limit written as a [`HumanDuration`] of more than zero (what
+/// `--max-cpu` and `max-cpu` accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CpuLimit(pub Duration);
+
+impl FromStr for CpuLimit {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_cpu_limit(s).map(CpuLimit)
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_cpu_limit(&s)
+            .map(CpuLimit)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn de_opt_cpu_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    CpuLimit::deserialize(d).map(|c| Some(c.0))
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     SizeOrNumber::deserialize(d)?.into_bytes()
 }
@@ -331,6 +380,18 @@ mod tests {
             assert!(msg.contains(&format!("`{bad}`")), "{msg}");
             assert!(msg.contains("250ms"), "{msg}");
         }
+    }
+
+    #[test]
+    fn cpu_limits_are_positive_durations() {
+        assert_eq!(parse_cpu_limit("50ms"), Ok(Duration::from_millis(50)));
+        for bad in ["0", "0ms", "lots", "400d", "-1s"] {
+            let e = parse_cpu_limit(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
+        }
+        let l: Limits = toml::from_str("max-cpu = \"20ms\"").expect("parses");
+        assert_eq!(l.max_cpu, Some(Duration::from_millis(20)));
+        assert!(toml::from_str::<Limits>("max-cpu = \"0s\"").is_err());
     }
 
     #[test]

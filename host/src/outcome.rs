@@ -22,6 +22,8 @@ pub enum OutcomeKind {
     Exited(i32),
     /// The guest used up its fuel budget.
     FuelExhausted,
+    /// The guest used more CPU time than [`crate::Limits::max_cpu`].
+    CpuExceeded,
     /// The guest tried to grow its total memory (linear memory, tables and
     /// the host memory charged to it) past the cap, or to hold more host
     /// resources than allowed ([`crate::MAX_RESOURCES`]), and was killed.
@@ -39,6 +41,7 @@ impl OutcomeKind {
         match self {
             OutcomeKind::Exited(_) => "exited",
             OutcomeKind::FuelExhausted => "fuel_exhausted",
+            OutcomeKind::CpuExceeded => "cpu_exceeded",
             OutcomeKind::MemoryExceeded => "memory_exceeded",
             OutcomeKind::DeadlineExceeded => "deadline_exceeded",
             OutcomeKind::Trapped(_) => "trapped",
@@ -53,7 +56,7 @@ impl OutcomeKind {
             OutcomeKind::Exited(code) => *code,
             OutcomeKind::DeadlineExceeded => 124,
             OutcomeKind::MemoryExceeded => 137,
-            OutcomeKind::FuelExhausted => 152,
+            OutcomeKind::FuelExhausted | OutcomeKind::CpuExceeded => 152,
             OutcomeKind::Trapped(_) => 134,
         }
     }
@@ -120,6 +123,10 @@ impl Outcome {
                  host memory)",
                 self.usage.peak_memory_bytes, self.usage.host_memory_peak_bytes
             )),
+            OutcomeKind::CpuExceeded => Some(format!(
+                "guest used more than its CPU-time limit ({} ms of CPU used)",
+                self.usage.cpu_time.as_millis()
+            )),
             OutcomeKind::DeadlineExceeded => Some(format!(
                 "guest did not finish within its deadline ({} ms elapsed)",
                 self.usage.wall_time.as_millis()
@@ -179,9 +186,12 @@ pub(crate) enum CallEnd {
 ///
 /// `memory_killed` is the limiter's own record that it refused a grow: a
 /// refused grow is a kill, whatever error the guest's code turned it into.
-pub(crate) fn classify(end: CallEnd, memory_killed: bool) -> OutcomeKind {
+pub(crate) fn classify(end: CallEnd, memory_killed: bool, cpu_killed: bool) -> OutcomeKind {
     if memory_killed {
         return OutcomeKind::MemoryExceeded;
+    }
+    if cpu_killed {
+        return OutcomeKind::CpuExceeded;
     }
     let err = match end {
         CallEnd::TimedOut => return OutcomeKind::DeadlineExceeded,
@@ -257,14 +267,14 @@ mod tests {
     fn classify_prefers_the_limiters_record() {
         let err = wasmtime::Error::from(Trap::UnreachableCodeReached);
         assert_eq!(
-            classify(CallEnd::Returned(Err(err)), true),
+            classify(CallEnd::Returned(Err(err)), true, false),
             OutcomeKind::MemoryExceeded
         );
     }
 
     #[test]
     fn classify_traps_and_exits() {
-        let c = |e: wasmtime::Error| classify(CallEnd::Returned(Err(e)), false);
+        let c = |e: wasmtime::Error| classify(CallEnd::Returned(Err(e)), false, false);
         assert_eq!(c(Trap::OutOfFuel.into()), OutcomeKind::FuelExhausted);
         assert_eq!(c(Trap::Interrupt.into()), OutcomeKind::DeadlineExceeded);
         assert_eq!(c(I32Exit(3).into()), OutcomeKind::Exited(3));
@@ -279,13 +289,20 @@ mod tests {
             OutcomeKind::MemoryExceeded
         );
         assert_eq!(
-            classify(CallEnd::Returned(Ok(0)), false),
+            classify(CallEnd::Returned(Ok(0)), false, false),
             OutcomeKind::Exited(0)
         );
         assert_eq!(
-            classify(CallEnd::TimedOut, false),
+            classify(CallEnd::TimedOut, false, false),
             OutcomeKind::DeadlineExceeded
         );
+        // A CPU-time kill is the verdict even if the wall clock ran out too.
+        assert_eq!(
+            classify(CallEnd::TimedOut, false, true),
+            OutcomeKind::CpuExceeded
+        );
+        assert_eq!(OutcomeKind::CpuExceeded.exit_status(), 152);
+        assert_eq!(OutcomeKind::CpuExceeded.name(), "cpu_exceeded");
     }
 
     #[test]

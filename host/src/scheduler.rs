@@ -228,6 +228,97 @@ impl<F: Future, C: CpuClock + Unpin> Future for Metered<F, C> {
     }
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): a
+/// system call, so read only for invocations with a CPU-time limit.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// One invocation's CPU-time limit (`Limits::max_cpu`), measured with the
+/// thread CPU clock around each poll of the guest's call, on whichever
+/// thread polls it, and checked at every epoch tick inside a poll and after
+/// every poll. Shared between the poll wrapper and the store's epoch
+/// callback.
+#[derive(Debug)]
+pub(crate) struct CpuBudget {
+    limit: Duration,
+    /// CPU of the polls that ended, in nanoseconds.
+    used_ns: std::sync::atomic::AtomicU64,
+    /// The thread CPU clock when the current poll began, in nanoseconds;
+    /// `u64::MAX` between polls.
+    poll_start_ns: std::sync::atomic::AtomicU64,
+    exceeded: std::sync::atomic::AtomicBool,
+}
+
+impl CpuBudget {
+    pub(crate) fn new(limit: Duration) -> Self {
+        CpuBudget {
+            limit,
+            used_ns: 0.into(),
+            poll_start_ns: u64::MAX.into(),
+            exceeded: false.into(),
+        }
+    }
+
+    /// A poll of the guest's call begins on this thread.
+    pub(crate) fn begin(&self) {
+        let now = thread_cpu_time().as_nanos() as u64;
+        self.poll_start_ns
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The poll that began on this thread ended.
+    pub(crate) fn end(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = self.poll_start_ns.swap(u64::MAX, Relaxed);
+        if start != u64::MAX {
+            let now = thread_cpu_time().as_nanos() as u64;
+            self.used_ns.fetch_add(now.saturating_sub(start), Relaxed);
+        }
+        self.check();
+    }
+
+    /// CPU used so far, the current poll included (when read on the thread
+    /// that polls).
+    pub(crate) fn used(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut ns = self.used_ns.load(Relaxed);
+        let start = self.poll_start_ns.load(Relaxed);
+        if start != u64::MAX {
+            let now = thread_cpu_time().as_nanos() as u64;
+            ns = ns.saturating_add(now.saturating_sub(start));
+        }
+        Duration::from_nanos(ns)
+    }
+
+    /// Whether the limit is passed (raising the flag, which stays raised).
+    pub(crate) fn check(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.exceeded.load(Relaxed) {
+            return true;
+        }
+        if self.used() > self.limit {
+            self.exceeded.store(true, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the limit was passed.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.exceeded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +414,26 @@ mod tests {
             .unwrap()
         });
         assert_eq!(nice.unwrap(), BACKGROUND_NICE);
+    }
+
+    #[test]
+    fn a_cpu_budget_counts_work_not_waiting() {
+        let b = CpuBudget::new(Duration::from_millis(20));
+        b.begin();
+        std::thread::sleep(Duration::from_millis(30));
+        b.end();
+        assert!(!b.exceeded(), "sleeping is not CPU: {:?}", b.used());
+        b.begin();
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        // Inside the poll the running total is seen (the epoch check).
+        assert!(b.check(), "{x}: {:?}", b.used());
+        b.end();
+        assert!(b.exceeded());
+        assert!(b.used() >= Duration::from_millis(20));
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub(crate) struct StoreState {
     pub(crate) budget: BudgetInfo,
     /// The host memory charged to this invocation (`crate::accounting`).
     pub(crate) account: Account,
+    /// The CPU-time limit, when the invocation has one.
+    pub(crate) cpu: Option<std::sync::Arc<crate::scheduler::CpuBudget>>,
 }
 
 impl StoreState {
@@ -113,6 +115,18 @@ impl StoreState {
             limiter: MemoryLimiter::new(max_memory, account.clone(), tables_on_heap),
             budget: BudgetInfo::default(),
             account,
+            cpu: None,
+        }
+    }
+
+    /// Kills the invocation for CPU time once it passed its limit: the
+    /// check at each epoch tick (about every millisecond of wasm).
+    fn check_cpu(&mut self) -> wasmtime::Result<()> {
+        match &self.cpu {
+            Some(cpu) if cpu.check() => Err(wasmtime::Error::new(CpuLimitExceeded {
+                limit: cpu.limit(),
+            })),
+            _ => Ok(()),
         }
     }
 
@@ -174,6 +188,13 @@ pub(crate) struct MemoryLimiter {
     heap_tables: u64,
     last_grant_on_heap: bool,
     pub(crate) killed: bool,
+}
+
+/// The error that kills an invocation past its CPU-time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("CPU-time limit of {limit:?} exceeded")]
+pub(crate) struct CpuLimitExceeded {
+    limit: std::time::Duration,
 }
 
 /// The error the limiter returns to wasmtime to kill a grow.
@@ -359,6 +380,9 @@ pub(crate) fn new_store(
         fuel_limited: engine.config().fuel && limits.fuel.is_some(),
         deadline,
     };
+    state.cpu = limits
+        .max_cpu
+        .map(|limit| std::sync::Arc::new(crate::scheduler::CpuBudget::new(limit)));
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {
@@ -369,6 +393,7 @@ pub(crate) fn new_store(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut cx: StoreContextMut<'_, StoreState>| {
         cx.data_mut().check_host_memory()?;
+        cx.data_mut().check_cpu()?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Trap::Interrupt.into());
         }

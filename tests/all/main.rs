@@ -8,6 +8,7 @@ mod budget;
 mod cli;
 mod compile;
 mod concurrency;
+mod cpu;
 mod fuzz;
 mod host_limits;
 mod host_memory;

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use anyhow::Context as _;
 use clap::Args;
 use tokio::io::AsyncWrite;
-use wasm_run::limits::{DEFAULT_MAX_MEMORY, HumanDuration, MemoryCap};
+use wasm_run::limits::{CpuLimit, DEFAULT_MAX_MEMORY, HumanDuration, MemoryCap};
 use wasm_run::{
     DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, OutboundPolicy, Outcome,
     Output,
@@ -26,14 +26,16 @@ Limits:
   --max-memory 64MiB     kill the guest when its memory (linear + tables + the host
                          memory it makes wasm-run hold) would pass 64 MiB
   --timeout 2s           kill the guest 2 seconds after it starts, even while it sleeps
+  --max-cpu 100ms        kill the guest once it has used 100 ms of CPU (not while blocked)
 
 Exit status:
   the guest's own exit code when it exits;
-  124 deadline_exceeded, 137 memory_exceeded, 152 fuel_exhausted (128 + SIGXCPU),
+  124 deadline_exceeded, 137 memory_exceeded, 152 fuel_exhausted or cpu_exceeded
+  (128 + SIGXCPU),
   134 trapped, 125 wasm-run could not load or instantiate the guest, 2 bad usage.
 
 Report (--report PATH, or - for stderr), one JSON object:
-  {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
+  {\"outcome\": \"exited\"|\"fuel_exhausted\"|\"cpu_exceeded\"|\"memory_exceeded\"|\"deadline_exceeded\"|\"trapped\",
    \"exit_code\": N|null, \"fuel_consumed\": N, \"peak_memory_bytes\": N,
    \"wall_time_us\": N, \"message\": \"...\"|null,
    \"host_memory_peak_bytes\": N, (host memory charged to the guest: instance state,
@@ -85,6 +87,12 @@ pub struct RunCommand {
     /// guest sleeps or waits on I/O (exit 124). Default: none.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<HumanDuration>,
+
+    /// CPU-time limit, e.g. `50ms`, like RLIMIT_CPU: CPU the guest spends in
+    /// wasm and in host calls, not time it is blocked (exit 152,
+    /// cpu_exceeded). Default: none.
+    #[arg(long, value_name = "DURATION")]
+    max_cpu: Option<CpuLimit>,
 
     /// Set an environment variable in the guest (repeatable). Nothing is
     /// inherited from wasm-run's own environment.
@@ -192,6 +200,7 @@ impl RunCommand {
                 fuel: self.fuel,
                 max_memory: self.max_memory.0,
                 timeout: self.timeout.map(|t| t.0),
+                max_cpu: self.max_cpu.map(|c| c.0),
                 ..Limits::default()
             },
             outbound: OutboundPolicy::default(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::net::TcpListener;
-use wasm_run::limits::{ByteSize, HumanDuration, MemoryCap};
+use wasm_run::limits::{ByteSize, CpuLimit, HumanDuration, MemoryCap};
 use wasm_run::serve::admission::default_budget;
 use wasm_run::serve::config::{
     self, ConfigFile, DEFAULT_ADDR, DEFAULT_BODY_BUFFER, DEFAULT_BODY_TIMEOUT,
@@ -48,7 +48,7 @@ Config file (TOML), flags override it:
   [server]  addr, admin-addr, max-body, header-timeout, max-log,
             memory-budget, max-queue, queue-timeout, body-buffer,
             body-timeout, write-timeout, max-connections
-  [limits]  fuel, max-memory, timeout            (defaults of every route)
+  [limits]  fuel, max-memory, max-cpu, timeout   (defaults of every route)
   [[route]] path = \"/api\", module = \"api.wasm\" (relative to the file),
             limits = { fuel = 1000000, max-memory = \"32MiB\", timeout = \"2s\" },
             env = { KEY = \"value\" },
@@ -97,6 +97,12 @@ pub struct ServeCommand {
     /// host memory it causes), e.g. `64MiB`; at most `4GiB`. Default 256MiB.
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<MemoryCap>,
+
+    /// CPU-time limit per request, e.g. `50ms` (wasm and host calls on the
+    /// request's behalf; time blocked does not count), like RLIMIT_CPU.
+    /// Past it: 500 `cpu_exceeded`. Default: none.
+    #[arg(long, value_name = "DURATION")]
+    max_cpu: Option<CpuLimit>,
 
     /// Deadline per request, e.g. `2s`. Default 30s.
     #[arg(long, value_name = "DURATION")]
@@ -329,6 +335,7 @@ impl ServeCommand {
             fuel: self.fuel,
             max_memory: self.max_memory,
             timeout: self.timeout,
+            max_cpu: self.max_cpu,
         };
         let defaults = flag_limits.apply(&file.limits.apply(&config::default_limits()));
         let mut routes = match &self.config {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{ByteSize, HumanDuration, MemoryCap};
+use crate::limits::{ByteSize, CpuLimit, HumanDuration, MemoryCap};
 use crate::{DirMapping, Limits};
 
 /// Default address of the HTTP listener.
@@ -107,6 +107,8 @@ pub struct LimitsOverlay {
     pub max_memory: Option<MemoryCap>,
     /// Wall-clock deadline per request.
     pub timeout: Option<HumanDuration>,
+    /// CPU-time limit per request.
+    pub max_cpu: Option<CpuLimit>,
 }
 
 impl LimitsOverlay {
@@ -116,6 +118,7 @@ impl LimitsOverlay {
             fuel: self.fuel.or(base.fuel),
             max_memory: self.max_memory.map_or(base.max_memory, |m| m.0),
             timeout: self.timeout.map(|t| t.0).or(base.timeout),
+            max_cpu: self.max_cpu.map(|c| c.0).or(base.max_cpu),
             max_output: base.max_output,
         }
     }

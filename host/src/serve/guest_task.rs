@@ -184,6 +184,7 @@ pub(crate) fn answer_for(finished: Finished, no_response: String) -> HostAnswer 
 fn kill_message(kind: &OutcomeKind) -> String {
     match kind {
         OutcomeKind::FuelExhausted => "the request ran out of fuel".into(),
+        OutcomeKind::CpuExceeded => "the request used more than its CPU-time limit".into(),
         OutcomeKind::MemoryExceeded => "the request tried to grow its memory past its cap".into(),
         OutcomeKind::DeadlineExceeded => "the request did not finish within its deadline".into(),
         OutcomeKind::Trapped(m) => format!("the guest trapped: {m}"),
