@@ -1,7 +1,8 @@
 //! The budget a guest can read about itself: the `wasm-run:sandbox/budget`
-//! interface of `wit/budget.wit` for components, and the same four
+//! interface of `wit/budget.wit` for components, and the same five
 //! functions as plain imports of the module [`CORE_MODULE`] for core
-//! modules (an `i64` each, `-1` for "none").
+//! modules (an `i64` each, `-1` for "none"). Version 0.2 added
+//! `cpu-remaining-ns`; guests built against 0.1.x link as before.
 //!
 //! The figures are the live ones of the calling invocation: fuel from its
 //! store, memory from its limiter, time from its deadline. Each function is
@@ -19,8 +20,9 @@ use crate::store::StoreState;
 /// componentize-py or jco at it.
 pub const WIT: &str = include_str!("../wit/budget.wit");
 
-/// The WIT interface components import (any 0.1.x version is accepted).
-pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.1.0";
+/// The WIT interface components import (any 0.1.x or 0.2.x version is
+/// accepted).
+pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.2.0";
 
 /// The import module of the core-module flavour.
 pub const CORE_MODULE: &str = "wasm_run_budget";
@@ -57,15 +59,23 @@ fn time_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {
     Some(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
 }
 
+fn cpu_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {
+    let store = store.as_context();
+    let cpu = store.data().cpu.as_ref()?;
+    let left = cpu.limit().saturating_sub(cpu.used());
+    Some(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// `None` as `-1`, for the core flavour (every real figure fits in an
 /// `i64`: fuel and nanoseconds are clamped to `i64::MAX`).
 fn core(value: Option<u64>) -> i64 {
     value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// Whether a component import name is this interface (any 0.1.x).
+/// Whether a component import name is this interface (any 0.1.x or 0.2.x).
 pub(crate) fn is_interface(import: &str) -> bool {
     import.starts_with("wasm-run:sandbox/budget@0.1.")
+        || import.starts_with("wasm-run:sandbox/budget@0.2.")
 }
 
 /// Defines the interface under `import` (the exact name the component
@@ -82,6 +92,10 @@ pub(crate) fn add_to_component_linker(
     budget.func_wrap("memory-used", |store, (): ()| Ok((memory_used(store),)))?;
     budget.func_wrap("time-remaining-ns", |store, (): ()| {
         Ok((time_remaining_ns(store),))
+    })?;
+    // A 0.1 importer does not ask for it; an extra function is harmless.
+    budget.func_wrap("cpu-remaining-ns", |store, (): ()| {
+        Ok((cpu_remaining_ns(store),))
     })?;
     Ok(())
 }
@@ -108,6 +122,11 @@ pub(crate) fn add_to_core_linker(linker: &mut Linker<StoreState>) -> wasmtime::R
         "time_remaining_ns",
         |c: wasmtime::Caller<'_, StoreState>| core(time_remaining_ns(c)),
     )?;
+    linker.func_wrap(
+        CORE_MODULE,
+        "cpu_remaining_ns",
+        |c: wasmtime::Caller<'_, StoreState>| core(cpu_remaining_ns(c)),
+    )?;
     Ok(())
 }
 
@@ -126,7 +145,8 @@ mod tests {
     fn every_0_1_version_of_the_interface_is_recognised() {
         assert!(is_interface(INTERFACE));
         assert!(is_interface("wasm-run:sandbox/budget@0.1.3"));
-        assert!(!is_interface("wasm-run:sandbox/budget@0.2.0"));
+        assert!(is_interface("wasm-run:sandbox/budget@0.2.0"));
+        assert!(!is_interface("wasm-run:sandbox/budget@0.3.0"));
         assert!(!is_interface("wasi:cli/environment@0.2.0"));
     }
 
@@ -138,12 +158,13 @@ mod tests {
     #[test]
     fn the_wit_file_declares_what_is_linked() {
         let wit = WIT;
-        assert!(wit.contains("package wasm-run:sandbox@0.1.0;"));
+        assert!(wit.contains("package wasm-run:sandbox@0.2.0;"));
         for function in [
             "fuel-remaining: func() -> option<u64>;",
             "memory-cap: func() -> u64;",
             "memory-used: func() -> u64;",
             "time-remaining-ns: func() -> option<u64>;",
+            "cpu-remaining-ns: func() -> option<u64>;",
         ] {
             assert!(wit.contains(function), "{function}");
         }

@@ -114,3 +114,51 @@ async fn serve_answers_500_cpu_exceeded() {
     assert_eq!(get(server.addr, "/sleep?s=0.3").await.status, 200);
     assert_eq!(get(server.addr, "/hello").await.status, 200);
 }
+
+/// A core module that counts while the budget interface says more than
+/// 30 ms of CPU is left, then exits 0 (its partial result); with
+/// `ignore` set it never looks, and is killed.
+fn cpu_aware(ignore: bool) -> String {
+    let check = if ignore {
+        "(i32.const 1)"
+    } else {
+        "(i64.gt_s (call $cpu_left) (i64.const 30000000))"
+    };
+    format!(
+        r#"(module
+  (import "wasm_run_budget" "cpu_remaining_ns" (func $cpu_left (result i64)))
+  (func (export "_start")
+    (local $n i64)
+    ;; Without a CPU-time limit the figure is -1 (none): say so by exit 3.
+    (if (i64.eq (call $cpu_left) (i64.const -1)) (then unreachable))
+    (loop $work
+      (local.set $n (i64.add (local.get $n) (i64.const 1)))
+      (br_if $work {check}))))"#
+    )
+}
+
+#[test]
+fn a_guest_that_reads_its_cpu_left_stops_in_time() {
+    let aware = crate::wat_file("cpu-aware", &cpu_aware(false));
+    let path = aware.to_str().unwrap();
+    // Obeyed: it stops with 30 ms to spare.
+    let (status, _, _, report) =
+        crate::cli::run_report(&["--max-cpu", "150ms", "--timeout", "60s"], path, &[]);
+    assert_eq!(status, 0, "{report}");
+    assert!(
+        report["cpu_time_us"].as_u64().unwrap() >= 100_000,
+        "{report}"
+    );
+    // Without a limit the figure is none (-1): this guest traps on it.
+    let (status, _, _, report) = crate::cli::run_report(&["--timeout", "5s"], path, &[]);
+    assert_eq!(status, 134, "{report}");
+    // Violated: the same loop that never looks is killed for CPU.
+    let heedless = crate::wat_file("cpu-heedless", &cpu_aware(true));
+    let (status, _, _, report) = crate::cli::run_report(
+        &["--max-cpu", "150ms", "--timeout", "60s"],
+        heedless.to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(status, 152, "{report}");
+    assert_eq!(report["outcome"], "cpu_exceeded");
+}
