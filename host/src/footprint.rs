@@ -117,6 +117,16 @@ impl Frame {
     }
 }
 
+/// The footprint at `index` of an index space; `largest` stands in for
+/// one defined outside (imported or aliased) or out of range.
+fn entry(space: &[Option<Footprint>], index: u32, largest: Footprint) -> Footprint {
+    space
+        .get(index as usize)
+        .copied()
+        .flatten()
+        .unwrap_or(largest)
+}
+
 fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
     let mut stack: Vec<Frame> = Vec::new();
     // The largest module or component seen, standing in for one whose
@@ -217,12 +227,7 @@ fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
                 Payload::InstanceSection(r) => {
                     for instance in r {
                         if let Instance::Instantiate { module_index, .. } = instance? {
-                            let fp = modules
-                                .get(module_index as usize)
-                                .copied()
-                                .flatten()
-                                .unwrap_or(largest);
-                            total.add(&fp);
+                            total.add(&entry(modules, module_index, largest));
                         }
                     }
                 }
@@ -232,12 +237,7 @@ fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
                             component_index, ..
                         } = instance?
                         {
-                            let fp = components
-                                .get(component_index as usize)
-                                .copied()
-                                .flatten()
-                                .unwrap_or(largest);
-                            total.add(&fp);
+                            total.add(&entry(components, component_index, largest));
                         }
                     }
                 }
