@@ -27,16 +27,6 @@ pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.2.0";
 /// The import module of the core-module flavour.
 pub const CORE_MODULE: &str = "wasm_run_budget";
 
-/// What the store knows about its budget beyond what wasmtime keeps.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BudgetInfo {
-    /// Whether the invocation has a fuel budget (the store's fuel is
-    /// `u64::MAX` without one).
-    pub(crate) fuel_limited: bool,
-    /// When the invocation is killed for time, if ever.
-    pub(crate) deadline: Option<Instant>,
-}
-
 fn fuel_remaining(store: impl AsContext<Data = StoreState>) -> Option<u64> {
     let store = store.as_context();
     if !store.data().budget.fuel_limited {

@@ -155,9 +155,9 @@ impl Engine {
                 .max_memories_per_module(2)
                 // One request may not take a large share of the pool's slots:
                 // the same bounds the store's limiter enforces per invocation.
-                .max_core_instances_per_component(crate::MAX_INSTANCES as u32)
-                .max_tables_per_component(crate::MAX_TABLES as u32)
-                .max_memories_per_component(crate::MAX_MEMORIES as u32)
+                .max_core_instances_per_component(crate::limits::MAX_INSTANCES as u32)
+                .max_tables_per_component(crate::limits::MAX_TABLES as u32)
+                .max_memories_per_component(crate::limits::MAX_MEMORIES as u32)
                 .max_core_instance_size(16 << 20)
                 .max_component_instance_size(16 << 20)
                 .linear_memory_keep_resident(config.keep_resident)
@@ -208,8 +208,8 @@ impl Engine {
     /// compiling. The artifact only loads in an engine of the same
     /// wasm-run/wasmtime version and configuration (e.g. fuel on or off).
     pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
-        let binary = crate::guest::to_binary(name, bytes)?;
-        let compiled = if crate::guest::is_component(&binary) {
+        let binary = crate::binary::to_binary(name, bytes)?;
+        let compiled = if crate::binary::is_component(&binary) {
             self.inner.precompile_component(&binary)
         } else {
             self.inner.precompile_module(&binary)

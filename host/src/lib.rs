@@ -47,6 +47,8 @@
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
 //!   ([`Guest::run`] for commands, [`Guest::handle_http`] for wasi:http
 //!   components).
+//! - `binary` (private): guest bytes as binary wasm (WAT converted) and
+//!   whether they are a component; used by loading and by precompiling.
 //! - `store` (private): the store's host state, the memory limiter, and the
 //!   single function that installs [`Limits`] on a store.
 //! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
@@ -69,6 +71,7 @@
 
 pub mod accounting;
 pub mod admission;
+mod binary;
 pub mod budget;
 pub mod engine;
 pub mod error;
@@ -98,12 +101,14 @@ pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};
 pub use io::{Input, Output, OutputSink};
-pub use limits::{ByteSize, CpuLimit, HumanDuration, Limits, MemoryCap};
+pub use limits::{
+    ByteSize, CpuLimit, HumanDuration, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryCap,
+};
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
 pub use store::{
-    HOST_ALLOWANCE, HOST_BASE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_INSTANCES, MAX_MEMORIES,
-    MAX_RANDOM_BYTES, MAX_RESOURCES, MAX_TABLES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,
+    HOST_ALLOWANCE, HOST_BASE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_RANDOM_BYTES,
+    MAX_RESOURCES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,
 };
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

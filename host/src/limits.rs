@@ -21,6 +21,15 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
+/// Most wasm instances (a component counts each core instance), tables and
+/// memories one invocation may create; also the instance pool's
+/// per-component limits.
+pub const MAX_INSTANCES: usize = 64;
+/// See [`MAX_INSTANCES`].
+pub const MAX_TABLES: usize = 64;
+/// See [`MAX_INSTANCES`].
+pub const MAX_MEMORIES: usize = 16;
+
 /// The limits one invocation runs under.
 ///
 /// Every field has a safe default: no fuel budget, a 256 MiB memory cap and

@@ -14,8 +14,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Limits;
 use crate::accounting::Account;
-use crate::budget::BudgetInfo;
 use crate::engine::Engine;
+use crate::limits::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 
 /// Most WASI resources (open files and directories, streams, pollables,
@@ -67,13 +67,16 @@ pub const HOST_BASE: u64 = 64 << 10;
 /// cap.
 pub const UNATTRIBUTED_ALLOWANCE: u64 = 256 << 10;
 
-/// Most wasm instances (a component counts each core instance), tables and
-/// memories one invocation may create.
-pub const MAX_INSTANCES: usize = 64;
-/// See [`MAX_INSTANCES`].
-pub const MAX_TABLES: usize = 64;
-/// See [`MAX_INSTANCES`].
-pub const MAX_MEMORIES: usize = 16;
+/// What the store knows about its budget beyond what wasmtime keeps (read
+/// by the `wasm-run:sandbox/budget` functions, `crate::budget`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BudgetInfo {
+    /// Whether the invocation has a fuel budget (the store's fuel is
+    /// `u64::MAX` without one).
+    pub(crate) fuel_limited: bool,
+    /// When the invocation is killed for time, if ever.
+    pub(crate) deadline: Option<Instant>,
+}
 
 /// Host state of one store: WASI context and the memory limiter.
 pub(crate) struct StoreState {
