@@ -79,7 +79,8 @@ pub struct Admission {
     state: Mutex<State>,
 }
 
-/// Slots of the engine's instance pool.
+/// Slots of the engine's instance pool, and the process's file
+/// descriptors that guests may hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slots {
     /// Invocations (each takes a component-instance slot and a stack).
@@ -90,6 +91,11 @@ pub struct Slots {
     pub memories: u64,
     /// Tables.
     pub tables: u64,
+    /// File descriptors: files opened through preopened directories (at
+    /// most [`crate::MAX_OPEN_FILES`] per invocation) and outgoing
+    /// connections (at most the policy's `max_outgoing`). A pool of
+    /// `u64::MAX` does not count them.
+    pub fds: u64,
 }
 
 impl Slots {
@@ -99,6 +105,7 @@ impl Slots {
             instances: self.instances.saturating_add(other.instances),
             memories: self.memories.saturating_add(other.memories),
             tables: self.tables.saturating_add(other.tables),
+            fds: self.fds.saturating_add(other.fds),
         }
     }
 
@@ -108,6 +115,7 @@ impl Slots {
             instances: self.instances.saturating_sub(other.instances),
             memories: self.memories.saturating_sub(other.memories),
             tables: self.tables.saturating_sub(other.tables),
+            fds: self.fds.saturating_sub(other.fds),
         }
     }
 
@@ -116,6 +124,7 @@ impl Slots {
             && self.instances <= pool.instances
             && self.memories <= pool.memories
             && self.tables <= pool.tables
+            && self.fds <= pool.fds
     }
 
     /// The slots of the pooling allocator of an engine built from
@@ -130,6 +139,7 @@ impl Slots {
                 instances: n.saturating_mul(per),
                 memories: n,
                 tables: n.saturating_mul(per),
+                fds: u64::MAX,
             }
         })
     }
@@ -146,6 +156,7 @@ impl Slots {
                 instances: crate::MAX_INSTANCES as u64,
                 memories: crate::MAX_MEMORIES as u64,
                 tables: crate::MAX_TABLES as u64,
+                fds: 0,
             };
         }
         Slots {
@@ -153,7 +164,31 @@ impl Slots {
             instances: f.core_instances,
             memories: f.memories,
             tables: f.tables,
+            fds: 0,
         }
+    }
+
+    /// The descriptors an invocation may hold under `invocation`'s
+    /// settings: [`crate::MAX_OPEN_FILES`] if it has preopened directories,
+    /// plus its outgoing-request cap if its policy allows any destination.
+    pub fn fds_of(dirs: usize, outbound: &crate::OutboundPolicy) -> u64 {
+        let files = if dirs > 0 {
+            crate::MAX_OPEN_FILES as u64
+        } else {
+            0
+        };
+        let sockets = if !outbound.denies_all() {
+            outbound.max_outgoing() as u64
+        } else {
+            0
+        };
+        files + sockets
+    }
+
+    /// These slots with `fds` descriptors.
+    #[must_use]
+    pub fn with_fds(self, fds: u64) -> Slots {
+        Slots { fds, ..self }
     }
 }
 
@@ -263,6 +298,7 @@ impl Admission {
                     instances: need.slots.instances.min(pool.instances),
                     memories: need.slots.memories.min(pool.memories),
                     tables: need.slots.tables.min(pool.tables),
+                    fds: need.slots.fds.min(pool.fds),
                 };
                 s.slots_in_use.add(need).fits_in(pool)
             }

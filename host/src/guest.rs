@@ -227,6 +227,7 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
     // Old modules import the pre-preview-1 names (`wasi_unstable`).
     wasmtime_wasi::p0::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
         .map_err(|e| link_error(name, e))?;
+    crate::open_files::add_to_core_linker(&mut linker).map_err(|e| link_error(name, e))?;
     if module
         .imports()
         .any(|i| i.module() == crate::budget::CORE_MODULE)
@@ -302,6 +303,7 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
     // that import it: HTTP handlers, and commands that send requests (denied
     // unless the route allows the destination).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| link_error(name, e))?;
+    crate::open_files::add_to_component_linker(&mut linker).map_err(|e| link_error(name, e))?;
     if uses_http {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| link_error(name, e))?;

@@ -371,6 +371,11 @@ fn wasi_builder(
     builder.args(args);
     builder.envs(env);
     builder.max_random_size(crate::MAX_RANDOM_BYTES);
+    // The preopens do their I/O on the thread that polls the invocation, so
+    // its CPU time and the memory of a directory listing are the
+    // invocation's own; the context itself does not (in preview 1 that
+    // would make a sleep block the thread). See `crate::open_files`.
+    builder.allow_blocking_current_thread(true);
     for dir in dirs {
         let perms = if dir.read_only {
             FsPerms::ReadOnly
@@ -384,6 +389,7 @@ fn wasi_builder(
                 message: format!("cannot preopen directory {}: {e:#}", dir.host.display()),
             })?;
     }
+    builder.allow_blocking_current_thread(false);
     Ok(builder)
 }
 

@@ -80,6 +80,7 @@ pub mod guest;
 pub mod invoke;
 pub mod io;
 pub mod limits;
+mod open_files;
 pub mod outbound;
 pub mod outcome;
 pub mod scheduler;
@@ -102,7 +103,8 @@ pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};
 pub use io::{Input, Output, OutputSink};
 pub use limits::{
-    ByteSize, CpuLimit, HumanDuration, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryCap,
+    ByteSize, CpuLimit, HumanDuration, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_OPEN_FILES,
+    MAX_TABLES, MemoryCap,
 };
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};

@@ -30,6 +30,16 @@ pub const MAX_TABLES: usize = 64;
 /// See [`MAX_INSTANCES`].
 pub const MAX_MEMORIES: usize = 16;
 
+/// Most open descriptors one invocation may hold through its preopened
+/// directories: a file or directory is opened only while the invocation
+/// holds fewer than this many descriptors and streams in all (each open
+/// file is an operating-system descriptor, and a stream keeps its file's
+/// descriptor open after the descriptor is dropped, so this bounds the
+/// descriptors it holds). Past it the open fails (`insufficient-memory`
+/// for WASI 0.2, `EMFILE` for preview 1); the guest can close some and
+/// try again. Preopens themselves count.
+pub const MAX_OPEN_FILES: usize = 64;
+
 /// The limits one invocation runs under.
 ///
 /// Every field has a safe default: no fuel budget, a 256 MiB memory cap and

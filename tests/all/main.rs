@@ -13,6 +13,7 @@ mod fuzz;
 mod host_limits;
 mod host_memory;
 mod library;
+mod open_files;
 mod properties;
 mod serve;
 

@@ -155,8 +155,10 @@ pub struct ServeCommand {
     /// Most client connections open at once. At the cap the server stops
     /// accepting: new connections wait in the kernel's listen backlog
     /// (and are refused once it is full) until one closes. The server raises
-    /// its open-files limit to the hard limit at start and lowers this cap
-    /// (with a warning) if the limit leaves less room. Default 8192.
+    /// its open-files limit to the hard limit at start, keeps 256
+    /// descriptors for itself and at least a quarter of the rest for
+    /// guests' files and outgoing connections, and lowers this cap (with a
+    /// warning) if the limit leaves less room. Default 8192.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
@@ -201,8 +203,7 @@ impl ServeCommand {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
         };
-        let mut config = config;
-        config.max_connections = fit_connections_to_fd_limit(config.max_connections);
+        raise_open_files_limit();
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -421,43 +422,21 @@ impl ServeCommand {
     }
 }
 
-/// Descriptors kept free beside client connections: listeners, the engine,
-/// guests' preopened directories and files.
-const FD_RESERVE: u64 = 256;
-
-/// Raises the soft limit on open files to the hard limit, and returns how
-/// many connections fit under it: `max_connections`, or fewer (with a
-/// warning) when the limit leaves less room.
-fn fit_connections_to_fd_limit(max_connections: usize) -> usize {
+/// Raises the soft limit on open files to the hard limit; the server then
+/// splits it between its reserve, connections and guests
+/// (`wasm_run::serve::descriptors`).
+fn raise_open_files_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum;
-    if limit.current != hard {
+    if limit.current != limit.maximum {
         let raised = Rlimit {
-            current: hard,
-            maximum: hard,
+            current: limit.maximum,
+            maximum: limit.maximum,
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             tracing::warn!(error = %e, "cannot raise the open-files limit");
         }
     }
-    let Some(current) = getrlimit(Resource::Nofile).current else {
-        return max_connections;
-    };
-    let room = usize::try_from(current.saturating_sub(FD_RESERVE))
-        .unwrap_or(usize::MAX)
-        .max(1);
-    if room < max_connections {
-        tracing::warn!(
-            open_files_limit = current,
-            max_connections,
-            lowered_to = room,
-            "the open-files limit leaves room for fewer connections than --max-connections; \
-             lowering the cap"
-        );
-        return room;
-    }
-    max_connections
 }
 
 /// The built-in demo: one CGI guest on four routes, each with the limit it

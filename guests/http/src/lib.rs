@@ -64,6 +64,7 @@ impl Guest for Handler {
             "/outbound" => outbound(response_out, query),
             "/keep-bodies" => keep_bodies(response_out, query),
             "/outgoing-flood" => outgoing_flood(response_out, query),
+            "/open-files" => open_files(response_out, query),
             "/env" => env(response_out),
             "/stdout" => {
                 println!("hello from guest stdout");
@@ -262,6 +263,25 @@ fn sleep(response_out: ResponseOutparam, query: &str) -> Outcome {
     };
     block_for(duration);
     respond(response_out, 200, b"slept\n")
+}
+
+/// Opens `/d/f` (a preopened directory's file) `?n=` times (default 1,000),
+/// holding every one, sleeps `?s=` seconds (default 0), then answers
+/// `opened K of N`: the per-invocation cap on open files.
+fn open_files(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let n = query_param(query, "n").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1000);
+    let secs = query_param(query, "s").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let mut files = Vec::new();
+    while files.len() < n {
+        match std::fs::File::open("/d/f") {
+            Ok(file) => files.push(file),
+            Err(_) => break,
+        }
+    }
+    block_for(Duration::try_from_secs_f64(secs).unwrap_or_default());
+    let text = format!("opened {} of {n}\n", files.len());
+    drop(files);
+    respond(response_out, 200, text.as_bytes())
 }
 
 fn late_crash(response_out: ResponseOutparam) -> Outcome {

@@ -61,6 +61,7 @@ pub mod cgi;
 mod cgi_guest;
 pub mod config;
 mod conn_io;
+pub mod descriptors;
 mod guest_log;
 mod guest_task;
 mod http_guest;
@@ -131,7 +132,8 @@ impl RouteRuntime {
                 .limits
                 .max_memory
                 .saturating_add(self.guest.host_allowance()),
-            slots: Slots::of(&self.guest),
+            slots: Slots::of(&self.guest)
+                .with_fds(Slots::fds_of(self.spec.dirs.len(), &self.outbound)),
         }
     }
 }
@@ -192,8 +194,27 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Loads every route's guest (compiling each module once).
-    pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
+    ///
+    /// The process's open-files limit (read now; the `wasm-run` command
+    /// raises it to the hard limit first) is split between a reserve of
+    /// [`descriptors::FD_RESERVE`] for the host, client connections (at most
+    /// `max_connections`, lowered with a warning so that guests keep at
+    /// least a quarter of the rest) and the descriptors admitted guests
+    /// may hold, which admission counts per request.
+    pub fn new(engine: Engine, mut config: ServeConfig) -> Result<Server, LoadError> {
         let table = load_table(&engine, &config)?;
+        let limit = descriptors::open_files_limit();
+        let fds = descriptors::split(limit, config.max_connections);
+        if fds.connections < config.max_connections {
+            tracing::warn!(
+                open_files_limit = limit,
+                max_connections = config.max_connections,
+                lowered_to = fds.connections,
+                "the open-files limit leaves room for fewer connections than --max-connections; \
+                 lowering the cap"
+            );
+            config.max_connections = fds.connections;
+        }
         let admission_config = AdmissionConfig {
             budget: config.memory_budget,
             max_queue: config.max_queue,
@@ -201,10 +222,14 @@ impl Server {
         };
         // Requests also take instance-pool slots: counted, so that a route
         // whose guests take many cannot make another route's fail.
-        let admission = match Slots::pool_of(engine.config()) {
-            Some(pool) => Admission::with_slots(admission_config, pool),
-            None => Admission::new(admission_config),
-        };
+        let pool = Slots::pool_of(engine.config()).unwrap_or(Slots {
+            invocations: u64::MAX,
+            instances: u64::MAX,
+            memories: u64::MAX,
+            tables: u64::MAX,
+            fds: u64::MAX,
+        });
+        let admission = Admission::with_slots(admission_config, pool.with_fds(fds.guests));
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,

@@ -1,0 +1,207 @@
+//! The per-invocation cap on files opened through preopened directories
+//! ([`crate::MAX_OPEN_FILES`]).
+//!
+//! wasmtime-wasi opens a host file for every `open-at` (WASI 0.2) and
+//! `path_open` (preview 1) and keeps it open while any descriptor or
+//! stream of the guest refers to it. Its only bound is the resource
+//! table's size, so one request could hold a thousand of the server's
+//! descriptors. wasm-run wraps the two open calls: before opening, it
+//! counts what the invocation's table holds that can keep a file open
+//! (descriptors and streams, which cost a scan of at most
+//! [`crate::MAX_RESOURCES`] entries, only on an open) and refuses the open
+//! at the cap. Every other filesystem call is wasmtime-wasi's own.
+//!
+//! The invocation's file I/O runs on the thread that polls it, not on
+//! Tokio's blocking pool, so its CPU time and the memory of a directory
+//! listing are charged to the invocation like the rest of its host calls.
+//! wasmtime-wasi ties that choice (`allow_blocking_current_thread`) to the
+//! WASI context, where it also turns a preview 1 sleep into a blocking
+//! `thread::sleep`; so the context keeps it off, the preopens are made with
+//! it on (`invoke.rs`), and the two open calls turn it on while they open,
+//! which the file or directory they open keeps.
+
+use std::sync::OnceLock;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi::filesystem::Descriptor;
+
+use wasmtime_wasi::filesystem::{WasiFilesystemCtx, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+
+use crate::MAX_OPEN_FILES;
+use crate::store::StoreState;
+
+/// The WASI 0.2 filesystem interface as wasmtime-wasi 48 defines it in the
+/// linker (guests importing any 0.2.x version link to it).
+const P2_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Entries of `table` that may keep a host file open.
+fn held(table: &mut ResourceTable) -> usize {
+    table
+        .iter_mut()
+        .filter(|entry| {
+            entry.is::<Descriptor>()
+                || entry.is::<DynInputStream>()
+                || entry.is::<DynOutputStream>()
+        })
+        .count()
+}
+
+/// A filesystem context whose opens give files and directories that do
+/// their I/O on the calling thread.
+fn on_this_thread() -> WasiFilesystemCtx {
+    static CTX: OnceLock<WasiFilesystemCtx> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder.allow_blocking_current_thread(true);
+        builder.build().filesystem().clone()
+    })
+    .clone()
+}
+
+/// Runs `open` with the invocation's filesystem context swapped for
+/// [`on_this_thread`]'s, then puts the context back.
+async fn opening<R>(state: &mut StoreState, open: impl AsyncFnOnce(&mut StoreState) -> R) -> R {
+    let saved = std::mem::replace(state.wasi.ctx().ctx.filesystem(), on_this_thread());
+    let result = open(state).await;
+    *state.wasi.ctx().ctx.filesystem() = saved;
+    result
+}
+
+/// Whether the invocation may open one more file.
+fn may_open(state: &mut StoreState) -> bool {
+    held(state.wasi.ctx().table) < MAX_OPEN_FILES
+}
+
+/// Replaces `[method]descriptor.open-at` in a component linker that already
+/// has wasmtime-wasi's interfaces.
+pub(crate) fn add_to_component_linker(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(P2_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if !may_open(state) {
+                    return Ok((Err(ErrorCode::InsufficientMemory),));
+                }
+                let opened = opening(state, async |state| {
+                    state
+                        .filesystem()
+                        .open_at(dir, path_flags, path, open_flags, flags)
+                        .await
+                })
+                .await;
+                match opened {
+                    Ok(fd) => Ok((Ok(fd),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `path_open`'s parameters in the core ABI: dirfd, lookup flags, path
+/// pointer and length, open flags, base and inheriting rights, fd flags,
+/// and where to write the new descriptor.
+type PathOpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
+
+/// Replaces `path_open` of `wasi_snapshot_preview1` and `wasi_unstable` in
+/// a core linker that already has wasmtime-wasi's functions.
+pub(crate) fn add_to_core_linker(
+    linker: &mut wasmtime::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p1::types::Errno;
+    linker.allow_shadowing(true);
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "path_open",
+        |mut caller: wasmtime::Caller<'_, StoreState>,
+         (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
+            Box::new(async move {
+                if !may_open(caller.data_mut()) {
+                    return Ok(Errno::Mfile as i32);
+                }
+                let memory = guest_memory(&mut caller)?;
+                let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                opening(state, async |state| {
+                    wasmtime_wasi::p1::wasi_snapshot_preview1::path_open(
+                        &mut state.wasi,
+                        &mut memory,
+                        a,
+                        b,
+                        c,
+                        d,
+                        e,
+                        f,
+                        g,
+                        h,
+                        i,
+                    )
+                    .await
+                })
+                .await
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        "wasi_unstable",
+        "path_open",
+        |mut caller: wasmtime::Caller<'_, StoreState>,
+         (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
+            Box::new(async move {
+                if !may_open(caller.data_mut()) {
+                    return Ok(Errno::Mfile as i32);
+                }
+                let memory = guest_memory(&mut caller)?;
+                let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                opening(state, async |state| {
+                    wasmtime_wasi::p0::wasi_unstable::path_open(
+                        &mut state.wasi,
+                        &mut memory,
+                        a,
+                        b,
+                        c,
+                        d,
+                        e,
+                        f,
+                        g,
+                        h,
+                        i,
+                    )
+                    .await
+                })
+                .await
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The guest's exported `memory`, which preview 1 calls read and write.
+fn guest_memory(
+    caller: &mut wasmtime::Caller<'_, StoreState>,
+) -> wasmtime::Result<wasmtime::Memory> {
+    match caller.get_export("memory") {
+        Some(wasmtime::Extern::Memory(memory)) => Ok(memory),
+        _ => Err(wasmtime::Error::msg("missing required memory export")),
+    }
+}
