@@ -219,3 +219,41 @@ fn memory_caps_past_the_ceiling_are_usage_errors() {
     let out = crate::wasm_run(&["run", "--max-memory", "4GiB", one.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A host call's arguments are copied into the host before the call can
+/// refuse them: a guest that hands `output-stream.write` a buffer of 40 MiB
+/// under a 64 MiB cap has made the host hold linear memory + copy past the
+/// cap, and is killed as memory when the call returns. Under the cap, a
+/// smaller write past its permit is refused by wasmtime's stream (a trap,
+/// not a memory kill), and the server stays within twice the caps it
+/// admitted.
+#[tokio::test]
+async fn a_huge_host_call_argument_is_charged_to_the_request() {
+    let module = http_guest();
+    let server = ServeGuard::start(&[
+        "--max-memory",
+        "64MiB",
+        "--memory-budget",
+        "1GiB",
+        module.to_str().unwrap(),
+    ]);
+    let a = server.addr;
+    let small = get(a, "/big-write?mib=1").await;
+    assert_killed(&small, 500, "trapped");
+    let (before, _) = rss_of(server.pid());
+    let bombs: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get(a, "/big-write?mib=40")))
+        .collect();
+    for bomb in bombs {
+        assert_killed(&bomb.await.unwrap(), 500, "memory_exceeded");
+    }
+    let (_, peak) = rss_of(server.pid());
+    // Each request: at most its cap in linear memory plus a copy of it.
+    assert!(
+        peak < before + 4 * 2 * 64 * MIB + 32 * MIB,
+        "server peaked at {} MiB, {} MiB before",
+        peak >> 20,
+        before >> 20
+    );
+    assert_eq!(get(a, "/hello").await.status, 200);
+}

@@ -65,6 +65,7 @@ impl Guest for Handler {
             "/keep-bodies" => keep_bodies(response_out, query),
             "/outgoing-flood" => outgoing_flood(response_out, query),
             "/open-files" => open_files(response_out, query),
+            "/big-write" => big_write(response_out, query),
             "/env" => env(response_out),
             "/stdout" => {
                 println!("hello from guest stdout");
@@ -395,6 +396,19 @@ fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
         kept.push(request);
     }
     respond(response_out, 200, format!("kept {} bodies\n", kept.len()).as_bytes())
+}
+
+/// Hands the host `?mib=` MiB (default 32) in one `output-stream.write`
+/// of an outgoing body, past any permit: the host copies the whole
+/// argument before it can refuse it.
+fn big_write(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let mib: usize = query_param(query, "mib").and_then(|v| v.parse().ok()).unwrap_or(32);
+    let data = vec![b'x'; mib * MIB];
+    let request = OutgoingRequest::new(Fields::new());
+    let body = request.body().expect("the body is taken once");
+    let stream = body.write().expect("the stream is taken once");
+    let result = stream.write(black_box(&data));
+    respond(response_out, 200, format!("write: {result:?}\n").as_bytes())
 }
 
 fn outgoing_flood(response_out: ResponseOutparam, query: &str) -> Outcome {
