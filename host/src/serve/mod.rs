@@ -65,6 +65,7 @@ pub mod descriptors;
 mod guest_log;
 mod guest_task;
 mod http_guest;
+mod listener;
 pub mod metrics;
 mod record;
 mod request_body;
@@ -86,12 +87,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::conn_io::WriteTimeout;
 use self::guest_task::Exchange;
+use self::listener::{Accepted, Listener};
 use self::metrics::Metrics;
 use self::record::RequestRecord;
 use self::request_body::{BodyFault, BodyFlag, LimitedBody};
@@ -270,30 +271,14 @@ impl Server {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let config = self.config();
         let graceful = GracefulShutdown::new();
-        let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let mut listener = Listener::new(listener, "main", config.max_connections);
         let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            // At the cap, stop accepting: new clients wait in the kernel's
-            // backlog until a connection closes.
-            let slot = tokio::select! {
-                slot = connections.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // E.g. out of file descriptors: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
+        while let Some(Accepted {
+            stream,
+            remote,
+            slot,
+        }) = listener.accept(&mut shutdown).await
+        {
             let _ = stream.set_nodelay(true);
             let Ok(local) = stream.local_addr() else {
                 continue;
@@ -336,26 +321,9 @@ impl Server {
     /// head and write timeouts as the main listener.
     pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let config = self.config();
-        let connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+        let mut listener = Listener::new(listener, "admin", ADMIN_MAX_CONNECTIONS);
         let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let slot = tokio::select! {
-                slot = connections.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-                () = &mut shutdown => return,
-            };
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => return,
-            };
+        while let Some(Accepted { stream, slot, .. }) = listener.accept(&mut shutdown).await {
             let shared = self.shared.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
@@ -364,7 +332,9 @@ impl Server {
             let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
             let conn = http1_builder(config.header_timeout).serve_connection(io, service);
             tokio::spawn(async move {
-                let _ = conn.await;
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection ended with an error");
+                }
                 drop(slot);
             });
         }
