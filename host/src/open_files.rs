@@ -126,72 +126,37 @@ type PathOpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
 pub(crate) fn add_to_core_linker(
     linker: &mut wasmtime::Linker<StoreState>,
 ) -> wasmtime::Result<()> {
-    use wasmtime_wasi::p1::types::Errno;
+    /// Defines `$module::path_open` as the cap's check, then wasmtime-wasi's
+    /// own `$open` (the same ABI for both modules).
+    macro_rules! capped_path_open {
+        ($module:literal, $open:path) => {
+            linker.func_wrap_async(
+                $module,
+                "path_open",
+                |mut caller: wasmtime::Caller<'_, StoreState>,
+                 (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
+                    Box::new(async move {
+                        if !may_open(caller.data_mut()) {
+                            return Ok(wasmtime_wasi::p1::types::Errno::Mfile as i32);
+                        }
+                        let memory = guest_memory(&mut caller)?;
+                        let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                        let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                        opening(state, async |state| {
+                            $open(&mut state.wasi, &mut memory, a, b, c, d, e, f, g, h, i).await
+                        })
+                        .await
+                    })
+                },
+            )?;
+        };
+    }
     linker.allow_shadowing(true);
-    linker.func_wrap_async(
+    capped_path_open!(
         "wasi_snapshot_preview1",
-        "path_open",
-        |mut caller: wasmtime::Caller<'_, StoreState>,
-         (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
-            Box::new(async move {
-                if !may_open(caller.data_mut()) {
-                    return Ok(Errno::Mfile as i32);
-                }
-                let memory = guest_memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let mut memory = wiggle::GuestMemory::Unshared(bytes);
-                opening(state, async |state| {
-                    wasmtime_wasi::p1::wasi_snapshot_preview1::path_open(
-                        &mut state.wasi,
-                        &mut memory,
-                        a,
-                        b,
-                        c,
-                        d,
-                        e,
-                        f,
-                        g,
-                        h,
-                        i,
-                    )
-                    .await
-                })
-                .await
-            })
-        },
-    )?;
-    linker.func_wrap_async(
-        "wasi_unstable",
-        "path_open",
-        |mut caller: wasmtime::Caller<'_, StoreState>,
-         (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
-            Box::new(async move {
-                if !may_open(caller.data_mut()) {
-                    return Ok(Errno::Mfile as i32);
-                }
-                let memory = guest_memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let mut memory = wiggle::GuestMemory::Unshared(bytes);
-                opening(state, async |state| {
-                    wasmtime_wasi::p0::wasi_unstable::path_open(
-                        &mut state.wasi,
-                        &mut memory,
-                        a,
-                        b,
-                        c,
-                        d,
-                        e,
-                        f,
-                        g,
-                        h,
-                        i,
-                    )
-                    .await
-                })
-                .await
-            })
-        },
-    )?;
+        wasmtime_wasi::p1::wasi_snapshot_preview1::path_open
+    );
+    capped_path_open!("wasi_unstable", wasmtime_wasi::p0::wasi_unstable::path_open);
     linker.allow_shadowing(false);
     Ok(())
 }

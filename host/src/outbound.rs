@@ -64,7 +64,7 @@ pub const DEFAULT_MAX_OUTGOING: usize = 16;
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 << 10;
 
 /// Which destinations a guest may send HTTP requests to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundPolicy {
     /// Empty (the default) denies every outgoing request.
     rules: Arc<[Rule]>,

@@ -10,12 +10,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use tokio::net::TcpListener;
 use wasm_run::limits::{ByteSize, CpuLimit, HumanDuration, MemoryCap};
-use wasm_run::serve::admission::default_budget;
 use wasm_run::serve::config::{
-    self, ConfigFile, DEFAULT_ADDR, DEFAULT_BODY_BUFFER, DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_LOG_CAP, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, LimitsOverlay, ModuleSource,
-    RouteSpec, ServeConfig,
+    self, ConfigFile, LimitsOverlay, ModuleSource, RouteSpec, ServeConfig, ServerSection,
 };
 use wasm_run::serve::{LoadError, Server};
 use wasm_run::{DirMapping, Engine, EngineConfig, Limits};
@@ -289,36 +285,16 @@ impl ServeCommand {
                     // Reading files and compiling modules blocks: keep it off
                     // the threads that serve requests.
                     let (cmd, srv) = (self.clone(), server.clone());
-                    let result = tokio::task::spawn_blocking(move || {
-                        let config = cmd.resolve()?;
-                        srv.reload(config).map_err(anyhow::Error::from)
-                    })
-                    .await;
-                    let ok = match result {
-                        Ok(Ok(())) => {
-                            tracing::info!("reloaded");
-                            true
+                    let reload = tokio::task::spawn_blocking(move || match cmd.resolve() {
+                        // `reload` logs and counts its own outcome.
+                        Ok(config) => {
+                            let _ = srv.reload(config);
                         }
-                        Ok(Err(e)) => {
-                            tracing::error!(
-                                error = %format!("{e:#}"),
-                                "reload failed; keeping the old configuration"
-                            );
-                            false
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "reload task failed");
-                            false
-                        }
-                    };
-                    let result = if ok { "ok" } else { "failed" };
-                    server
-                        .metrics()
-                        .reloads
-                        .get_or_create(&wasm_run::serve::metrics::ResultLabels {
-                            result: result.to_string(),
-                        })
-                        .inc();
+                        Err(e) => srv.reload_failed(&format!("{e:#}")),
+                    });
+                    if let Err(e) = reload.await {
+                        server.reload_failed(&e);
+                    }
                 }
             }
         }
@@ -332,13 +308,8 @@ impl ServeCommand {
             Some(path) => config::read_file(path)?,
             None => ConfigFile::default(),
         };
-        let flag_limits = LimitsOverlay {
-            fuel: self.fuel,
-            max_memory: self.max_memory,
-            timeout: self.timeout,
-            max_cpu: self.max_cpu,
-        };
-        let defaults = flag_limits.apply(&file.limits.apply(&config::default_limits()));
+        let limits = self.limit_flags().over(&file.limits);
+        let defaults = limits.apply(&config::default_limits());
         let mut routes = match &self.config {
             Some(path) => config::resolve_routes(&file, path, &defaults)?,
             None => Vec::new(),
@@ -357,10 +328,8 @@ impl ServeCommand {
                     .iter()
                     .map(|d| DirMapping::parse_with_default(d, true))
                     .collect(),
-                allowed_outbound_hosts: self.allow_outbound.clone(),
-                max_outgoing_requests: wasm_run::outbound::DEFAULT_MAX_OUTGOING,
+                outbound: wasm_run::OutboundPolicy::new(&self.allow_outbound)?,
             });
-            wasm_run::OutboundPolicy::new(&self.allow_outbound)?;
         } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
             bail!("--env, --dir and --allow-outbound apply to MODULE, and no MODULE was given");
         }
@@ -370,55 +339,38 @@ impl ServeCommand {
             }
             routes = demo_routes(&defaults);
         }
-        let max_body = self
-            .max_body
-            .or(file.server.max_body)
-            .map_or(DEFAULT_MAX_BODY, |b| b.0);
-        if self.max_connections.or(file.server.max_connections) == Some(0) {
-            bail!("--max-connections (max-connections) must be at least 1");
+        self.server_flags()
+            .over(&file.server)
+            .resolve(routes)
+            .map_err(|e| anyhow::anyhow!("--{e}"))
+    }
+
+    /// The limit flags, as a layer over the config file's `[limits]`.
+    fn limit_flags(&self) -> LimitsOverlay {
+        LimitsOverlay {
+            fuel: self.fuel,
+            max_memory: self.max_memory,
+            timeout: self.timeout,
+            max_cpu: self.max_cpu,
         }
-        Ok(ServeConfig {
-            addr: match self.addr.or(file.server.addr) {
-                Some(a) => a,
-                None => DEFAULT_ADDR.parse().expect("valid default address"),
-            },
-            admin_addr: self.admin_addr.or(file.server.admin_addr),
-            max_body,
-            header_timeout: self
-                .header_timeout
-                .or(file.server.header_timeout)
-                .map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
-            max_log: file.server.max_log.map_or(DEFAULT_LOG_CAP, |b| b.0),
-            memory_budget: self
-                .memory_budget
-                .or(file.server.memory_budget)
-                .map_or_else(default_budget, |b| b.0),
-            max_queue: self
-                .max_queue
-                .or(file.server.max_queue)
-                .unwrap_or(DEFAULT_MAX_QUEUE),
-            queue_timeout: self
-                .queue_timeout
-                .or(file.server.queue_timeout)
-                .map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
-            body_buffer: self
-                .body_buffer
-                .or(file.server.body_buffer)
-                .map_or(DEFAULT_BODY_BUFFER, |b| b.0),
-            body_timeout: self
-                .body_timeout
-                .or(file.server.body_timeout)
-                .map_or(DEFAULT_BODY_TIMEOUT, |d| d.0),
-            write_timeout: self
-                .write_timeout
-                .or(file.server.write_timeout)
-                .map_or(DEFAULT_WRITE_TIMEOUT, |d| d.0),
-            max_connections: self
-                .max_connections
-                .or(file.server.max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            routes,
-        })
+    }
+
+    /// The server flags, as a layer over the config file's `[server]`.
+    fn server_flags(&self) -> ServerSection {
+        ServerSection {
+            addr: self.addr,
+            admin_addr: self.admin_addr,
+            max_body: self.max_body,
+            header_timeout: self.header_timeout,
+            max_log: None,
+            memory_budget: self.memory_budget,
+            max_queue: self.max_queue,
+            queue_timeout: self.queue_timeout,
+            body_buffer: self.body_buffer,
+            body_timeout: self.body_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+        }
     }
 }
 
@@ -451,8 +403,7 @@ fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
         limits,
         env: Vec::new(),
         dirs: Vec::new(),
-        allowed_outbound_hosts: Vec::new(),
-        max_outgoing_requests: wasm_run::outbound::DEFAULT_MAX_OUTGOING,
+        outbound: wasm_run::OutboundPolicy::default(),
     };
     vec![
         route("/", defaults.clone()),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::limits::{ByteSize, CpuLimit, HumanDuration, MemoryCap};
-use crate::{DirMapping, Limits};
+use crate::{DirMapping, Limits, OutboundPolicy};
 
 /// Default address of the HTTP listener.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -64,8 +64,11 @@ pub struct ConfigFile {
     pub route: Vec<RouteSection>,
 }
 
-/// `[server]` of the configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[server]` of the configuration file, and the same settings from the
+/// command line: every field may be absent, and layers merge with
+/// [`ServerSection::over`] (flags over the file) before
+/// [`ServerSection::resolve`] fills in the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerSection {
     /// HTTP listener address. Default `127.0.0.1:8080`.
@@ -97,6 +100,58 @@ pub struct ServerSection {
     pub max_connections: Option<usize>,
 }
 
+impl ServerSection {
+    /// This layer on top of `lower`: each setting this one has, else
+    /// `lower`'s.
+    #[must_use]
+    pub fn over(&self, lower: &ServerSection) -> ServerSection {
+        ServerSection {
+            addr: self.addr.or(lower.addr),
+            admin_addr: self.admin_addr.or(lower.admin_addr),
+            max_body: self.max_body.or(lower.max_body),
+            header_timeout: self.header_timeout.or(lower.header_timeout),
+            max_log: self.max_log.or(lower.max_log),
+            memory_budget: self.memory_budget.or(lower.memory_budget),
+            max_queue: self.max_queue.or(lower.max_queue),
+            queue_timeout: self.queue_timeout.or(lower.queue_timeout),
+            body_buffer: self.body_buffer.or(lower.body_buffer),
+            body_timeout: self.body_timeout.or(lower.body_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
+        }
+    }
+
+    /// The configuration these settings make with `routes`: every absent
+    /// setting takes its default (the memory budget: half of the machine's
+    /// memory, [`crate::serve::admission::default_budget`]).
+    pub fn resolve(&self, routes: Vec<RouteSpec>) -> Result<ServeConfig, String> {
+        if self.max_connections == Some(0) {
+            return Err("max-connections must be at least 1".into());
+        }
+        let duration = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
+        let bytes = |b: Option<ByteSize>, default: u64| b.map_or(default, |b| b.0);
+        Ok(ServeConfig {
+            addr: self
+                .addr
+                .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("valid default address")),
+            admin_addr: self.admin_addr,
+            max_body: bytes(self.max_body, DEFAULT_MAX_BODY),
+            header_timeout: duration(self.header_timeout, DEFAULT_HEADER_TIMEOUT),
+            max_log: bytes(self.max_log, DEFAULT_LOG_CAP),
+            memory_budget: self
+                .memory_budget
+                .map_or_else(crate::serve::admission::default_budget, |b| b.0),
+            max_queue: self.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+            queue_timeout: duration(self.queue_timeout, DEFAULT_QUEUE_TIMEOUT),
+            body_buffer: bytes(self.body_buffer, DEFAULT_BODY_BUFFER),
+            body_timeout: duration(self.body_timeout, DEFAULT_BODY_TIMEOUT),
+            write_timeout: duration(self.write_timeout, DEFAULT_WRITE_TIMEOUT),
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            routes,
+        })
+    }
+}
+
 /// Limits where every field may be absent, for layering.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -112,6 +167,18 @@ pub struct LimitsOverlay {
 }
 
 impl LimitsOverlay {
+    /// This overlay on top of `lower`: each field this one sets, else
+    /// `lower`'s.
+    #[must_use]
+    pub fn over(&self, lower: &LimitsOverlay) -> LimitsOverlay {
+        LimitsOverlay {
+            fuel: self.fuel.or(lower.fuel),
+            max_memory: self.max_memory.or(lower.max_memory),
+            timeout: self.timeout.or(lower.timeout),
+            max_cpu: self.max_cpu.or(lower.max_cpu),
+        }
+    }
+
     /// `base` with every field this overlay sets replaced.
     pub fn apply(&self, base: &Limits) -> Limits {
         Limits {
@@ -179,10 +246,8 @@ pub struct RouteSpec {
     pub env: Vec<(String, String)>,
     /// Preopened directories.
     pub dirs: Vec<DirMapping>,
-    /// Hosts wasi:http guests may reach.
-    pub allowed_outbound_hosts: Vec<String>,
-    /// Outgoing requests one request's guest may have in flight at once.
-    pub max_outgoing_requests: usize,
+    /// Where wasi:http guests may send requests, and how many at once.
+    pub outbound: OutboundPolicy,
 }
 
 /// The whole resolved server configuration.
@@ -252,7 +317,8 @@ pub fn normalise_prefix(path: &str) -> Option<String> {
     })
 }
 
-/// Resolves routes from the file, relative to `base_dir`, under `defaults`.
+/// Resolves the routes of `file` (read from `path`; modules and
+/// directories are relative to its directory) under `defaults`.
 pub fn resolve_routes(
     file: &ConfigFile,
     path: &Path,
@@ -289,26 +355,26 @@ pub fn resolve_routes(
                 m
             })
             .collect();
-        if let Err(e) = crate::OutboundPolicy::new(&r.allowed_outbound_hosts) {
-            return Err(err(format!("route {}: {e}", i + 1)));
-        }
+        let max_outgoing = match r.max_outgoing_requests {
+            Some(0) => {
+                return Err(err(format!(
+                    "route {}: max-outgoing-requests must be at least 1",
+                    i + 1
+                )));
+            }
+            Some(n) => n,
+            None => crate::outbound::DEFAULT_MAX_OUTGOING,
+        };
+        let outbound = OutboundPolicy::new(&r.allowed_outbound_hosts)
+            .map_err(|e| err(format!("route {}: {e}", i + 1)))?
+            .with_max_outgoing(max_outgoing);
         routes.push(RouteSpec {
             prefix,
             module: ModuleSource::File(base_dir.join(&r.module)),
             limits: r.limits.apply(defaults),
             env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dirs,
-            allowed_outbound_hosts: r.allowed_outbound_hosts.clone(),
-            max_outgoing_requests: match r.max_outgoing_requests {
-                Some(0) => {
-                    return Err(err(format!(
-                        "route {}: max-outgoing-requests must be at least 1",
-                        i + 1
-                    )));
-                }
-                Some(n) => n,
-                None => crate::outbound::DEFAULT_MAX_OUTGOING,
-            },
+            outbound,
         });
     }
     Ok(routes)
@@ -376,13 +442,65 @@ mod tests {
         };
         let routes = parse("").unwrap();
         assert_eq!(
-            routes[0].max_outgoing_requests,
+            routes[0].outbound.max_outgoing(),
             crate::outbound::DEFAULT_MAX_OUTGOING
         );
         let routes = parse("max-outgoing-requests = 2").unwrap();
-        assert_eq!(routes[0].max_outgoing_requests, 2);
+        assert_eq!(routes[0].outbound.max_outgoing(), 2);
         let e = parse("max-outgoing-requests = 0").unwrap_err();
         assert!(e.to_string().contains("max-outgoing-requests"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "[server]\nmax-queue = 7\nheader-timeout = \"3s\"\nmax-connections = 100\n\
+             [limits]\nfuel = 10\ntimeout = \"2s\"",
+        )
+        .unwrap();
+        let flags = ServerSection {
+            max_queue: Some(9),
+            ..ServerSection::default()
+        };
+        let config = flags.over(&file.server).resolve(Vec::new()).unwrap();
+        assert_eq!(config.max_queue, 9, "the flag wins");
+        assert_eq!(
+            config.header_timeout,
+            Duration::from_secs(3),
+            "the file wins"
+        );
+        assert_eq!(config.max_connections, 100);
+        assert_eq!(config.write_timeout, DEFAULT_WRITE_TIMEOUT, "the default");
+        assert_eq!(config.addr, DEFAULT_ADDR.parse().unwrap());
+        let flag_limits = LimitsOverlay {
+            fuel: Some(20),
+            ..LimitsOverlay::default()
+        };
+        let limits = flag_limits.over(&file.limits).apply(&default_limits());
+        assert_eq!(limits.fuel, Some(20), "the flag wins");
+        assert_eq!(
+            limits.timeout,
+            Some(Duration::from_secs(2)),
+            "the file wins"
+        );
+        assert_eq!(
+            limits.max_memory,
+            crate::limits::DEFAULT_MAX_MEMORY,
+            "the default"
+        );
+    }
+
+    #[test]
+    fn zero_connections_is_refused() {
+        let zero = ServerSection {
+            max_connections: Some(0),
+            ..ServerSection::default()
+        };
+        assert!(
+            zero.resolve(Vec::new())
+                .unwrap_err()
+                .contains("max-connections")
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Metrics {
     /// Requests turned away (503), by reason.
     pub rejected: Family<ReasonLabels, Counter>,
     /// Configuration reloads (SIGHUP), by result (`ok` or `failed`).
-    pub reloads: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
     /// Client connections open right now.
     pub open_connections: Gauge,
     /// Request bodies that the client did not send in time (408), before
@@ -192,6 +192,16 @@ impl Metrics {
             peak_memory,
             host_memory,
         }
+    }
+
+    /// Counts a reload that succeeded (`ok`) or failed.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

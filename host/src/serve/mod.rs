@@ -183,6 +183,9 @@ struct Shared {
     table: RwLock<Arc<RouteTable>>,
     config: RwLock<ServeConfig>,
     metrics: Arc<Metrics>,
+    /// Client connections served at once: `max_connections`, or fewer if
+    /// the open-files limit leaves less room (`descriptors`).
+    connection_cap: usize,
     draining: AtomicBool,
     next_id: AtomicU64,
 }
@@ -202,7 +205,7 @@ impl Server {
     /// `max_connections`, lowered with a warning so that guests keep at
     /// least a quarter of the rest) and the descriptors admitted guests
     /// may hold, which admission counts per request.
-    pub fn new(engine: Engine, mut config: ServeConfig) -> Result<Server, LoadError> {
+    pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
         let table = load_table(&engine, &config)?;
         let limit = descriptors::open_files_limit();
         let fds = descriptors::split(limit, config.max_connections);
@@ -214,7 +217,6 @@ impl Server {
                 "the open-files limit leaves room for fewer connections than --max-connections; \
                  lowering the cap"
             );
-            config.max_connections = fds.connections;
         }
         let admission_config = AdmissionConfig {
             budget: config.memory_budget,
@@ -238,6 +240,7 @@ impl Server {
                 table: RwLock::new(Arc::new(table)),
                 config: RwLock::new(config),
                 metrics: Arc::new(Metrics::new()),
+                connection_cap: fds.connections,
                 draining: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
             }),
@@ -245,19 +248,48 @@ impl Server {
     }
 
     /// Replaces the routes with those of `config`, loading every module
-    /// first; on failure the current routes keep serving. Listener
-    /// addresses and the admission settings are fixed at start.
+    /// first; on failure the current routes keep serving. Each reload is
+    /// logged and counted (`reloads{result}`).
+    ///
+    /// What a reload may change: the routes (modules, limits, environment,
+    /// directories, outbound policies) and the per-route request settings
+    /// (`max-body`, `max-log`, `body-buffer`, `body-timeout`). What is fixed
+    /// at start — listener addresses, `max-connections`, `header-timeout`,
+    /// `write-timeout`, `memory-budget`, `max-queue`, `queue-timeout` — keeps
+    /// its running value, and a reload that changes one says so in the log.
     pub fn reload(&self, mut config: ServeConfig) -> Result<(), LoadError> {
-        let admission = self.shared.admission.config();
-        config.memory_budget = admission.budget;
-        let table = load_table(&self.shared.engine, &config)?;
+        let running = self.config();
+        for name in fixed_settings_changed(&running, &config) {
+            tracing::warn!(
+                setting = name,
+                "a reload cannot change this setting; it keeps its value until a restart"
+            );
+        }
+        keep_fixed_settings(&running, &mut config);
+        let table = match load_table(&self.shared.engine, &config) {
+            Ok(table) => table,
+            Err(e) => {
+                self.reload_failed(&e);
+                return Err(e);
+            }
+        };
         *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         *self
             .shared
             .config
             .write()
             .unwrap_or_else(|e| e.into_inner()) = config;
+        tracing::info!("reloaded");
+        self.shared.metrics.reloaded(true);
         Ok(())
+    }
+
+    /// Logs and counts a reload that failed before it reached
+    /// [`Server::reload`] (e.g. a configuration file that does not parse);
+    /// the current routes keep serving.
+    pub fn reload_failed(&self, error: &dyn std::fmt::Display) {
+        tracing::error!(error = %error, "reload failed; keeping the old configuration");
+        self.shared.metrics.reloaded(false);
     }
 
     /// The server's metrics.
@@ -271,7 +303,7 @@ impl Server {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let config = self.config();
         let graceful = GracefulShutdown::new();
-        let mut listener = Listener::new(listener, "main", config.max_connections);
+        let mut listener = Listener::new(listener, "main", self.shared.connection_cap);
         let mut shutdown = std::pin::pin!(shutdown);
         while let Some(Accepted {
             stream,
@@ -512,6 +544,44 @@ pub(crate) fn body_answer(route: &RouteRuntime, fault: BodyFault) -> HostAnswer 
     }
 }
 
+/// The settings fixed at start that `new` has and `running` does not.
+fn fixed_settings_changed(running: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("addr", running.addr != new.addr);
+    check("admin-addr", running.admin_addr != new.admin_addr);
+    check(
+        "header-timeout",
+        running.header_timeout != new.header_timeout,
+    );
+    check("write-timeout", running.write_timeout != new.write_timeout);
+    check("memory-budget", running.memory_budget != new.memory_budget);
+    check("max-queue", running.max_queue != new.max_queue);
+    check("queue-timeout", running.queue_timeout != new.queue_timeout);
+    // The running cap may have been lowered to fit the open-files limit.
+    check(
+        "max-connections",
+        running.max_connections != new.max_connections,
+    );
+    changed
+}
+
+/// Puts `running`'s fixed settings into `new`.
+fn keep_fixed_settings(running: &ServeConfig, new: &mut ServeConfig) {
+    new.addr = running.addr;
+    new.admin_addr = running.admin_addr;
+    new.header_timeout = running.header_timeout;
+    new.write_timeout = running.write_timeout;
+    new.memory_budget = running.memory_budget;
+    new.max_queue = running.max_queue;
+    new.queue_timeout = running.queue_timeout;
+    new.max_connections = running.max_connections;
+}
+
 /// Most connections the admin listener serves at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -562,15 +632,7 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
                 guest
             }
         };
-        let outbound = OutboundPolicy::new(&spec.allowed_outbound_hosts)
-            .map(|p| p.with_max_outgoing(spec.max_outgoing_requests))
-            .map_err(|e| LoadError {
-                prefix: spec.prefix.clone(),
-                source: crate::Error::Setup {
-                    name: guest.name().to_string(),
-                    message: e.to_string(),
-                },
-            })?;
+        let outbound = spec.outbound.clone();
         let need = spec
             .limits
             .max_memory
@@ -617,7 +679,32 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_matches;
+    use super::{fixed_settings_changed, keep_fixed_settings, prefix_matches};
+    use crate::serve::config::ServerSection;
+    use std::time::Duration;
+
+    #[test]
+    fn a_reload_keeps_what_is_fixed_at_start_and_names_it() {
+        let running = ServerSection::default().resolve(Vec::new()).unwrap();
+        let mut new = ServerSection {
+            max_queue: Some(3),
+            write_timeout: Some(crate::limits::HumanDuration(Duration::from_secs(1))),
+            max_body: Some(crate::limits::ByteSize(10)),
+            ..ServerSection::default()
+        }
+        .resolve(Vec::new())
+        .unwrap();
+        assert_eq!(
+            fixed_settings_changed(&running, &new),
+            ["write-timeout", "max-queue"]
+        );
+        keep_fixed_settings(&running, &mut new);
+        assert_eq!(new.max_queue, running.max_queue);
+        assert_eq!(new.write_timeout, running.write_timeout);
+        // What a reload may change, it changes.
+        assert_eq!(new.max_body, 10);
+        assert!(fixed_settings_changed(&running, &new).is_empty());
+    }
 
     #[test]
     fn prefixes_match_at_segment_boundaries() {
