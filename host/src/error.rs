@@ -12,12 +12,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The module file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         /// The file that was asked for.
         path: PathBuf,
-        /// Why reading failed.
-        source: std::io::Error,
+        /// Why reading failed (already part of the message, so not also
+        /// the error's `source()`: a chain printer shows it once).
+        cause: std::io::Error,
     },
     /// The bytes are neither a wasm binary nor WebAssembly text.
     #[error(

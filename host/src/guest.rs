@@ -75,9 +75,9 @@ impl Guest {
     /// Reads, compiles and links the module or component at `path`.
     pub fn from_file(engine: &Engine, path: impl AsRef<Path>) -> Result<Guest> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        let bytes = std::fs::read(path).map_err(|cause| Error::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Guest::from_bytes(engine, path.display().to_string(), &bytes)
     }

@@ -346,3 +346,41 @@ fn everything_after_the_module_is_the_guests_even_flags() {
     let out = wasm_run(&["run", "--bogus", &path("hello", Target::P1)]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// An error is one line that names each cause once: a missing module, a
+/// module that is not wasm, for `run`, `serve` and `compile`.
+#[test]
+fn load_errors_name_each_cause_once() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let missing = dir.join("no-such-module.wasm");
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, "not wasm").unwrap();
+    let out_path = dir.join("garbage.cwasm");
+    let (missing, garbage) = (missing.to_str().unwrap(), garbage.to_str().unwrap());
+    for (args, cause) in [
+        (vec!["run", missing], "No such file or directory"),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0", missing],
+            "No such file or directory",
+        ),
+        (vec!["run", garbage], "not a WebAssembly module"),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0", garbage],
+            "not a WebAssembly module",
+        ),
+        (
+            vec!["compile", garbage, "-o", out_path.to_str().unwrap()],
+            "not a WebAssembly module",
+        ),
+    ] {
+        let out = wasm_run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("wasm-run: "))
+            .unwrap_or_else(|| panic!("{args:?}: {stderr}"));
+        assert_eq!(line.matches(cause).count(), 1, "{args:?}: {line}");
+        assert_eq!(line.matches("wasm-run: ").count(), 1, "{args:?}: {line}");
+    }
+}

@@ -161,14 +161,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
-/// A loading failure, naming the route.
+/// A loading failure, naming the route. Its message includes the
+/// error's, which is therefore not also its `source()` (a chain printer
+/// such as anyhow's `{:#}` shows each cause once).
 #[derive(Debug, thiserror::Error)]
-#[error("route {prefix}: {source}")]
+#[error("route {prefix}: {error}")]
 pub struct LoadError {
     /// The route whose module failed.
     pub prefix: String,
     /// Why it failed.
-    pub source: crate::Error,
+    pub error: crate::Error,
 }
 
 /// The HTTP function host.
@@ -624,9 +626,9 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
                         Guest::from_bytes(engine, name, bytes)
                     }
                 }
-                .map_err(|source| LoadError {
+                .map_err(|error| LoadError {
                     prefix: spec.prefix.clone(),
-                    source,
+                    error,
                 })?;
                 loaded.insert(&spec.module, guest.clone());
                 guest
@@ -640,7 +642,7 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
         if need > config.memory_budget {
             return Err(LoadError {
                 prefix: spec.prefix.clone(),
-                source: crate::Error::Setup {
+                error: crate::Error::Setup {
                     name: guest.name().to_string(),
                     message: format!(
                         "a request on this route needs {need} bytes of the memory budget (its \
