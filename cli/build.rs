@@ -7,26 +7,13 @@
 
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
 
-/// Variables of the outer build that would misdirect the nested cargo.
-const CLEARED_VARS: &[&str] = &[
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_LINKER",
-];
+#[path = "../guests/nested_cargo.rs"]
+mod nested_cargo;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=../guests/nested_cargo.rs");
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
         .parent()
@@ -39,21 +26,12 @@ fn main() {
         "Cargo.lock",
         "cli/Cargo.toml",
         "cli/src/bin/demo.rs",
+        "query.rs",
     ] {
         println!("cargo::rerun-if-changed={}", guests.join(path).display());
     }
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip1"])
-        .args(["--package", "wasm-run-guests", "--bin", "demo"])
-        .arg("--manifest-path")
-        .arg(guests.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("CARGO_TERM_COLOR", "never");
-    for var in CLEARED_VARS {
-        cmd.env_remove(var);
-    }
+    let mut cmd = nested_cargo::command(&guests, "wasm32-wasip1", &target_dir);
+    cmd.args(["--package", "wasm-run-guests", "--bin", "demo"]);
     let output = cmd
         .output()
         .expect("cannot run cargo to build the demo guest");

@@ -11,11 +11,12 @@
 //! fail at run time with a message that says what to do.
 
 use std::env;
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "../guests/nested_cargo.rs"]
+mod nested_cargo;
 
 /// A target the guests are built for.
 struct GuestTarget {
@@ -56,38 +57,6 @@ const P2: GuestTarget = GuestTarget {
 
 const TARGETS: [GuestTarget; 2] = [P1, P2];
 
-/// Variables set for this build script (or for the outer build) that would
-/// misdirect the nested cargo: flags meant for the host target, the outer
-/// target directory and target, the outer jobserver, and compiler wrappers
-/// such as clippy-driver.
-const CLEARED_VARS: &[&str] = &[
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_BUILD_BUILD_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_BUILD_RUSTC_WRAPPER",
-    "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_LINKER",
-];
-
-/// Prefixes of variables that describe this package and its target to build
-/// scripts; none of them is meant for the nested build.
-const CLEARED_PREFIXES: &[&str] = &[
-    "CARGO_CFG_",
-    "CARGO_FEATURE_",
-    "CARGO_PKG_",
-    "CARGO_MANIFEST_",
-    "__CARGO",
-];
-
 /// How many trailing lines of cargo's output an error keeps.
 const ERROR_LOG_LINES: usize = 60;
 
@@ -106,6 +75,8 @@ fn main() {
     for file in [
         "Cargo.toml",
         "Cargo.lock",
+        "nested_cargo.rs",
+        "query.rs",
         "cli/Cargo.toml",
         "cli/src",
         "http/Cargo.toml",
@@ -181,33 +152,8 @@ fn build(
     guests_dir: &Path,
     target_dir: &Path,
 ) -> Result<(), String> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(guests_dir)
-        .arg("build")
-        .arg("--release")
-        .arg("--manifest-path")
-        .arg(guests_dir.join("Cargo.toml"))
-        .arg("--target")
-        .arg(target.triple)
-        .args(target.packages)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .env("CARGO_TERM_COLOR", "never");
-    for (var, _) in env::vars_os() {
-        let Some(var) = var.to_str() else { continue };
-        if CLEARED_VARS.contains(&var)
-            || CLEARED_PREFIXES
-                .iter()
-                .any(|prefix| var.starts_with(prefix))
-        {
-            cmd.env_remove(var);
-        }
-    }
-    if env::var_os("CARGO_CFG_MIRI").is_some() {
-        // Miri's RUSTC is its own driver; use the real rustc.
-        cmd.env_remove("RUSTC");
-    }
+    let mut cmd = nested_cargo::command(guests_dir, target.triple, target_dir);
+    cmd.args(target.packages);
 
     eprintln!("running: {cmd:?}");
     let output = cmd.output().map_err(|err| {

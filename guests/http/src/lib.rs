@@ -26,6 +26,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+#[path = "../../query.rs"]
+mod query;
+use query::query_param;
+
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
@@ -124,41 +128,6 @@ fn respond(response_out: ResponseOutparam, status: StatusCode, text: &[u8]) -> O
     body.write(text)?;
     let _ = body.finish();
     Ok(())
-}
-
-/// The value of `key` in a query string; `None` if absent.
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(name) == key).then(|| decode(value))
-    })
-}
-
-/// Decodes `+` to a space and `%XX` to its byte; malformed escapes are kept.
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => decoded.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                {
-                    Some(byte) => {
-                        decoded.push(byte);
-                        i += 2;
-                    }
-                    None => decoded.push(b'%'),
-                }
-            }
-            byte => decoded.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 fn method_name(method: &Method) -> &str {
@@ -270,8 +239,12 @@ fn sleep(response_out: ResponseOutparam, query: &str) -> Outcome {
 /// holding every one, sleeps `?s=` seconds (default 0), then answers
 /// `opened K of N`: the per-invocation cap on open files.
 fn open_files(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let n = query_param(query, "n").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1000);
-    let secs = query_param(query, "s").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let n = query_param(query, "n")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1000);
+    let secs = query_param(query, "s")
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let mut files = Vec::new();
     while files.len() < n {
         match std::fs::File::open("/d/f") {
@@ -368,8 +341,12 @@ fn outbound(response_out: ResponseOutparam, query: &str) -> Outcome {
 }
 
 fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let kib: usize = query_param(query, "kib").and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let n: usize = query_param(query, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let kib: usize = query_param(query, "kib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let chunk = vec![b'x'; MIB];
     let mut kept = Vec::with_capacity(n);
     for _ in 0..n {
@@ -395,14 +372,20 @@ fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
         let _ = OutgoingBody::finish(body, None);
         kept.push(request);
     }
-    respond(response_out, 200, format!("kept {} bodies\n", kept.len()).as_bytes())
+    respond(
+        response_out,
+        200,
+        format!("kept {} bodies\n", kept.len()).as_bytes(),
+    )
 }
 
 /// Hands the host `?mib=` MiB (default 32) in one `output-stream.write`
 /// of an outgoing body, past any permit: the host copies the whole
 /// argument before it can refuse it.
 fn big_write(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let mib: usize = query_param(query, "mib").and_then(|v| v.parse().ok()).unwrap_or(32);
+    let mib: usize = query_param(query, "mib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let data = vec![b'x'; mib * MIB];
     let request = OutgoingRequest::new(Fields::new());
     let body = request.body().expect("the body is taken once");
@@ -415,7 +398,9 @@ fn outgoing_flood(response_out: ResponseOutparam, query: &str) -> Outcome {
     let Some(url) = query_param(query, "url").filter(|url| !url.is_empty()) else {
         return respond(response_out, 400, b"missing ?url=\n");
     };
-    let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = query_param(query, "n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let mut futures = Vec::with_capacity(n);
     let mut failed = 0;
     let mut first_error = String::new();

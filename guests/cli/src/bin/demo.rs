@@ -32,6 +32,10 @@ use std::io::{self, Read, StdoutLock, Write};
 use std::process::exit;
 use std::time::Duration;
 
+#[path = "../../../query.rs"]
+mod query;
+use query::query_param;
+
 const MIB: usize = 1 << 20;
 
 /// The demo route a request is for: the first segment of `PATH_INFO`, or,
@@ -51,8 +55,18 @@ fn route_key() -> String {
 
 /// Route names, for [`route_key`].
 const ROUTES: &[&str] = &[
-    "hello", "echo", "spin", "bomb", "sleep", "crash", "stream", "late-crash", "nohead", "status",
-    "redirect", "flood",
+    "hello",
+    "echo",
+    "spin",
+    "bomb",
+    "sleep",
+    "crash",
+    "stream",
+    "late-crash",
+    "nohead",
+    "status",
+    "redirect",
+    "flood",
 ];
 
 fn main() {
@@ -83,42 +97,6 @@ fn main() {
     if result.and_then(|()| out.flush()).is_err() {
         exit(1);
     }
-}
-
-/// The value of `key` in a query string: pairs split on `&` and `=`, with
-/// `+` and `%XX` decoded; `None` if absent.
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(name) == key).then(|| decode(value))
-    })
-}
-
-/// Decodes `+` to a space and `%XX` to its byte; malformed escapes are kept.
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => decoded.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                {
-                    Some(byte) => {
-                        decoded.push(byte);
-                        i += 2;
-                    }
-                    None => decoded.push(b'%'),
-                }
-            }
-            byte => decoded.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// Escapes text for HTML content and attribute values.

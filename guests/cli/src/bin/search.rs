@@ -8,7 +8,10 @@
 //! CGI (`GATEWAY_INTERFACE` set, or `PATH_INFO` for `N`), it answers with
 //! `X-Partial-Result: true` when it stopped early.
 
-#![allow(unsafe_code, reason = "the core-module budget imports are foreign functions")]
+#![allow(
+    unsafe_code,
+    reason = "the core-module budget imports are foreign functions"
+)]
 
 use std::time::Duration;
 
@@ -101,7 +104,11 @@ fn main() {
     let cgi = std::env::var_os("GATEWAY_INTERFACE").is_some();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if cgi && let Ok(path) = std::env::var("PATH_INFO") {
-        args.extend(path.split('/').filter(|s| !s.is_empty()).map(str::to_string));
+        args.extend(
+            path.split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
     }
     if args.first().map(String::as_str) == Some("report") {
         if cgi {

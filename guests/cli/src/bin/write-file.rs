@@ -9,9 +9,10 @@ fn main() {
         eprintln!("usage: write-file <path> [text]");
         exit(2)
     };
-    let text = args
-        .next()
-        .map_or_else(|| "written".to_string(), |t| t.to_string_lossy().into_owned());
+    let text = args.next().map_or_else(
+        || "written".to_string(),
+        |t| t.to_string_lossy().into_owned(),
+    );
     if let Err(err) = std::fs::write(&path, text) {
         eprintln!("write-file: {}: {err}", path.to_string_lossy());
         exit(1);
