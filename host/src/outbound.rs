@@ -116,7 +116,7 @@ pub struct InvalidRule {
 
 /// Why an outgoing request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// Not `http` or `https`, no host, or userinfo in the authority.
     #[error("the URL is not an allowed http(s) URL without userinfo")]
     BadUrl,
@@ -134,13 +134,26 @@ pub enum Denied {
 
 /// A destination that passed every check: connect to exactly this address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vetted {
+pub(crate) struct Vetted {
     /// The address to dial.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Whether to speak TLS.
-    pub https: bool,
+    pub(crate) https: bool,
     /// The host name (or address) as the guest wrote it, for TLS.
-    pub host: String,
+    pub(crate) host: String,
+}
+
+/// A URL that an allow-list entry matches (before DNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    /// The host, lower-case, without brackets.
+    host: String,
+    /// The effective port.
+    port: u16,
+    /// Whether the URL is https.
+    https: bool,
+    /// Whether the matching entry names the host (rather than `*`).
+    explicit: bool,
 }
 
 impl OutboundPolicy {
@@ -175,10 +188,8 @@ impl OutboundPolicy {
     }
 
     /// The first check, before any DNS: scheme, userinfo, and an entry for
-    /// this scheme, host and effective port. Returns the host, the port,
-    /// whether the URL is https, and whether the matching entry names the
-    /// host explicitly (rather than `*`).
-    pub fn check_url(&self, uri: &http::Uri) -> Result<(String, u16, bool, bool), Denied> {
+    /// this scheme, host and effective port.
+    fn check_url(&self, uri: &http::Uri) -> Result<Listed, Denied> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -224,13 +235,23 @@ impl OutboundPolicy {
         if !matched {
             return Err(Denied::NotListed);
         }
-        Ok((host, port, https, explicit))
+        Ok(Listed {
+            host,
+            port,
+            https,
+            explicit,
+        })
     }
 
     /// Resolves and vets a request's destination: the URL check, then DNS,
     /// then the address check. Only the returned address may be dialled.
-    pub async fn vet(&self, uri: &http::Uri) -> Result<Vetted, Denied> {
-        let (host, port, https, explicit) = self.check_url(uri)?;
+    pub(crate) async fn vet(&self, uri: &http::Uri) -> Result<Vetted, Denied> {
+        let Listed {
+            host,
+            port,
+            https,
+            explicit,
+        } = self.check_url(uri)?;
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => {
@@ -359,7 +380,7 @@ fn parse_rule(entry: &str) -> Result<Rule, InvalidRule> {
 /// unique-local, multicast, unspecified, documentation, benchmarking or
 /// reserved. IPv4 addresses embedded in IPv6 (mapped, compatible, NAT64)
 /// are judged as IPv4.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
@@ -736,14 +757,17 @@ mod tests {
     #[test]
     fn explicit_entries_are_told_apart_from_the_wildcard() {
         let p = policy(&["*", "localhost:8080", "10.0.0.5"]);
-        let explicit = |url: &str| p.check_url(&url.parse().unwrap()).map(|r| r.3);
+        let explicit = |url: &str| p.check_url(&url.parse().unwrap()).map(|r| r.explicit);
         assert_eq!(explicit("http://example.com/"), Ok(false));
         assert_eq!(explicit("http://localhost:8080/"), Ok(true));
         assert_eq!(explicit("http://10.0.0.5/"), Ok(true));
         assert_eq!(explicit("http://localhost/"), Ok(false));
         // A literal private address under `*` passes the URL check but
         // fails the address check: it is never dialled.
-        let (_, _, _, explicit) = p.check_url(&"http://127.0.0.1/".parse().unwrap()).unwrap();
+        let explicit = p
+            .check_url(&"http://127.0.0.1/".parse().unwrap())
+            .unwrap()
+            .explicit;
         assert!(!explicit);
         assert_eq!(
             choose_address(&[addr("127.0.0.1")], Reach::Public),

@@ -19,7 +19,8 @@ use proptest::sample::Index;
 use wasm_run::Limits;
 use wasm_run::limits::{ByteSize, MAX_DURATION, parse_duration, parse_size};
 use wasm_run::serve::cgi::{
-    CgiError, CgiHeadParser, MAX_HEAD_BYTES, ParsedHead, RequestMeta, meta_variables, split_path,
+    CgiError, CgiHeadParser, MAX_CGI_HEAD_BYTES, ParsedHead, RequestMeta, meta_variables,
+    split_path,
 };
 use wasm_run::serve::config::{
     ConfigFile, ModuleSource, default_limits, normalise_prefix, resolve_routes,
@@ -543,7 +544,7 @@ proptest! {
                 prop_assert!((100..=999).contains(&status.as_u16()));
                 let head = &data[..data.len() - body.len()];
                 prop_assert_eq!(&data[head.len()..], &body[..]);
-                prop_assert!(head.len() <= MAX_HEAD_BYTES);
+                prop_assert!(head.len() <= MAX_CGI_HEAD_BYTES);
                 prop_assert!(
                     head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),
                     "head {:?} does not end in a blank line", String::from_utf8_lossy(head)
@@ -552,7 +553,7 @@ proptest! {
             HeadResult::Error(CgiError::Empty) => prop_assert!(data.is_empty()),
             HeadResult::Error(CgiError::Unterminated { len }) => {
                 prop_assert_eq!(len, data.len());
-                prop_assert!(len <= MAX_HEAD_BYTES);
+                prop_assert!(len <= MAX_CGI_HEAD_BYTES);
             }
             HeadResult::Error(CgiError::Spent) => prop_assert!(false, "spent on first use"),
             HeadResult::Error(_) => {}
@@ -572,14 +573,14 @@ proptest! {
         prop_assert_eq!(&feed(&chunks(&response.bytes, &cuts)), &response.expected);
     }
 
-    /// A head up to `MAX_HEAD_BYTES` (blank line included) is accepted and
+    /// A head up to `MAX_CGI_HEAD_BYTES` (blank line included) is accepted and
     /// one byte more is rejected, however the bytes arrive.
     #[test]
     fn cgi_parser_enforces_the_head_size_limit(
         head_len in prop_oneof![
-            MAX_HEAD_BYTES - 64..=MAX_HEAD_BYTES + 64,
-            MAX_HEAD_BYTES + 1..=4 * MAX_HEAD_BYTES,
-            100..=MAX_HEAD_BYTES,
+            MAX_CGI_HEAD_BYTES - 64..=MAX_CGI_HEAD_BYTES + 64,
+            MAX_CGI_HEAD_BYTES + 1..=4 * MAX_CGI_HEAD_BYTES,
+            100..=MAX_CGI_HEAD_BYTES,
         ],
         crlf in any::<bool>(),
         cuts in vec(any::<Index>(), 0..6),
@@ -590,7 +591,7 @@ proptest! {
         let out = format!("{prefix}{}{end}{blank}body", "y".repeat(fill));
         prop_assert_eq!(out.len() - "body".len(), head_len);
         for result in [feed(&[out.as_bytes()]), feed(&chunks(out.as_bytes(), &cuts))] {
-            if head_len <= MAX_HEAD_BYTES {
+            if head_len <= MAX_CGI_HEAD_BYTES {
                 let HeadResult::Head { body, headers, .. } = result else {
                     panic!("head of {head_len} bytes rejected: {result:?}");
                 };
@@ -603,7 +604,7 @@ proptest! {
         // Without any blank line the parser gives up once past the limit.
         let endless = format!("{prefix}{}", "y".repeat(head_len));
         let result = feed(&chunks(endless.as_bytes(), &cuts));
-        let expected = if endless.len() > MAX_HEAD_BYTES {
+        let expected = if endless.len() > MAX_CGI_HEAD_BYTES {
             CgiError::HeadTooLarge
         } else {
             CgiError::Unterminated { len: endless.len() }

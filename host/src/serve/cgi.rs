@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub const SERVER_SOFTWARE: &str = concat!("wasm-run/", env!("CARGO_PKG_VERSION"));
 
 /// The largest CGI response head accepted, in bytes, blank line included.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_CGI_HEAD_BYTES: usize = 64 * 1024;
 
 /// Longest excerpt of guest output quoted in an error message, in characters.
 const EXCERPT_CHARS: usize = 80;
@@ -164,8 +164,8 @@ pub enum CgiError {
         /// How many bytes the guest wrote in all.
         len: usize,
     },
-    /// No blank line within the first [`MAX_HEAD_BYTES`] bytes.
-    #[error("CGI response head exceeds {MAX_HEAD_BYTES} bytes")]
+    /// No blank line within the first [`MAX_CGI_HEAD_BYTES`] bytes.
+    #[error("CGI response head exceeds {MAX_CGI_HEAD_BYTES} bytes")]
     HeadTooLarge,
     /// A head line without a `:`.
     #[error("header line {line} has no colon: {text:?}")]
@@ -236,7 +236,7 @@ pub struct ParsedHead {
 /// [`CgiError::Spent`].
 #[derive(Debug, Default)]
 pub struct CgiHeadParser {
-    /// Everything pushed so far (at most about `MAX_HEAD_BYTES` + one chunk).
+    /// Everything pushed so far (at most about `MAX_CGI_HEAD_BYTES` + one chunk).
     buf: Vec<u8>,
     /// Where the line being read starts in `buf`.
     line_start: usize,
@@ -253,7 +253,7 @@ impl CgiHeadParser {
 
     /// Feeds the next chunk of stdout. Returns `Ok(None)` while the head is
     /// incomplete, `Ok(Some(head))` once the blank line has been seen, or an
-    /// error if the head is invalid or longer than [`MAX_HEAD_BYTES`].
+    /// error if the head is invalid or longer than [`MAX_CGI_HEAD_BYTES`].
     pub fn push(&mut self, chunk: &[u8]) -> Result<Option<ParsedHead>, CgiError> {
         if self.spent {
             return Err(CgiError::Spent);
@@ -266,7 +266,7 @@ impl CgiHeadParser {
             if line.is_empty() || line == b"\r" {
                 self.spent = true;
                 let head_end = newline + 1;
-                if head_end > MAX_HEAD_BYTES {
+                if head_end > MAX_CGI_HEAD_BYTES {
                     return Err(CgiError::HeadTooLarge);
                 }
                 let mut head = parse_head(&self.buf[..self.line_start])?;
@@ -276,7 +276,7 @@ impl CgiHeadParser {
             self.line_start = newline + 1;
             pos = newline + 1;
         }
-        if self.buf.len() > MAX_HEAD_BYTES {
+        if self.buf.len() > MAX_CGI_HEAD_BYTES {
             self.spent = true;
             return Err(CgiError::HeadTooLarge);
         }
@@ -693,7 +693,10 @@ mod tests {
 
     #[test]
     fn oversize_head() {
-        let big = format!("Content-Type: a/b\nX-Big: {}\n", "x".repeat(MAX_HEAD_BYTES));
+        let big = format!(
+            "Content-Type: a/b\nX-Big: {}\n",
+            "x".repeat(MAX_CGI_HEAD_BYTES)
+        );
         let err = parse(big.as_bytes()).unwrap_err();
         assert_eq!(err, CgiError::HeadTooLarge);
         assert_eq!(err.to_string(), "CGI response head exceeds 65536 bytes");
@@ -702,7 +705,7 @@ mod tests {
         // the terminator arrives in the same chunk as the excess.
         let exact = |extra: usize| {
             let prefix = "Content-Type: a/b\nX: ";
-            let fill = MAX_HEAD_BYTES + extra - prefix.len() - 2;
+            let fill = MAX_CGI_HEAD_BYTES + extra - prefix.len() - 2;
             format!("{prefix}{}\n\nbody", "y".repeat(fill))
         };
         let ok = parse(exact(0).as_bytes()).unwrap();
@@ -722,7 +725,7 @@ mod tests {
             }
         };
         assert_eq!(err, CgiError::HeadTooLarge);
-        assert!(parser.buf.len() <= MAX_HEAD_BYTES + chunk.len());
+        assert!(parser.buf.len() <= MAX_CGI_HEAD_BYTES + chunk.len());
     }
 
     #[test]

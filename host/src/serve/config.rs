@@ -82,8 +82,9 @@ pub struct ServerSection {
     pub header_timeout: Option<HumanDuration>,
     /// Cap on a guest's stdout+stderr logged per request. Default 64 KiB.
     pub max_log: Option<ByteSize>,
-    /// Sum of the memory caps of admitted requests. Default: half of the
-    /// machine's memory.
+    /// Memory budget: the sum, over admitted requests, of each one's memory
+    /// cap plus its guest's host allowance. Default: half of the machine's
+    /// memory.
     pub memory_budget: Option<ByteSize>,
     /// Requests that may wait for budget. Default 256.
     pub max_queue: Option<usize>,
@@ -263,7 +264,8 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// Cap on a guest's log output per request, in bytes.
     pub max_log: u64,
-    /// Sum of the memory caps of admitted requests, in bytes.
+    /// Memory budget: the sum, over admitted requests, of each one's memory
+    /// cap plus its guest's host allowance, in bytes.
     pub memory_budget: u64,
     /// Requests that may wait for budget.
     pub max_queue: usize,

@@ -36,34 +36,35 @@ type Hist = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     /// Requests finished, by route, status and outcome.
-    pub requests: Family<RequestLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
     /// Requests being handled right now.
-    pub in_flight: Gauge,
+    pub(crate) in_flight: Gauge,
     /// Wall time per request, in seconds.
-    pub wall_seconds: Hist,
+    pub(crate) wall_seconds: Hist,
     /// Fuel consumed per request.
-    pub fuel: Hist,
+    pub(crate) fuel: Hist,
     /// CPU time per request (wasm and host calls, not waiting), in seconds.
-    pub cpu_seconds: Hist,
+    pub(crate) cpu_seconds: Hist,
     /// Peak memory (linear memory and tables) per request, in bytes.
-    pub peak_memory: Hist,
+    pub(crate) peak_memory: Hist,
     /// Peak host memory charged to a request (its account), in bytes.
-    pub host_memory: Hist,
-    /// Sum of the memory caps of admitted requests, in bytes.
-    pub budget_in_use: Gauge,
+    pub(crate) host_memory: Hist,
+    /// Memory budget: the sum, over admitted requests, of each one's memory
+    /// cap plus its guest's host allowance, in bytes.
+    pub(crate) budget_in_use: Gauge,
     /// Requests waiting for memory budget.
-    pub queue_length: Gauge,
+    pub(crate) queue_length: Gauge,
     /// Time requests waited for memory budget, in seconds.
-    pub queue_wait_seconds: Histogram,
+    pub(crate) queue_wait_seconds: Histogram,
     /// Requests turned away (503), by reason.
-    pub rejected: Family<ReasonLabels, Counter>,
+    pub(crate) rejected: Family<ReasonLabels, Counter>,
     /// Configuration reloads (SIGHUP), by result (`ok` or `failed`).
     reloads: Family<ResultLabels, Counter>,
     /// Client connections open right now.
-    pub open_connections: Gauge,
+    pub(crate) open_connections: Gauge,
     /// Request bodies that the client did not send in time (408), before
     /// or after admission.
-    pub body_timeouts: Counter,
+    pub(crate) body_timeouts: Counter,
 }
 
 /// Labels of the reload counter.
@@ -136,7 +137,7 @@ impl Metrics {
         let budget_in_use = Gauge::default();
         registry.register(
             "memory_budget_in_use_bytes",
-            "Sum of the memory caps of admitted requests",
+            "Memory budget held by admitted requests: each one's memory cap plus its guest's host allowance",
             budget_in_use.clone(),
         );
         let queue_length = Gauge::default();

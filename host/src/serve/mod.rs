@@ -19,7 +19,7 @@
 //! that reports one `Finished` value and releases the budget permit; the
 //! head goes out as soon as the guest produces it and the body streams
 //! while the guest runs; a guest killed before its head gets the host's
-//! answer ([`response::HostAnswer`], from the one `answer_for` mapping); one
+//! answer (`response::HostAnswer`, from the one `answer_for` mapping); one
 //! killed after it has its body aborted.
 
 //! # Admission, and what clients may hold
@@ -69,7 +69,7 @@ mod listener;
 pub mod metrics;
 mod record;
 mod request_body;
-pub mod response;
+pub(crate) mod response;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -590,7 +590,7 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Largest request head (request line and headers) a client may send: 32 KiB,
 /// as nginx allows by default; larger heads are answered 431. This also
 /// bounds the incoming headers a wasi:http guest can copy into new fields.
-pub const MAX_HEAD_BYTES: usize = 32 << 10;
+pub const MAX_REQUEST_HEAD_BYTES: usize = 32 << 10;
 
 /// Most bytes hyper buffers per connection in each direction: 64 KiB
 /// (hyper's default is ~400 KiB). Past it, hyper stops reading the request
@@ -601,13 +601,13 @@ pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
 
 /// The HTTP/1 settings of every connection: the head must arrive within
 /// `header_timeout` (which also closes idle keep-alive connections) and fit
-/// in [`MAX_HEAD_BYTES`]; buffers stop at [`CONNECTION_BUFFER_BYTES`].
+/// in [`MAX_REQUEST_HEAD_BYTES`]; buffers stop at [`CONNECTION_BUFFER_BYTES`].
 fn http1_builder(header_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_header_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .max_buf_size(CONNECTION_BUFFER_BYTES)
         .keep_alive(true);
     builder
