@@ -136,59 +136,9 @@ impl Engine {
         // instantiation markedly cheaper (about 31 → 20 µs per hello component).
         wt.concurrency_support(false);
         if config.pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            // A component has several core instances and tables (real ones
-            // 5-20), so those pools are larger than the component pool.
-            let per_component_share = config
-                .max_instances
-                .saturating_mul(CORE_INSTANCES_PER_COMPONENT as u32);
-            pool.total_core_instances(per_component_share)
-                .total_component_instances(config.max_instances)
-                .total_memories(config.max_instances)
-                .total_tables(per_component_share)
-                .total_stacks(config.max_instances)
-                // Room for real-world guests (componentize-py/-js runtimes have
-                // big function tables and instance state); these are bounds,
-                // reserved lazily, not memory spent per instance.
-                .table_elements(1_000_000)
-                .max_tables_per_module(8)
-                .max_memories_per_module(2)
-                // One request may not take a large share of the pool's slots:
-                // the same bounds the store's limiter enforces per invocation.
-                .max_core_instances_per_component(crate::limits::MAX_INSTANCES as u32)
-                .max_tables_per_component(crate::limits::MAX_TABLES as u32)
-                .max_memories_per_component(crate::limits::MAX_MEMORIES as u32)
-                .max_core_instance_size(16 << 20)
-                .max_component_instance_size(16 << 20)
-                .linear_memory_keep_resident(config.keep_resident)
-                .table_keep_resident(config.keep_resident)
-                .pagemap_scan(Enabled::Auto);
-            wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(&config)));
         }
-        #[cfg(not(feature = "cache"))]
-        if let Some(dir) = &config.cache_dir {
-            tracing::warn!(
-                dir = %dir.display(),
-                "wasm-run was built without its `cache` feature; compiling without a cache"
-            );
-        }
-        #[cfg(feature = "cache")]
-        if let Some(dir) = &config.cache_dir {
-            // The cache only saves time: if it cannot be set up (e.g. an
-            // unwritable home directory), run without it.
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir.clone());
-            match wasmtime::Cache::new(cache) {
-                Ok(cache) => {
-                    wt.cache(Some(cache));
-                }
-                Err(e) => tracing::warn!(
-                    dir = %dir.display(),
-                    error = %format!("{e:#}"),
-                    "compile cache unavailable; compiling without it"
-                ),
-            }
-        }
+        set_up_cache(&mut wt, &config);
         let inner = wasmtime::Engine::new(&wt).map_err(|e| Error::Engine {
             message: format!("{e:#}"),
         })?;
@@ -247,6 +197,70 @@ pub fn artifact_version() -> String {
         "wasm-run {} (wasmtime {WASMTIME_VERSION})",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// The pooling allocator's settings: slots for `config.max_instances`
+/// invocations, and per-component limits that keep one request from taking
+/// a large share of them.
+fn pool_config(config: &EngineConfig) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    // A component has several core instances and tables (real ones
+    // 5-20), so those pools are larger than the component pool.
+    let per_component_share = config
+        .max_instances
+        .saturating_mul(CORE_INSTANCES_PER_COMPONENT as u32);
+    pool.total_core_instances(per_component_share)
+        .total_component_instances(config.max_instances)
+        .total_memories(config.max_instances)
+        .total_tables(per_component_share)
+        .total_stacks(config.max_instances)
+        // Room for real-world guests (componentize-py/-js runtimes have
+        // big function tables and instance state); these are bounds,
+        // reserved lazily, not memory spent per instance.
+        .table_elements(1_000_000)
+        .max_tables_per_module(8)
+        .max_memories_per_module(2)
+        // One request may not take a large share of the pool's slots:
+        // the same bounds the store's limiter enforces per invocation.
+        .max_core_instances_per_component(crate::limits::MAX_INSTANCES as u32)
+        .max_tables_per_component(crate::limits::MAX_TABLES as u32)
+        .max_memories_per_component(crate::limits::MAX_MEMORIES as u32)
+        .max_core_instance_size(16 << 20)
+        .max_component_instance_size(16 << 20)
+        .linear_memory_keep_resident(config.keep_resident)
+        .table_keep_resident(config.keep_resident)
+        .pagemap_scan(Enabled::Auto);
+    pool
+}
+
+/// Turns on wasmtime's compile cache in `config.cache_dir`, if any (and if
+/// wasm-run was built with its `cache` feature).
+#[cfg_attr(not(feature = "cache"), allow(unused_variables))]
+fn set_up_cache(wt: &mut wasmtime::Config, config: &EngineConfig) {
+    #[cfg(not(feature = "cache"))]
+    if let Some(dir) = &config.cache_dir {
+        tracing::warn!(
+            dir = %dir.display(),
+            "wasm-run was built without its `cache` feature; compiling without a cache"
+        );
+    }
+    #[cfg(feature = "cache")]
+    if let Some(dir) = &config.cache_dir {
+        // The cache only saves time: if it cannot be set up (e.g. an
+        // unwritable home directory), run without it.
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir.clone());
+        match wasmtime::Cache::new(cache) {
+            Ok(cache) => {
+                wt.cache(Some(cache));
+            }
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %format!("{e:#}"),
+                "compile cache unavailable; compiling without it"
+            ),
+        }
+    }
 }
 
 fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<()> {

@@ -81,39 +81,155 @@ pub fn of(binary: &[u8]) -> Footprint {
 
 /// What is being parsed at one nesting level.
 enum Frame {
-    Module {
-        types: u64,
-        func_imports: u64,
-        other_imports: u64,
-        funcs: u64,
-        globals: u64,
-        memories: u64,
-        tables: u64,
-        tags: u64,
-    },
-    Component {
-        /// Footprint of each core module in the module index space (`None`
-        /// for one imported or aliased from outside).
-        modules: Vec<Option<Footprint>>,
-        /// Footprint of each component in the component index space.
-        components: Vec<Option<Footprint>>,
-        /// One instantiation of this component.
-        total: Footprint,
-    },
+    Module(ModuleCounts),
+    Component(ComponentScope),
 }
 
-impl Frame {
-    fn module() -> Frame {
-        Frame::Module {
-            types: 0,
-            func_imports: 0,
-            other_imports: 0,
-            funcs: 0,
-            globals: 0,
-            memories: 0,
-            tables: 0,
-            tags: 0,
+/// What a core module defines and imports, counted section by section.
+#[derive(Default)]
+struct ModuleCounts {
+    types: u64,
+    func_imports: u64,
+    other_imports: u64,
+    funcs: u64,
+    globals: u64,
+    memories: u64,
+    tables: u64,
+    tags: u64,
+}
+
+impl ModuleCounts {
+    /// Counts what one section of the module adds.
+    fn count(&mut self, payload: Payload<'_>) -> wasmparser::Result<()> {
+        match payload {
+            Payload::TypeSection(r) => self.types += u64::from(r.count()),
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    match import?.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => self.func_imports += 1,
+                        _ => self.other_imports += 1,
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => self.funcs += u64::from(r.count()),
+            Payload::GlobalSection(r) => self.globals += u64::from(r.count()),
+            Payload::MemorySection(r) => self.memories += u64::from(r.count()),
+            Payload::TableSection(r) => self.tables += u64::from(r.count()),
+            Payload::TagSection(r) => self.tags += u64::from(r.count()),
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// One instance of the module, at wasmtime's sizes.
+    fn footprint(&self) -> Footprint {
+        let state = INSTANCE_BASE
+            .saturating_add(self.types.saturating_mul(TYPE))
+            .saturating_add(self.func_imports.saturating_mul(FUNC_IMPORT))
+            .saturating_add(self.other_imports.saturating_mul(OTHER_IMPORT))
+            .saturating_add(
+                self.func_imports
+                    .saturating_add(self.funcs)
+                    .saturating_mul(FUNC_REF),
+            )
+            .saturating_add(self.globals.saturating_mul(GLOBAL))
+            .saturating_add(self.memories.saturating_mul(MEMORY))
+            .saturating_add(self.tables.saturating_mul(TABLE))
+            .saturating_add(self.tags.saturating_mul(TAG));
+        Footprint {
+            instance_state_bytes: state,
+            core_instances: 1,
+            memories: self.memories,
+            tables: self.tables,
+        }
+    }
+}
+
+/// A component's index spaces of modules and components, and what one
+/// instantiation of it adds up to.
+#[derive(Default)]
+struct ComponentScope {
+    /// Footprint of each core module in the module index space (`None`
+    /// for one imported or aliased from outside).
+    modules: Vec<Option<Footprint>>,
+    /// Footprint of each component in the component index space.
+    components: Vec<Option<Footprint>>,
+    /// One instantiation of this component.
+    total: Footprint,
+}
+
+impl ComponentScope {
+    /// Records what one section of the component adds: instantiations to
+    /// the total, imports, aliases and exports to the index spaces.
+    /// `largest` stands in for a module or component defined outside.
+    fn record(&mut self, payload: Payload<'_>, largest: Footprint) -> wasmparser::Result<()> {
+        match payload {
+            Payload::InstanceSection(r) => {
+                for instance in r {
+                    if let Instance::Instantiate { module_index, .. } = instance? {
+                        self.total.add(&entry(&self.modules, module_index, largest));
+                    }
+                }
+            }
+            Payload::ComponentInstanceSection(r) => {
+                for instance in r {
+                    if let wasmparser::ComponentInstance::Instantiate {
+                        component_index, ..
+                    } = instance?
+                    {
+                        self.total
+                            .add(&entry(&self.components, component_index, largest));
+                    }
+                }
+            }
+            Payload::ComponentImportSection(r) => {
+                for import in r {
+                    match import?.ty {
+                        ComponentTypeRef::Module(_) => self.modules.push(None),
+                        ComponentTypeRef::Component(_) => self.components.push(None),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentAliasSection(r) => {
+                for alias in r {
+                    match alias? {
+                        ComponentAlias::InstanceExport {
+                            kind: ComponentExternalKind::Module,
+                            ..
+                        }
+                        | ComponentAlias::Outer {
+                            kind: ComponentOuterAliasKind::CoreModule,
+                            ..
+                        } => self.modules.push(None),
+                        ComponentAlias::InstanceExport {
+                            kind: ComponentExternalKind::Component,
+                            ..
+                        }
+                        | ComponentAlias::Outer {
+                            kind: ComponentOuterAliasKind::Component,
+                            ..
+                        } => self.components.push(None),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentExportSection(r) => {
+                // An export of a module or component adds an index for it.
+                for export in r {
+                    let export = export?;
+                    let space = match export.kind {
+                        ComponentExternalKind::Module => &mut self.modules,
+                        ComponentExternalKind::Component => &mut self.components,
+                        _ => continue,
+                    };
+                    let fp = space.get(export.index as usize).copied().flatten();
+                    space.push(fp);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +243,9 @@ fn entry(space: &[Option<Footprint>], index: u32, largest: Footprint) -> Footpri
         .unwrap_or(largest)
 }
 
+/// One pass over `binary`: a frame per module or component being parsed;
+/// when one ends, its footprint goes into the enclosing component's index
+/// space.
 fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
     let mut stack: Vec<Frame> = Vec::new();
     // The largest module or component seen, standing in for one whose
@@ -135,164 +254,41 @@ fn walk(binary: &[u8]) -> wasmparser::Result<Footprint> {
     let mut result = Footprint::default();
     for payload in Parser::new(0).parse_all(binary) {
         let payload = payload?;
-        if let Payload::Version { encoding, .. } = &payload {
-            stack.push(match encoding {
-                Encoding::Module => Frame::module(),
-                Encoding::Component => Frame::Component {
-                    modules: Vec::new(),
-                    components: Vec::new(),
-                    total: Footprint::default(),
-                },
-            });
-            continue;
-        }
-        if let Payload::End(_) = payload {
-            let done = match stack.pop() {
-                Some(Frame::Module {
-                    types,
-                    func_imports,
-                    other_imports,
-                    funcs,
-                    globals,
-                    memories,
-                    tables,
-                    tags,
-                }) => {
-                    let state = INSTANCE_BASE
-                        .saturating_add(types.saturating_mul(TYPE))
-                        .saturating_add(func_imports.saturating_mul(FUNC_IMPORT))
-                        .saturating_add(other_imports.saturating_mul(OTHER_IMPORT))
-                        .saturating_add(func_imports.saturating_add(funcs).saturating_mul(FUNC_REF))
-                        .saturating_add(globals.saturating_mul(GLOBAL))
-                        .saturating_add(memories.saturating_mul(MEMORY))
-                        .saturating_add(tables.saturating_mul(TABLE))
-                        .saturating_add(tags.saturating_mul(TAG));
-                    let fp = Footprint {
-                        instance_state_bytes: state,
-                        core_instances: 1,
-                        memories,
-                        tables,
-                    };
-                    if let Some(Frame::Component { modules, .. }) = stack.last_mut() {
-                        modules.push(Some(fp));
+        match (payload, stack.last_mut()) {
+            (Payload::Version { encoding, .. }, _) => stack.push(match encoding {
+                Encoding::Module => Frame::Module(ModuleCounts::default()),
+                Encoding::Component => Frame::Component(ComponentScope::default()),
+            }),
+            (Payload::End(_), _) => {
+                let ended = stack.pop();
+                let parent = match stack.last_mut() {
+                    Some(Frame::Component(parent)) => Some(parent),
+                    _ => None,
+                };
+                let done = match ended {
+                    Some(Frame::Module(counts)) => {
+                        let fp = counts.footprint();
+                        if let Some(parent) = parent {
+                            parent.modules.push(Some(fp));
+                        }
+                        fp
                     }
-                    fp
-                }
-                Some(Frame::Component { total, .. }) => {
-                    if let Some(Frame::Component { components, .. }) = stack.last_mut() {
-                        components.push(Some(total));
+                    Some(Frame::Component(scope)) => {
+                        if let Some(parent) = parent {
+                            parent.components.push(Some(scope.total));
+                        }
+                        scope.total
                     }
-                    total
+                    None => Footprint::default(),
+                };
+                largest = largest.max(&done);
+                if stack.is_empty() {
+                    result = done;
                 }
-                None => Footprint::default(),
-            };
-            largest = largest.max(&done);
-            if stack.is_empty() {
-                result = done;
             }
-            continue;
-        }
-        match stack.last_mut() {
-            Some(Frame::Module {
-                types,
-                func_imports,
-                other_imports,
-                funcs,
-                globals,
-                memories,
-                tables,
-                tags,
-            }) => match payload {
-                Payload::TypeSection(r) => *types += u64::from(r.count()),
-                Payload::ImportSection(r) => {
-                    for import in r.into_imports() {
-                        match import?.ty {
-                            TypeRef::Func(_) | TypeRef::FuncExact(_) => *func_imports += 1,
-                            _ => *other_imports += 1,
-                        }
-                    }
-                }
-                Payload::FunctionSection(r) => *funcs += u64::from(r.count()),
-                Payload::GlobalSection(r) => *globals += u64::from(r.count()),
-                Payload::MemorySection(r) => *memories += u64::from(r.count()),
-                Payload::TableSection(r) => *tables += u64::from(r.count()),
-                Payload::TagSection(r) => *tags += u64::from(r.count()),
-                _ => {}
-            },
-            Some(Frame::Component {
-                modules,
-                components,
-                total,
-            }) => match payload {
-                Payload::InstanceSection(r) => {
-                    for instance in r {
-                        if let Instance::Instantiate { module_index, .. } = instance? {
-                            total.add(&entry(modules, module_index, largest));
-                        }
-                    }
-                }
-                Payload::ComponentInstanceSection(r) => {
-                    for instance in r {
-                        if let wasmparser::ComponentInstance::Instantiate {
-                            component_index, ..
-                        } = instance?
-                        {
-                            total.add(&entry(components, component_index, largest));
-                        }
-                    }
-                }
-                Payload::ComponentImportSection(r) => {
-                    for import in r {
-                        match import?.ty {
-                            ComponentTypeRef::Module(_) => modules.push(None),
-                            ComponentTypeRef::Component(_) => components.push(None),
-                            _ => {}
-                        }
-                    }
-                }
-                Payload::ComponentAliasSection(r) => {
-                    for alias in r {
-                        match alias? {
-                            ComponentAlias::InstanceExport {
-                                kind: ComponentExternalKind::Module,
-                                ..
-                            }
-                            | ComponentAlias::Outer {
-                                kind: ComponentOuterAliasKind::CoreModule,
-                                ..
-                            } => modules.push(None),
-                            ComponentAlias::InstanceExport {
-                                kind: ComponentExternalKind::Component,
-                                ..
-                            }
-                            | ComponentAlias::Outer {
-                                kind: ComponentOuterAliasKind::Component,
-                                ..
-                            } => components.push(None),
-                            _ => {}
-                        }
-                    }
-                }
-                Payload::ComponentExportSection(r) => {
-                    // An export of a module or component adds an index for it.
-                    for export in r {
-                        let export = export?;
-                        match export.kind {
-                            ComponentExternalKind::Module => {
-                                let fp = modules.get(export.index as usize).copied().flatten();
-                                modules.push(fp);
-                            }
-                            ComponentExternalKind::Component => {
-                                let fp = components.get(export.index as usize).copied().flatten();
-                                components.push(fp);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            },
-            None => {}
+            (payload, Some(Frame::Module(counts))) => counts.count(payload)?,
+            (payload, Some(Frame::Component(scope))) => scope.record(payload, largest)?,
+            (_, None) => {}
         }
     }
     Ok(result)

@@ -314,23 +314,9 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
                 .map_err(|e| link_error(name, e))?;
         }
     }
-    let pre = linker.instantiate_pre(&component).map_err(|e| {
-        let import = ty
-            .imports(engine.wasmtime())
-            .map(|(n, _)| n.to_string())
-            .find(|n| {
-                let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
-                    || n.starts_with("wasi:http/")
-                    || crate::budget::is_interface(n);
-                !provided
-            })
-            .unwrap_or_else(|| "(see message)".into());
-        Error::UnsatisfiedImport {
-            name: name.to_string(),
-            import,
-            message: format!("{e:#}"),
-        }
-    })?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| unsatisfied_component_import(engine, name, &ty, &e))?;
     if is_http {
         let pre = ProxyPre::new(pre).map_err(|e| Error::WrongShape {
             name: name.to_string(),
@@ -343,6 +329,31 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
         message: format!("not a wasi:cli command: {e:#}"),
     })?;
     Ok((Pre::Command(pre), uses_http))
+}
+
+/// The error for a component the linker cannot instantiate: names the
+/// first import that wasm-run does not provide.
+fn unsatisfied_component_import(
+    engine: &Engine,
+    name: &str,
+    ty: &wasmtime::component::types::Component,
+    error: &wasmtime::Error,
+) -> Error {
+    let import = ty
+        .imports(engine.wasmtime())
+        .map(|(n, _)| n.to_string())
+        .find(|n| {
+            let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
+                || n.starts_with("wasi:http/")
+                || crate::budget::is_interface(n);
+            !provided
+        })
+        .unwrap_or_else(|| "(see message)".into());
+    Error::UnsatisfiedImport {
+        name: name.to_string(),
+        import,
+        message: format!("{error:#}"),
+    }
 }
 
 /// Interface packages the component linker provides (any 0.2.x version).

@@ -82,24 +82,13 @@ where
         }
         match parser.push(&buf) {
             Ok(None) => continue,
-            Ok(Some(head)) => {
-                let mut response = Response::new(());
-                *response.status_mut() = head.status;
-                *response.headers_mut() = head.headers;
-                if !response.headers().contains_key(header::CONTENT_TYPE)
-                    && response.headers().contains_key(header::LOCATION)
-                {
-                    response
-                        .headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                }
+            Ok(Some(mut head)) => {
                 let body = StdoutBody {
-                    first: Some(head.body_start),
+                    first: Some(std::mem::take(&mut head.body_start)),
                     pipe: stdout,
                     buf: vec![0; 16 * 1024],
                 };
-                let (head, ()) = response.into_parts();
-                return exchange.respond(task, head, body).await;
+                return exchange.respond(task, response_head(head), body).await;
             }
             // An invalid head: stop reading; the guest's further writes fail.
             Err(e) => {
@@ -108,6 +97,22 @@ where
             }
         }
     }
+}
+
+/// The response head a CGI head makes: its status and headers, and
+/// `Content-Type: text/plain` for a redirect that names none.
+fn response_head(head: cgi::ParsedHead) -> http::response::Parts {
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if !response.headers().contains_key(header::CONTENT_TYPE)
+        && response.headers().contains_key(header::LOCATION)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response.into_parts().0
 }
 
 fn request_meta(prefix: &str, parts: &http::request::Parts, conn: ConnInfo) -> RequestMeta {

@@ -88,7 +88,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric. (One registration per metric,
+    /// each beside its name and help text: long, but one list to read.)
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("wasm_run");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -193,6 +194,41 @@ impl Metrics {
             peak_memory,
             host_memory,
         }
+    }
+
+    /// Counts a finished request by route, status and outcome, and, for one
+    /// whose guest ran, records its usage and wall time.
+    pub(crate) fn finished(
+        &self,
+        route: String,
+        status: u16,
+        outcome: &str,
+        ran: Option<(crate::Usage, std::time::Duration)>,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status,
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        let Some((usage, wall)) = ran else { return };
+        let labels = RouteLabels { route };
+        self.wall_seconds
+            .get_or_create(&labels)
+            .observe(wall.as_secs_f64());
+        if let Some(fuel) = usage.fuel_consumed {
+            self.fuel.get_or_create(&labels).observe(fuel as f64);
+        }
+        self.peak_memory
+            .get_or_create(&labels)
+            .observe(usage.peak_memory_bytes as f64);
+        self.host_memory
+            .get_or_create(&labels)
+            .observe(usage.host_memory_peak_bytes as f64);
+        self.cpu_seconds
+            .get_or_create(&labels)
+            .observe(usage.cpu_time.as_secs_f64());
     }
 
     /// Counts a reload that succeeded (`ok`) or failed.

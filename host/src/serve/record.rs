@@ -10,7 +10,7 @@ use http::StatusCode;
 
 use http::Response;
 
-use super::metrics::{Metrics, RequestLabels, RouteLabels};
+use super::metrics::Metrics;
 use super::response::{Body, HostAnswer};
 use crate::{OutcomeKind, Usage};
 
@@ -134,37 +134,6 @@ impl Drop for RequestRecord {
             "request"
         );
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status,
-                outcome: outcome.to_string(),
-            })
-            .inc();
-        if s.usage.is_some() {
-            let labels = RouteLabels { route };
-            self.metrics
-                .wall_seconds
-                .get_or_create(&labels)
-                .observe(wall.as_secs_f64());
-            if let Some(fuel) = usage.fuel_consumed {
-                self.metrics
-                    .fuel
-                    .get_or_create(&labels)
-                    .observe(fuel as f64);
-            }
-            self.metrics
-                .peak_memory
-                .get_or_create(&labels)
-                .observe(usage.peak_memory_bytes as f64);
-            self.metrics
-                .host_memory
-                .get_or_create(&labels)
-                .observe(usage.host_memory_peak_bytes as f64);
-            self.metrics
-                .cpu_seconds
-                .get_or_create(&labels)
-                .observe(usage.cpu_time.as_secs_f64());
-        }
+            .finished(route, status, outcome, s.usage.map(|u| (u, wall)));
     }
 }
