@@ -51,6 +51,12 @@
 //!   whether they are a component; used by loading and by precompiling.
 //! - `store` (private): the store's host state, the memory limiter, and the
 //!   single function that installs [`Limits`] on a store.
+//! - `open_files` (private): the per-invocation cap on files opened
+//!   through preopens ([`MAX_OPEN_FILES`]); their I/O runs on the
+//!   invocation's own thread, so it is charged to it.
+//! - [`outbound`]: the allow-list for a wasi:http guest's outgoing requests
+//!   ([`OutboundPolicy`]) and the hooks that vet, resolve, dial and bound
+//!   them per invocation.
 //! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
 //!   of CPU, then on low-priority (nice 10) threads.
 //! - [`limits`]: [`Limits`] and the human sizes and durations (`64MiB`, `250ms`).
@@ -59,6 +65,10 @@
 //! - [`io`]: where stdin comes from and stdout/stderr go.
 //! - [`error`]: host [`Error`]s (bad module, failed set-up), as opposed to
 //!   outcomes.
+//! - `serve` (feature `serve`): the HTTP function host behind
+//!   `wasm-run serve` — configuration, listeners, admission of requests,
+//!   the CGI and wasi:http request paths, responses, metrics; its module
+//!   doc draws a request's flow.
 //!
 //! A call flows `Guest::run` → `scheduler` (CPU metered; moved to the
 //! low-priority pool once long-running) → `store::new_store` (limits
