@@ -57,6 +57,11 @@ pub enum Rejected {
     /// The request waited `queue_timeout` without fitting.
     #[error("the memory budget stayed in use for longer than the queue timeout")]
     Timeout,
+    /// The request needs more bytes than the whole budget: it could never
+    /// be admitted, so it is turned away at once instead of holding the
+    /// line for its queue timeout.
+    #[error("the request needs more than the whole memory budget")]
+    TooLarge,
 }
 
 /// Settings of the admission controller.
@@ -343,9 +348,14 @@ impl Admission {
 
     /// Admits a request needing `need` (bytes and pool slots), waiting in
     /// line if it does not fit yet. Returns the permit and how long the
-    /// request waited.
+    /// request waited; [`Rejected::TooLarge`] at once if `need.bytes` is
+    /// more than the whole budget. (A need for more pool slots than the pool
+    /// has is admitted alone, once the pool is otherwise free.)
     pub async fn admit_need(self: &Arc<Self>, need: Need) -> Result<(Permit, Duration), Rejected> {
         let start = Instant::now();
+        if need.bytes > self.config.budget {
+            return Err(Rejected::TooLarge);
+        }
         let (ticket, mut granted) = {
             let mut s = self.lock();
             // FIFO: nobody overtakes a waiting request.
@@ -477,14 +487,20 @@ mod tests {
         assert_eq!(a.in_use(), 0);
     }
 
+    /// Lets other tasks run until `n` requests wait in line.
+    async fn until_queued(a: &Admission, n: usize) {
+        while a.queued() != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_waiter_that_gives_up_leaves_no_trace() {
         let a = admission(10, 10, 5_000);
         let (held, _) = a.admit(10).await.unwrap();
         let a2 = a.clone();
         let waiting = tokio::spawn(async move { a2.admit(10).await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(a.queued(), 1);
+        until_queued(&a, 1).await;
         waiting.abort();
         let _ = waiting.await;
         assert_eq!(a.queued(), 0);
@@ -501,10 +517,23 @@ mod tests {
         let (_held, _) = a.admit(10).await.unwrap();
         let a2 = a.clone();
         let waiting = tokio::spawn(async move { a2.admit(5).await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_queued(&a, 1).await;
         assert!(a.saturated());
         assert_eq!(a.admit(5).await.unwrap_err(), Rejected::QueueFull);
         waiting.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_the_budget_is_turned_away_at_once() {
+        let a = admission(100, 10, 1_000);
+        let (_held, _) = a.admit(50).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(a.admit(200).await.unwrap_err(), Rejected::TooLarge);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(a.queued(), 0);
+        // It holds no one up: a request that fits is admitted at once.
+        let (_p, waited) = a.admit(10).await.unwrap();
+        assert_eq!(waited, Duration::ZERO);
     }
 
     #[tokio::test]
@@ -514,16 +543,16 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..3 {
-            let a = a.clone();
+            let a2 = a.clone();
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
-                let (p, waited) = a.admit(10).await.unwrap();
+                let (p, waited) = a2.admit(10).await.unwrap();
                 order.lock().unwrap().push(i);
-                tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(p);
                 waited
             }));
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Each joins the line before the next is spawned.
+            until_queued(&a, i + 1).await;
         }
         drop(held);
         for t in tasks {

@@ -485,6 +485,12 @@ impl Shared {
                         "queue_timeout",
                         "the host's memory budget stayed in use for longer than the queue timeout",
                     ),
+                    // Routes that could never fit are refused when they
+                    // load; this is for completeness.
+                    Rejected::TooLarge => (
+                        "too_large",
+                        "the request needs more than the host's whole memory budget",
+                    ),
                 };
                 self.metrics
                     .rejected
