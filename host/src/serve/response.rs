@@ -34,7 +34,9 @@ pub enum HostAnswer {
     BodyTooLarge(u64),
     /// The client did not send the request body in time (`--body-timeout`).
     BodyTimeout(std::time::Duration),
-    /// A CGI guest did not print a valid CGI response head.
+    /// The guest gave no usable response: a CGI guest printed no valid CGI
+    /// head, or a wasi:http guest ended without a response or with an
+    /// informational (1xx) status.
     BadGateway(String),
     /// No route matches the path.
     NotFound(String),
@@ -413,6 +415,71 @@ mod tests {
             );
             assert_eq!(r.headers()["content-type"], "application/json");
         }
+    }
+
+    /// A body of `chunks`, then its end.
+    fn chunks(chunks: &[&'static [u8]]) -> Prefixed<http_body_util::Empty<Bytes>> {
+        Prefixed {
+            prefix: chunks
+                .iter()
+                .map(|c| Frame::data(Bytes::from_static(c)))
+                .collect(),
+            inner: http_body_util::Empty::new(),
+        }
+    }
+
+    /// Polls `body` once: `None` while it is pending.
+    fn poll_once<B: HttpBody + Unpin>(
+        body: &mut B,
+    ) -> Option<Option<Result<Frame<B::Data>, B::Error>>> {
+        let waker = std::task::Waker::noop();
+        match Pin::new(body).poll_frame(&mut Context::from_waker(waker)) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_frame_that_completes_a_declared_length_waits_for_the_verdict() {
+        for clean in [true, false] {
+            let (tx, verdict) = oneshot::channel();
+            let mut body = GuardedBody::new(chunks(&[b"abcd", b"efghij"]), verdict, Some(10));
+            // The first frame leaves 6 bytes to come: it goes out at once.
+            let first = poll_once(&mut body).unwrap().unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), "abcd");
+            // The last would let hyper end the response: it waits.
+            assert!(poll_once(&mut body).is_none());
+            assert!(poll_once(&mut body).is_none());
+            tx.send(clean).unwrap();
+            let last = poll_once(&mut body).unwrap().unwrap();
+            if clean {
+                assert_eq!(last.unwrap().into_data().unwrap(), "efghij");
+                assert!(poll_once(&mut body).unwrap().is_none());
+            } else {
+                // A killed guest's response is aborted, never completed.
+                assert!(last.unwrap_err().is::<Aborted>());
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_declared_length_frames_flow_and_the_end_waits() {
+        let (tx, verdict) = oneshot::channel();
+        let mut body = GuardedBody::new(chunks(&[b"ab", b"cd"]), verdict, None);
+        assert!(poll_once(&mut body).unwrap().is_some());
+        assert!(poll_once(&mut body).unwrap().is_some());
+        assert!(
+            poll_once(&mut body).is_none(),
+            "the end waits for the verdict"
+        );
+        tx.send(false).unwrap();
+        assert!(
+            poll_once(&mut body)
+                .unwrap()
+                .unwrap()
+                .unwrap_err()
+                .is::<Aborted>()
+        );
     }
 
     #[test]
