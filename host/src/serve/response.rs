@@ -428,10 +428,11 @@ mod tests {
         }
     }
 
+    /// What one poll of a body gives when it is ready.
+    type Polled<B> = Option<Result<Frame<<B as HttpBody>::Data>, <B as HttpBody>::Error>>;
+
     /// Polls `body` once: `None` while it is pending.
-    fn poll_once<B: HttpBody + Unpin>(
-        body: &mut B,
-    ) -> Option<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_once<B: HttpBody + Unpin>(body: &mut B) -> Option<Polled<B>> {
         let waker = std::task::Waker::noop();
         match Pin::new(body).poll_frame(&mut Context::from_waker(waker)) {
             Poll::Ready(frame) => Some(frame),
