@@ -397,6 +397,7 @@ async fn oversize_bodies_get_413_both_ways() {
         tx
     });
     let response = sender.send_request(req).await.expect("a response");
+    let _tx = feeder.await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
     let body = response
         .into_body()
