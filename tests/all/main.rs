@@ -72,15 +72,18 @@ pub fn stdout_of(outcome: &Outcome) -> String {
 
 pub const MIB: u64 = 1 << 20;
 
-/// Runs the `wasm-run` binary with `args`, with its compile cache under the
-/// test scratch dir.
+/// The `wasm-run` binary with `args`, its compile cache under the test
+/// scratch dir.
+pub fn wasm_run_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-run"));
+    command.args(args).env(
+        "WASM_RUN_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+    );
+    command
+}
+
+/// Runs the `wasm-run` binary with `args` and waits for it.
 pub fn wasm_run(args: &[&str]) -> ProcessOutput {
-    Command::new(env!("CARGO_BIN_EXE_wasm-run"))
-        .args(args)
-        .env(
-            "WASM_RUN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .output()
-        .expect("wasm-run starts")
+    wasm_run_command(args).output().expect("wasm-run starts")
 }

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use wasm_run::MAX_OPEN_FILES;
 use wasm_run_tests::{Target, guest};
@@ -36,14 +36,17 @@ fn a_guest_opens_at_most_the_cap_of_files_then_gets_an_error() {
     let mapping = format!("{}::/d:ro", dir.display());
     for target in [Target::P1, Target::P2] {
         let module = guest("open-files", target);
-        let out = wasm_run(&[
-            "run",
-            "--dir",
-            &mapping,
-            module.to_str().unwrap(),
-            "/d/f",
-            "1000",
-        ]);
+        let open = |count: &str| {
+            wasm_run(&[
+                "run",
+                "--dir",
+                &mapping,
+                module.to_str().unwrap(),
+                "/d/f",
+                count,
+            ])
+        };
+        let out = open("1000");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         // The guest handles the error and exits cleanly: the cap hurts only
@@ -56,14 +59,7 @@ fn a_guest_opens_at_most_the_cap_of_files_then_gets_an_error() {
         );
         assert!(stderr.contains("open-files: /d/f:"), "{target:?}: {stderr}");
         // Under the cap, every open succeeds.
-        let out = wasm_run(&[
-            "run",
-            "--dir",
-            &mapping,
-            module.to_str().unwrap(),
-            "/d/f",
-            "20",
-        ]);
+        let out = open("20");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             "opened 20 of 20"
@@ -83,24 +79,19 @@ fn fds_of(pid: u32) -> usize {
 fn fds_while_holding(dir: &Path, count: &str) -> usize {
     let mapping = format!("{}::/d:ro", dir.display());
     let module = guest("open-files", Target::P2);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
-        .args([
-            "run",
-            "--dir",
-            &mapping,
-            module.to_str().unwrap(),
-            "/d/f",
-            count,
-            "60",
-        ])
-        .env(
-            "WASM_RUN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wasm-run starts");
+    let mut child = crate::wasm_run_command(&[
+        "run",
+        "--dir",
+        &mapping,
+        module.to_str().unwrap(),
+        "/d/f",
+        count,
+        "60",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("wasm-run starts");
     // The guest prints once it holds its files, then sleeps.
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
