@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use wasm_run::{Engine, EngineConfig, Guest, Invocation, Limits, Output};
+use wasm_run::{Engine, EngineConfig, Guest, Invocation, Limits, OutcomeKind, Output, TrapReason};
 
 /// Charges host memory to the invocation that causes it, so that each
 /// `max_memory` covers it too.
@@ -53,9 +53,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (label, result) = task.await?;
         let outcome = result?;
         let stdout = outcome.stdout.as_ref().map(|o| o.bytes.len()).unwrap_or(0);
+        // Outcomes are typed: match them rather than their messages.
+        let verdict = match &outcome.kind {
+            OutcomeKind::Exited(0) => "ok".to_string(),
+            OutcomeKind::Exited(code) => format!("exit {code}"),
+            OutcomeKind::FuelExhausted => "out of fuel".to_string(),
+            OutcomeKind::MemoryExceeded => "over its memory cap".to_string(),
+            OutcomeKind::Trapped(trap) if trap.reason == TrapReason::StackOverflow => {
+                "stack overflow".to_string()
+            }
+            OutcomeKind::Trapped(trap) => {
+                format!("trap ({}): {}", trap.reason.name(), trap.message)
+            }
+            other => other.name().to_string(),
+        };
         println!(
-            "{label:>13}: {:<17} fuel {:>10}  peak memory {:>9} B  {:>6} µs  stdout {stdout} B",
-            outcome.kind.name(),
+            "{label:>13}: {verdict:<20} fuel {:>10}  peak memory {:>9} B  {:>6} µs  stdout {stdout} B",
             outcome.usage.fuel_consumed.unwrap_or(0),
             outcome.usage.peak_memory_bytes,
             outcome.usage.wall_time.as_micros(),

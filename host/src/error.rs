@@ -94,6 +94,26 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The HTTP request handed to [`crate::Guest::handle_http`] cannot be
+    /// given to a guest (e.g. a `Host` header that is not text): the
+    /// caller's request is at fault, not the host.
+    #[error("{name}: bad request: {message}")]
+    BadRequest {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What is wrong with the request.
+        message: String,
+    },
+    /// The invocation's [`crate::Limits`] cannot be honoured (see
+    /// [`crate::Limits::validate`]), or a deadline was asked for outside a
+    /// Tokio runtime with timers.
+    #[error("{name}: invalid limits: {message}")]
+    InvalidLimits {
+        /// The guest's name (usually its path).
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The engine could not be built.
     #[error("cannot build the wasm engine: {message}")]
     Engine {

@@ -129,9 +129,43 @@ impl Guest {
     /// guest. Of the invocation, `args`, `program_name` and `stdin` are not
     /// used (a request has none); stdout and stderr go where it says.
     ///
+    /// The request may be any [`http::Request`] whose body yields
+    /// [`Bytes`](crate::Bytes) (e.g. `http_body_util::Full<Bytes>`, or
+    /// hyper's incoming body); a bare path (`/hello`, no authority and no
+    /// `Host`) is taken as `localhost`. A request that cannot be handed to
+    /// a guest is [`Error::BadRequest`].
+    ///
     /// Outgoing requests follow `invocation.outbound` and count against the
     /// deadline. Like [`Guest::run`], it needs a Tokio runtime with timers
     /// when a timeout is set.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let handler = wasm_run_tests::http_guest();
+    /// use std::time::Duration;
+    /// use http_body_util::{BodyExt, Full};
+    /// use wasm_run::{Bytes, Engine, EngineConfig, Guest, Invocation, Limits, OutcomeKind};
+    ///
+    /// let engine = Engine::new(EngineConfig::default())?;
+    /// let guest = Guest::from_file(&engine, handler)?; // a wasi:http component
+    /// let request = http::Request::get("/hello").body(Full::new(Bytes::new()))?;
+    /// let invocation = Invocation {
+    ///     limits: Limits {
+    ///         timeout: Some(Duration::from_secs(5)),
+    ///         ..Limits::default()
+    ///     },
+    ///     ..Invocation::default()
+    /// };
+    /// let call = guest.handle_http(request, invocation)?;
+    /// let run = tokio::spawn(call.run); // the guest runs while the body is read
+    /// let response = call.response.await?.map_err(|code| format!("{code:?}"))?;
+    /// assert_eq!(response.status(), 200);
+    /// let body = response.into_body().collect().await?.to_bytes();
+    /// assert_eq!(body, "Hello from wasm-run over wasi:http!\n");
+    /// assert_eq!(run.await??.kind, OutcomeKind::Exited(0));
+    /// # Ok(()) }
+    /// ```
     ///
     /// [`GuestKind::HttpComponent`]: crate::GuestKind::HttpComponent
     pub fn handle_http<B>(
@@ -141,8 +175,50 @@ impl Guest {
     ) -> Result<HttpCall>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use http_body_util::BodyExt as _;
+        let request = request.map(|body| {
+            body.map_err(|e| {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                match e.downcast::<hyper::Error>() {
+                    Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
+                    Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+                }
+            })
+        });
+        self.handle_http_request(request, invocation)
+    }
+
+    /// [`Guest::handle_http`] for a body whose errors are already
+    /// wasi:http's (the server maps its own body errors to the codes a
+    /// guest sees).
+    pub(crate) fn handle_http_request<B>(
+        &self,
+        mut request: http::Request<B>,
+        invocation: Invocation,
+    ) -> Result<HttpCall>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+        if let Some(host) = request.headers().get(http::header::HOST)
+            && request.uri().authority().is_none()
+            && host.to_str().is_err()
+        {
+            return Err(Error::BadRequest {
+                name: self.name().to_string(),
+                message: "the Host header is not text".into(),
+            });
+        }
         if self.kind() != crate::GuestKind::HttpComponent {
             return Err(Error::WrongShape {
                 name: self.name().to_string(),
@@ -181,6 +257,21 @@ impl Guest {
     /// context (argv, environment, preopens, stdio) and the host state.
     fn prepare(&self, invocation: Invocation) -> Result<Prepared> {
         let started = Instant::now();
+        let invalid = |message: String| Error::InvalidLimits {
+            name: self.name().to_string(),
+            message,
+        };
+        invocation
+            .limits
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        if invocation.limits.timeout.is_some() && !timers_available() {
+            return Err(invalid(
+                "a timeout needs a Tokio runtime with timers enabled (`enable_time` or \
+                 `enable_all` on its builder; `#[tokio::main]` enables them)"
+                    .into(),
+            ));
+        }
         let account = Account::new(
             invocation
                 .limits
@@ -356,6 +447,14 @@ async fn until_limits_exceeded(
         }
     })
     .await
+}
+
+/// Whether the current thread is in a Tokio runtime whose timers work.
+/// (Tokio has no query for it: creating a timer outside such a runtime
+/// panics, so a panic here means no.)
+fn timers_available() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+        && std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).is_ok()
 }
 
 /// A WASI context builder with argv, environment and preopened directories.

@@ -178,6 +178,13 @@ struct SinkStream {
 #[error("output cap of {0} bytes exceeded")]
 pub(crate) struct OutputCapExceeded(usize);
 
+impl OutputCapExceeded {
+    #[cfg(test)]
+    pub(crate) fn new(cap: usize) -> Self {
+        OutputCapExceeded(cap)
+    }
+}
+
 impl SinkStream {
     fn new(sink: Box<dyn OutputSink>) -> Self {
         SinkStream {

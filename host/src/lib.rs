@@ -113,11 +113,11 @@ pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};
 pub use io::{Input, Output, OutputSink};
 pub use limits::{
-    ByteSize, CpuLimit, HumanDuration, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_OPEN_FILES,
-    MAX_TABLES, MemoryCap,
+    ByteSize, CpuLimit, HumanDuration, InvalidLimits, Limits, MAX_INSTANCES, MAX_MEMORIES,
+    MAX_OPEN_FILES, MAX_TABLES, MemoryCap,
 };
 pub use outbound::OutboundPolicy;
-pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Usage};
+pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Trap, TrapReason, Usage};
 pub use store::{
     HOST_ALLOWANCE, HOST_BASE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_RANDOM_BYTES,
     MAX_RESOURCES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,

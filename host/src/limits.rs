@@ -82,6 +82,38 @@ pub struct Limits {
 /// Default cap on captured stdout/stderr: 1 MiB each.
 pub const DEFAULT_MAX_OUTPUT: u64 = MIB;
 
+/// Limits that cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidLimits(pub String);
+
+impl Limits {
+    /// Checks what these limits can be: `max_memory` at most
+    /// [`MAX_MEMORY_CEILING`], durations at most [`MAX_DURATION`] and a
+    /// CPU-time limit above zero. Every invocation checks its limits this
+    /// way (an error, never a panic); the CLI and the server's config check
+    /// the same rules when they parse.
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
+        if self.max_memory > MAX_MEMORY_CEILING {
+            return Err(InvalidLimits(format!(
+                "max_memory of {} bytes is past the ceiling of {MAX_MEMORY_CEILING} bytes \
+                 (4 GiB, all a wasm32 guest can address)",
+                self.max_memory
+            )));
+        }
+        if self.timeout.is_some_and(|t| t > MAX_DURATION) {
+            return Err(InvalidLimits("timeout is longer than 366 days".into()));
+        }
+        match self.max_cpu {
+            Some(cpu) if cpu > MAX_DURATION => {
+                Err(InvalidLimits("max_cpu is longer than 366 days".into()))
+            }
+            Some(cpu) if cpu.is_zero() => Err(InvalidLimits("max_cpu must be above zero".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

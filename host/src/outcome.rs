@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use wasmtime::Trap;
+use wasmtime::Trap as WasmTrap;
 use wasmtime::component::ResourceTableError;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi_http::FieldMapError;
@@ -31,8 +31,100 @@ pub enum OutcomeKind {
     /// The guest was still running (or blocked in a host call) at its deadline.
     DeadlineExceeded,
     /// The guest trapped: unreachable (e.g. a Rust panic), stack overflow,
-    /// out-of-bounds access, a failed host call. The message says which.
-    Trapped(String),
+    /// out-of-bounds access, a failed host call, an output cap. The
+    /// [`Trap`] says which ([`Trap::reason`]) and how (its one-line
+    /// message).
+    Trapped(Trap),
+}
+
+/// A trap: why (typed) and a one-line message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Trap {
+    /// What kind of trap it was.
+    pub reason: TrapReason,
+    /// One line saying what happened, and in which wasm function when
+    /// known. (The full error, backtrace included, is logged at debug
+    /// level.)
+    pub message: String,
+}
+
+impl Trap {
+    /// A trap of `reason` with `message`.
+    pub fn new(reason: TrapReason, message: impl Into<String>) -> Trap {
+        Trap {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Trap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a guest trapped. Non-exhaustive: new reasons may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TrapReason {
+    /// The wasm call stack was exhausted (e.g. unbounded recursion).
+    StackOverflow,
+    /// An `unreachable` instruction: how Rust, C and others abort, e.g. a
+    /// panic.
+    Unreachable,
+    /// A memory or table access out of bounds, or a misaligned atomic.
+    OutOfBounds,
+    /// Integer division by zero, overflow, or a bad float-to-int
+    /// conversion.
+    Arithmetic,
+    /// An indirect call through a null or mistyped function reference, or
+    /// another null reference.
+    BadReference,
+    /// A write past the output cap ([`crate::Output::CaptureOrKill`]).
+    OutputCapExceeded,
+    /// A host call failed in a way the guest cannot handle (e.g. a wasi:http
+    /// stream written past its permit, or a resource used after it was
+    /// dropped).
+    HostCall,
+    /// Anything else wasmtime reports as a trap.
+    Other,
+}
+
+impl TrapReason {
+    /// The reason's name (the report's `trap` field, the `trap` metric
+    /// label), e.g. `"stack_overflow"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrapReason::StackOverflow => "stack_overflow",
+            TrapReason::Unreachable => "unreachable",
+            TrapReason::OutOfBounds => "out_of_bounds",
+            TrapReason::Arithmetic => "arithmetic",
+            TrapReason::BadReference => "bad_reference",
+            TrapReason::OutputCapExceeded => "output_cap_exceeded",
+            TrapReason::HostCall => "host_call",
+            TrapReason::Other => "other",
+        }
+    }
+
+    fn of(trap: WasmTrap) -> TrapReason {
+        match trap {
+            WasmTrap::StackOverflow => TrapReason::StackOverflow,
+            WasmTrap::UnreachableCodeReached => TrapReason::Unreachable,
+            WasmTrap::MemoryOutOfBounds
+            | WasmTrap::HeapMisaligned
+            | WasmTrap::TableOutOfBounds
+            | WasmTrap::ArrayOutOfBounds => TrapReason::OutOfBounds,
+            WasmTrap::IntegerOverflow
+            | WasmTrap::IntegerDivisionByZero
+            | WasmTrap::BadConversionToInteger => TrapReason::Arithmetic,
+            WasmTrap::IndirectCallToNull
+            | WasmTrap::BadSignature
+            | WasmTrap::NullReference
+            | WasmTrap::CastFailure => TrapReason::BadReference,
+            _ => TrapReason::Other,
+        }
+    }
 }
 
 impl OutcomeKind {
@@ -131,7 +223,7 @@ impl Outcome {
                 "guest did not finish within its deadline ({} ms elapsed)",
                 self.usage.wall_time.as_millis()
             )),
-            OutcomeKind::Trapped(msg) => Some(msg.clone()),
+            OutcomeKind::Trapped(trap) => Some(trap.message.clone()),
         }
     }
 
@@ -148,6 +240,10 @@ impl Outcome {
             host_memory_peak_bytes: self.usage.host_memory_peak_bytes,
             wall_time_us: u64::try_from(self.usage.wall_time.as_micros()).unwrap_or(u64::MAX),
             message: self.message(),
+            trap: match &self.kind {
+                OutcomeKind::Trapped(trap) => Some(trap.reason.name()),
+                _ => None,
+            },
         }
     }
 }
@@ -170,6 +266,10 @@ pub struct Report {
     pub wall_time_us: u64,
     /// Explanation for anything but a clean exit, otherwise `null`.
     pub message: Option<String>,
+    /// For a trap, its reason ([`TrapReason::name`], e.g.
+    /// `"stack_overflow"`); absent otherwise (an added field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trap: Option<&'static str>,
 }
 
 /// What the host observed about a finished call, handed to [`classify`].
@@ -204,11 +304,26 @@ pub(crate) fn classify(end: CallEnd, memory_killed: bool, cpu_killed: bool) -> O
     if exceeds_host_allowance(&err) {
         return OutcomeKind::MemoryExceeded;
     }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => OutcomeKind::FuelExhausted,
-        Some(Trap::Interrupt) => OutcomeKind::DeadlineExceeded,
-        Some(trap) => OutcomeKind::Trapped(describe_trap(trap, &err)),
-        None => OutcomeKind::Trapped(format!("{err:#}")),
+    tracing::debug!(error = %format!("{err:?}"), "the guest trapped");
+    match err.downcast_ref::<WasmTrap>() {
+        Some(WasmTrap::OutOfFuel) => OutcomeKind::FuelExhausted,
+        Some(WasmTrap::Interrupt) => OutcomeKind::DeadlineExceeded,
+        Some(trap) => OutcomeKind::Trapped(Trap::new(
+            TrapReason::of(*trap),
+            in_function(trap.to_string(), &err),
+        )),
+        None => {
+            let reason = if err.chain().any(|e| e.is::<crate::io::OutputCapExceeded>()) {
+                TrapReason::OutputCapExceeded
+            } else {
+                TrapReason::HostCall
+            };
+            // The cause, not the chain: wasmtime wraps a host call's error in
+            // its wasm backtrace, which goes to the debug log above.
+            let cause = err.root_cause().to_string();
+            let line = cause.lines().next().unwrap_or_default().to_string();
+            OutcomeKind::Trapped(Trap::new(reason, in_function(line, &err)))
+        }
     }
 }
 
@@ -235,8 +350,8 @@ pub(crate) fn exceeds_host_allowance(err: &wasmtime::Error) -> bool {
         || err.chain().any(|e| table_full(e) || fields_too_big(e))
 }
 
-/// The trap's description plus the innermost named wasm function, if known.
-fn describe_trap(trap: &Trap, err: &wasmtime::Error) -> String {
+/// `message` plus the innermost named wasm function, if known.
+fn in_function(message: String, err: &wasmtime::Error) -> String {
     let frame = err
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .and_then(|bt| {
@@ -245,8 +360,8 @@ fn describe_trap(trap: &Trap, err: &wasmtime::Error) -> String {
                 .find_map(|f| f.func_name().map(str::to_owned))
         });
     match frame {
-        Some(func) => format!("{trap} (in `{func}`)"),
-        None => trap.to_string(),
+        Some(func) => format!("{message} (in `{func}`)"),
+        None => message,
     }
 }
 
@@ -260,12 +375,13 @@ mod tests {
         assert_eq!(OutcomeKind::DeadlineExceeded.exit_status(), 124);
         assert_eq!(OutcomeKind::MemoryExceeded.exit_status(), 137);
         assert_eq!(OutcomeKind::FuelExhausted.exit_status(), 152);
-        assert_eq!(OutcomeKind::Trapped("x".into()).exit_status(), 134);
+        let trap = Trap::new(TrapReason::Other, "x");
+        assert_eq!(OutcomeKind::Trapped(trap).exit_status(), 134);
     }
 
     #[test]
     fn classify_prefers_the_limiters_record() {
-        let err = wasmtime::Error::from(Trap::UnreachableCodeReached);
+        let err = wasmtime::Error::from(WasmTrap::UnreachableCodeReached);
         assert_eq!(
             classify(CallEnd::Returned(Err(err)), true, false),
             OutcomeKind::MemoryExceeded
@@ -275,10 +391,43 @@ mod tests {
     #[test]
     fn classify_traps_and_exits() {
         let c = |e: wasmtime::Error| classify(CallEnd::Returned(Err(e)), false, false);
-        assert_eq!(c(Trap::OutOfFuel.into()), OutcomeKind::FuelExhausted);
-        assert_eq!(c(Trap::Interrupt.into()), OutcomeKind::DeadlineExceeded);
+        assert_eq!(c(WasmTrap::OutOfFuel.into()), OutcomeKind::FuelExhausted);
+        assert_eq!(c(WasmTrap::Interrupt.into()), OutcomeKind::DeadlineExceeded);
         assert_eq!(c(I32Exit(3).into()), OutcomeKind::Exited(3));
-        assert_eq!(c(Trap::StackOverflow.into()).name(), "trapped");
+        assert_eq!(c(WasmTrap::StackOverflow.into()).name(), "trapped");
+        let reason = |e: wasmtime::Error| match c(e) {
+            OutcomeKind::Trapped(trap) => trap.reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(WasmTrap::StackOverflow.into()),
+            TrapReason::StackOverflow
+        );
+        assert_eq!(
+            reason(WasmTrap::UnreachableCodeReached.into()),
+            TrapReason::Unreachable
+        );
+        assert_eq!(
+            reason(WasmTrap::MemoryOutOfBounds.into()),
+            TrapReason::OutOfBounds
+        );
+        assert_eq!(
+            reason(WasmTrap::IntegerDivisionByZero.into()),
+            TrapReason::Arithmetic
+        );
+        assert_eq!(
+            reason(WasmTrap::IndirectCallToNull.into()),
+            TrapReason::BadReference
+        );
+        let cap = wasmtime::Error::from(crate::io::OutputCapExceeded::new(8))
+            .context("error while executing at wasm backtrace:\n    0: 0x1 - <unknown>");
+        match c(cap) {
+            OutcomeKind::Trapped(trap) => {
+                assert_eq!(trap.reason, TrapReason::OutputCapExceeded);
+                assert_eq!(trap.message, "output cap of 8 bytes exceeded");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             c(wasmtime::Error::from(ResourceTableError::Full).context("pushing fields")),
             OutcomeKind::MemoryExceeded

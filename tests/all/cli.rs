@@ -144,6 +144,7 @@ fn trap_exits_134_with_a_message() {
             report["message"].as_str().unwrap().contains("stack"),
             "{report}"
         );
+        assert_eq!(report["trap"], "stack_overflow", "{report}");
         assert!(stderr.contains("wasm-run: "), "{stderr}");
     }
 }

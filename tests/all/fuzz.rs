@@ -239,6 +239,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Capacity { .. } => "capacity",
         Error::Setup { .. } => "setup",
         Error::Engine { .. } => "engine",
+        Error::InvalidLimits { .. } => "invalid_limits",
+        Error::BadRequest { .. } => "bad_request",
         _ => "other",
     }
 }
@@ -404,9 +406,11 @@ async fn generated_modules_never_break_the_host() {
             Ok(Ok(outcome)) => {
                 let kind = outcome.kind.name();
                 *tally.outcomes.entry(kind).or_default() += 1;
-                if let OutcomeKind::Trapped(message) = &outcome.kind {
-                    let class: String = message.chars().take(24).collect();
-                    tally.example(format!("trapped {class}…"), message.clone());
+                if let OutcomeKind::Trapped(trap) = &outcome.kind {
+                    tally.example(
+                        format!("trapped {}", trap.reason.name()),
+                        trap.message.clone(),
+                    );
                 }
                 if outcome.usage.peak_memory_bytes > MAX_MEMORY {
                     let path = keep("over-memory");

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasm_run::{DirMapping, Error, Guest, GuestKind, Input, OutcomeKind};
+use wasm_run::{DirMapping, Error, Guest, GuestKind, Input, OutcomeKind, TrapReason};
 use wasm_run_tests::Target;
 
 use crate::{MIB, engine, load, run_guest, stdout_of, wat_file};
@@ -109,7 +109,11 @@ async fn runaway_recursion_traps_with_a_stack_message() {
     for target in Target::ALL {
         let o = run_guest("recurse", target, |_| {}).await;
         match &o.kind {
-            OutcomeKind::Trapped(msg) => assert!(msg.contains("stack"), "{msg}"),
+            OutcomeKind::Trapped(trap) => {
+                assert_eq!(trap.reason, TrapReason::StackOverflow, "{trap}");
+                assert!(trap.message.contains("stack"), "{trap}");
+                assert!(!trap.message.contains('\n'), "one line: {trap:?}");
+            }
             other => panic!("{target:?}: expected a trap, got {other:?}"),
         }
         assert_eq!(o.kind.exit_status(), 134);
@@ -140,13 +144,17 @@ async fn an_output_cap_that_kills_stops_a_flood_at_once() {
             i.limits.timeout = Some(Duration::from_secs(30));
         })
         .await;
-        let OutcomeKind::Trapped(message) = &o.kind else {
+        let OutcomeKind::Trapped(trap) = &o.kind else {
             panic!("{target:?}: {:?}", o.kind);
         };
+        // Typed, and the message is one line: the cap, and where.
+        assert_eq!(trap.reason, TrapReason::OutputCapExceeded, "{trap:?}");
         assert!(
-            message.contains("output cap of 65536 bytes exceeded"),
-            "{message}"
+            trap.message
+                .starts_with("output cap of 65536 bytes exceeded"),
+            "{trap:?}"
         );
+        assert!(!trap.message.contains('\n'), "one line: {trap:?}");
         assert!(o.usage.wall_time < Duration::from_secs(10));
         let out = o.stdout.unwrap();
         assert_eq!(out.bytes.len(), 64 * 1024);
@@ -246,7 +254,10 @@ async fn wat_fixtures_cover_grow_kill_initial_memory_and_traps() {
 
     let trap = wat_file("trap", r#"(module (func (export "_start") unreachable))"#);
     match run(trap, MIB).await.kind {
-        OutcomeKind::Trapped(msg) => assert!(msg.contains("unreachable"), "{msg}"),
+        OutcomeKind::Trapped(trap) => {
+            assert_eq!(trap.reason, TrapReason::Unreachable);
+            assert!(trap.message.contains("unreachable"), "{trap}");
+        }
         other => panic!("expected trapped, got {other:?}"),
     }
 }
@@ -505,4 +516,58 @@ async fn pool_slots_are_admitted_like_memory() {
         let outcome = task.await.unwrap().expect("no capacity error");
         assert_eq!(outcome.kind, OutcomeKind::DeadlineExceeded);
     }
+}
+
+/// Limits that cannot be honoured are an error of the invocation, never a
+/// panic or a silently different limit.
+#[tokio::test]
+async fn impossible_limits_are_errors() {
+    let guest = crate::load("hello", Target::P1);
+    for (limits, what) in [
+        (
+            wasm_run::Limits {
+                max_memory: 8 << 30,
+                ..wasm_run::Limits::default()
+            },
+            "ceiling",
+        ),
+        (
+            wasm_run::Limits {
+                max_cpu: Some(Duration::ZERO),
+                ..wasm_run::Limits::default()
+            },
+            "max_cpu",
+        ),
+    ] {
+        let err = guest
+            .run(wasm_run::Invocation {
+                limits,
+                ..wasm_run::Invocation::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidLimits { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}
+
+/// A deadline on a runtime without timers is an error, not a panic in the
+/// library.
+#[test]
+fn a_timeout_without_timers_is_an_error() {
+    let guest = crate::load("hello", Target::P1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = runtime
+        .block_on(guest.run(wasm_run::Invocation {
+            limits: wasm_run::Limits {
+                timeout: Some(Duration::from_secs(1)),
+                ..wasm_run::Limits::default()
+            },
+            ..wasm_run::Invocation::default()
+        }))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidLimits { .. }), "{err}");
+    assert!(err.to_string().contains("timers"), "{err}");
 }

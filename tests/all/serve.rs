@@ -605,8 +605,9 @@ async fn metrics_count_requests_by_route_status_and_outcome() {
     let start = Instant::now();
     let metrics = loop {
         let m = get(admin, "/metrics").await;
-        let done = m.text().contains(r#"outcome="exited"} 2"#)
-            && m.text().contains(r#"outcome="trapped"} 1"#);
+        let done = m.text().contains(r#"outcome="exited",trap=""} 2"#)
+            && m.text()
+                .contains(r#"outcome="trapped",trap="unreachable"} 1"#);
         if done || start.elapsed() > Duration::from_secs(3) {
             break m;
         }
@@ -614,11 +615,15 @@ async fn metrics_count_requests_by_route_status_and_outcome() {
     };
     let text = metrics.text();
     assert!(
-        text.contains(r#"wasm_run_requests_total{route="/",status="200",outcome="exited"} 2"#),
+        text.contains(
+            r#"wasm_run_requests_total{route="/",status="200",outcome="exited",trap=""} 2"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"wasm_run_requests_total{route="/",status="500",outcome="trapped"} 1"#),
+        text.contains(
+            r#"wasm_run_requests_total{route="/",status="500",outcome="trapped",trap="unreachable"} 1"#
+        ),
         "{text}"
     );
     assert!(text.contains("wasm_run_request_fuel_bucket"), "{text}");

@@ -41,7 +41,10 @@ Report (--report PATH, or - for stderr), one JSON object:
    \"host_memory_peak_bytes\": N, (host memory charged to the guest: instance state,
                                 resources, buffers)
    \"cpu_time_us\": N,            (CPU used in wasm and host calls, not waiting)
-   \"host_peak_rss_bytes\": N}   (peak memory of the wasm-run process itself)
+   \"host_peak_rss_bytes\": N,   (peak memory of the wasm-run process itself)
+   \"trap\": \"...\"}               (only when trapped: stack_overflow, unreachable,
+                                out_of_bounds, arithmetic, bad_reference,
+                                output_cap_exceeded, host_call, other)
 
 Memory: --max-memory is one number: linear memory, tables (8 bytes an
 element) and every byte of host memory the guest makes wasm-run hold
@@ -211,7 +214,8 @@ impl RunCommand {
 
 /// Writes the report to `path`, or to stderr (after `lead`) for `-`.
 ///
-/// Beside the contract's fields it adds `cpu_time_us`, the CPU the guest
+/// Beside the contract's fields (and the library report's `trap` reason)
+/// it adds `cpu_time_us`, the CPU the guest
 /// used (in wasm and host calls, not waiting), and `host_peak_rss_bytes`: the peak
 /// resident memory of the whole wasm-run process (engine, compiled code and
 /// every byte the guest made the host hold), where Linux reports it.

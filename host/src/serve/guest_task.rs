@@ -213,7 +213,10 @@ mod tests {
             OutcomeKind::FuelExhausted,
             OutcomeKind::MemoryExceeded,
             OutcomeKind::DeadlineExceeded,
-            OutcomeKind::Trapped("unreachable".into()),
+            OutcomeKind::Trapped(crate::Trap::new(
+                crate::TrapReason::Unreachable,
+                "unreachable",
+            )),
         ] {
             let answer = answer_for(Finished::Outcome(kind.clone()), "unused".into());
             assert_eq!(answer.outcome(), kind.name());

@@ -43,7 +43,7 @@ where
         ..Invocation::default()
     };
     let request = request.map(|body| body.map_err(to_wasi_http_error));
-    let call = match route.guest.handle_http(request, invocation) {
+    let call = match route.guest.handle_http_request(request, invocation) {
         Ok(call) => call,
         Err(e) => return exchange.answer(HostAnswer::HostError(e.to_string())),
     };

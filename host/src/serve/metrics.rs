@@ -20,6 +20,9 @@ pub struct RequestLabels {
     pub status: u16,
     /// The outcome (`exited`, `fuel_exhausted`, ..., `body_too_large`).
     pub outcome: String,
+    /// For a trap, its reason (`stack_overflow`, `unreachable`, ...);
+    /// empty otherwise.
+    pub trap: String,
 }
 
 /// Labels of the per-route histograms.
@@ -196,13 +199,14 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished request by route, status and outcome, and, for one
+    /// Counts a finished request by route, status, outcome and trap reason, and, for one
     /// whose guest ran, records its usage and wall time.
     pub(crate) fn finished(
         &self,
         route: String,
         status: u16,
         outcome: &str,
+        trap: &str,
         ran: Option<(crate::Usage, std::time::Duration)>,
     ) {
         self.requests
@@ -210,6 +214,7 @@ impl Metrics {
                 route: route.clone(),
                 status,
                 outcome: outcome.to_string(),
+                trap: trap.to_string(),
             })
             .inc();
         let Some((usage, wall)) = ran else { return };

@@ -111,9 +111,9 @@ impl Drop for RequestRecord {
         } else {
             self.started.elapsed()
         };
-        let message = match &s.kind {
-            Some(OutcomeKind::Trapped(m)) => m.as_str(),
-            _ => "",
+        let (trap_reason, message) = match &s.kind {
+            Some(OutcomeKind::Trapped(t)) => (t.reason.name(), t.message.as_str()),
+            _ => ("", ""),
         };
         let detail = s.detail.as_deref().unwrap_or("");
         tracing::info!(
@@ -129,11 +129,17 @@ impl Drop for RequestRecord {
             host_memory_peak = usage.host_memory_peak_bytes,
             wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
             cpu_us = u64::try_from(usage.cpu_time.as_micros()).unwrap_or(u64::MAX),
+            trap_reason,
             trap = message,
             detail,
             "request"
         );
-        self.metrics
-            .finished(route, status, outcome, s.usage.map(|u| (u, wall)));
+        self.metrics.finished(
+            route,
+            status,
+            outcome,
+            trap_reason,
+            s.usage.map(|u| (u, wall)),
+        );
     }
 }

@@ -384,7 +384,10 @@ mod tests {
                 Some("memory_exceeded"),
             ),
             (
-                HostAnswer::Killed(OutcomeKind::Trapped("x".into()), String::new()),
+                HostAnswer::Killed(
+                    OutcomeKind::Trapped(crate::Trap::new(crate::TrapReason::Other, "x")),
+                    String::new(),
+                ),
                 500,
                 Some("trapped"),
             ),
