@@ -35,6 +35,19 @@
 //! slot-hungry guest wait their turn instead of making other requests fail
 //! with [`crate::Error::Capacity`]. `wasm-run serve` does this.
 //!
+//! # Tenants
+//!
+//! Requests belong to tenants ([`Admission::tenant`]; `wasm-run serve`
+//! makes each route one, or groups routes into a named tenant). Each tenant
+//! has its own FIFO queue, bounded on its own, so one tenant's flood fills
+//! only its own queue. When budget frees, it goes to the waiting tenant
+//! whose budget in use, divided by its weight, is smallest (ties: the one
+//! served least recently): tenants that are waiting share the budget in
+//! proportion to their weights, a tenant that is not waiting leaves its
+//! share to the others, and a request of a victim tenant waits at most
+//! until one request of a flooding tenant ends. A tenant may also be held
+//! to a maximum share of the budget, even when the rest is idle.
+//!
 //! Because each request is *killed* at its cap (never allowed past it), the
 //! budget — which counts each request's cap plus its guest's fixed host
 //! allowance — is a real bound on the memory guests make the host hold, not
@@ -206,12 +219,119 @@ pub struct Need {
     pub slots: Slots,
 }
 
-#[derive(Debug, Default)]
+/// A tenant of an [`Admission`] controller ([`Admission::tenant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId(usize);
+
+impl TenantId {
+    /// The tenant every controller has: requests admitted with
+    /// [`Admission::admit`] or [`Admission::admit_need`] belong to it.
+    pub const DEFAULT: TenantId = TenantId(0);
+}
+
+/// How a tenant shares the budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    /// Relative share when tenants contend for the budget (at least 1).
+    pub weight: u32,
+    /// Requests of this tenant that may wait at once; default the
+    /// controller's `max_queue`.
+    pub max_queue: Option<usize>,
+    /// The most of the budget this tenant may hold at once, as a fraction
+    /// (0 < f ≤ 1), even when the rest is idle; `None`: all of it.
+    pub max_share: Option<f64>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            weight: 1,
+            max_queue: None,
+            max_share: None,
+        }
+    }
+}
+
+/// What a tenant holds and has had, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStats {
+    /// The tenant's name.
+    pub name: Arc<str>,
+    /// Its weight.
+    pub weight: u32,
+    /// Bytes of budget its admitted requests hold.
+    pub in_use: u64,
+    /// Its requests waiting.
+    pub queued: usize,
+    /// Requests admitted so far.
+    pub admitted: u64,
+    /// Requests turned away because its queue was full.
+    pub rejected_queue_full: u64,
+    /// Requests turned away after waiting `queue_timeout`.
+    pub rejected_timeout: u64,
+}
+
+#[derive(Debug)]
+struct TenantState {
+    name: Arc<str>,
+    weight: u32,
+    max_queue: usize,
+    /// Bytes this tenant may hold at once.
+    max_bytes: u64,
+    queue: VecDeque<Waiter>,
+    in_use: u64,
+    /// When this tenant was last granted budget (a grant counter), for
+    /// round robin between tenants with equal shares.
+    last_served: u64,
+    admitted: u64,
+    rejected_queue_full: u64,
+    rejected_timeout: u64,
+}
+
+impl TenantState {
+    fn new(name: Arc<str>, config: &TenantConfig, admission: &AdmissionConfig) -> Self {
+        let mut t = TenantState {
+            name,
+            weight: 1,
+            max_queue: 0,
+            max_bytes: u64::MAX,
+            queue: VecDeque::new(),
+            in_use: 0,
+            last_served: 0,
+            admitted: 0,
+            rejected_queue_full: 0,
+            rejected_timeout: 0,
+        };
+        t.configure(config, admission);
+        t
+    }
+
+    fn configure(&mut self, config: &TenantConfig, admission: &AdmissionConfig) {
+        self.weight = config.weight.max(1);
+        self.max_queue = config.max_queue.unwrap_or(admission.max_queue);
+        self.max_bytes = match config.max_share {
+            Some(f) if f > 0.0 && f < 1.0 => (admission.budget as f64 * f) as u64,
+            _ => u64::MAX,
+        };
+    }
+
+    /// Whether this tenant may hold `bytes` more (one request at a time
+    /// always may, however small its share).
+    fn within_share(&self, bytes: u64) -> bool {
+        self.in_use == 0 || self.in_use.saturating_add(bytes) <= self.max_bytes
+    }
+}
+
+#[derive(Debug)]
 struct State {
     in_use: u64,
     slots_in_use: Slots,
     next_ticket: u64,
-    queue: VecDeque<Waiter>,
+    /// Grants made so far (orders tenants for round robin).
+    grants: u64,
+    /// Requests waiting, over every tenant.
+    queued: usize,
+    tenants: Vec<TenantState>,
 }
 
 #[derive(Debug)]
@@ -224,6 +344,7 @@ struct Waiter {
 /// Cleans up after an `admit` future dropped while queued.
 struct QueueGuard<'a> {
     admission: &'a Arc<Admission>,
+    tenant: TenantId,
     ticket: u64,
     need: Need,
     armed: bool,
@@ -235,11 +356,9 @@ impl Drop for QueueGuard<'_> {
             return;
         }
         let mut s = self.admission.lock();
-        if let Some(i) = s.queue.iter().position(|w| w.ticket == self.ticket) {
-            s.queue.remove(i);
-        } else {
+        if !s.leave_queue(self.tenant, self.ticket) {
             // Granted, but nobody will hold the permit: give it back.
-            s.take_back(self.need);
+            s.take_back(self.tenant, self.need);
         }
         self.admission.grant_waiters(&mut s);
     }
@@ -249,12 +368,13 @@ impl Drop for QueueGuard<'_> {
 #[derive(Debug)]
 pub struct Permit {
     admission: Arc<Admission>,
+    tenant: TenantId,
     amount: Need,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission.release(self.amount);
+        self.admission.release(self.tenant, self.amount);
     }
 }
 
@@ -271,11 +391,50 @@ impl Admission {
     }
 
     fn with_pool(config: AdmissionConfig, pool: Option<Slots>) -> Arc<Admission> {
+        let default = TenantState::new("default".into(), &TenantConfig::default(), &config);
         Arc::new(Admission {
             config,
             pool,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                in_use: 0,
+                slots_in_use: Slots::default(),
+                next_ticket: 0,
+                grants: 0,
+                queued: 0,
+                tenants: vec![default],
+            }),
         })
+    }
+
+    /// The tenant named `name`, created with `config` the first time it is
+    /// asked for; asked for again, it keeps its queue and what it holds and
+    /// takes the new `config` (a reload may change weights).
+    pub fn tenant(&self, name: &str, config: &TenantConfig) -> TenantId {
+        let mut s = self.lock();
+        if let Some(i) = s.tenants.iter().position(|t| &*t.name == name) {
+            s.tenants[i].configure(config, &self.config);
+            return TenantId(i);
+        }
+        s.tenants
+            .push(TenantState::new(name.into(), config, &self.config));
+        TenantId(s.tenants.len() - 1)
+    }
+
+    /// What every tenant holds and has had.
+    pub fn tenant_stats(&self) -> Vec<TenantStats> {
+        self.lock()
+            .tenants
+            .iter()
+            .map(|t| TenantStats {
+                name: t.name.clone(),
+                weight: t.weight,
+                in_use: t.in_use,
+                queued: t.queue.len(),
+                admitted: t.admitted,
+                rejected_queue_full: t.rejected_queue_full,
+                rejected_timeout: t.rejected_timeout,
+            })
+            .collect()
     }
 
     /// The pool slots counted, if any.
@@ -324,12 +483,13 @@ impl Admission {
         self.lock().in_use
     }
 
-    /// Requests waiting for budget.
+    /// Requests waiting for budget, over every tenant.
     pub fn queued(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().queued
     }
 
-    /// Whether the queue is full (new requests would be turned away).
+    /// Whether the instance is saturated: as many requests wait, over every
+    /// tenant, as one queue holds (`max_queue`).
     pub fn saturated(&self) -> bool {
         let queued = self.queued();
         queued > 0 && queued >= self.config.max_queue
@@ -352,35 +512,58 @@ impl Admission {
     /// more than the whole budget. (A need for more pool slots than the pool
     /// has is admitted alone, once the pool is otherwise free.)
     pub async fn admit_need(self: &Arc<Self>, need: Need) -> Result<(Permit, Duration), Rejected> {
+        self.admit_as(TenantId::DEFAULT, need).await
+    }
+
+    /// [`Admission::admit_need`] for a request of `tenant`: it waits in
+    /// that tenant's queue, and the budget is shared between the tenants
+    /// that wait (see the module doc).
+    pub async fn admit_as(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        need: Need,
+    ) -> Result<(Permit, Duration), Rejected> {
         let start = Instant::now();
         if need.bytes > self.config.budget {
             return Err(Rejected::TooLarge);
         }
-        let (ticket, mut granted) = {
+        let (tenant, ticket, mut granted) = {
             let mut s = self.lock();
-            // FIFO: nobody overtakes a waiting request.
-            if s.queue.is_empty() && self.fits(&s, need) {
-                s.hold(need);
-                return Ok((self.permit(need), Duration::ZERO));
+            // A tenant of another controller is this one's default.
+            let t = if tenant.0 < s.tenants.len() {
+                tenant.0
+            } else {
+                0
+            };
+            let tenant = TenantId(t);
+            // Nobody waits and it fits: no one to be fair to.
+            if s.queued == 0 && self.fits(&s, need) && s.tenants[t].within_share(need.bytes) {
+                s.hold(tenant, need);
+                return Ok((self.permit(tenant, need), Duration::ZERO));
             }
-            if s.queue.len() >= self.config.max_queue {
+            if s.tenants[t].queue.len() >= s.tenants[t].max_queue {
+                s.tenants[t].rejected_queue_full += 1;
                 return Err(Rejected::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
             s.next_ticket += 1;
             let ticket = s.next_ticket;
-            s.queue.push_back(Waiter {
+            s.tenants[t].queue.push_back(Waiter {
                 ticket,
                 need,
                 grant: tx,
             });
-            (ticket, rx)
+            s.queued += 1;
+            // It may be this tenant's turn already.
+            self.grant_waiters(&mut s);
+            (tenant, ticket, rx)
         };
         // If this future is dropped while waiting (the client went away),
         // the guard takes the waiter out of the line, or gives back a grant
         // that raced with the drop.
         let mut guard = QueueGuard {
             admission: self,
+            tenant,
             ticket,
             need,
             armed: true,
@@ -388,18 +571,18 @@ impl Admission {
         // `granted` stays alive until the queue is checked under the lock, so
         // a grant racing with the timeout is never lost.
         let result = match tokio::time::timeout(self.config.queue_timeout, &mut granted).await {
-            Ok(Ok(())) => Ok((self.permit(need), start.elapsed())),
+            Ok(Ok(())) => Ok((self.permit(tenant, need), start.elapsed())),
             _ => {
                 let mut s = self.lock();
-                if let Some(i) = s.queue.iter().position(|w| w.ticket == ticket) {
-                    s.queue.remove(i);
+                if s.leave_queue(tenant, ticket) {
+                    s.tenants[tenant.0].rejected_timeout += 1;
                     // Leaving may let the next in line through.
                     self.grant_waiters(&mut s);
                     Err(Rejected::Timeout)
                 } else {
                     // Granted just as the wait timed out: the budget is ours.
                     drop(s);
-                    Ok((self.permit(need), start.elapsed()))
+                    Ok((self.permit(tenant, need), start.elapsed()))
                 }
             }
         };
@@ -407,27 +590,32 @@ impl Admission {
         result
     }
 
-    fn permit(self: &Arc<Self>, amount: Need) -> Permit {
+    fn permit(self: &Arc<Self>, tenant: TenantId, amount: Need) -> Permit {
         Permit {
             admission: self.clone(),
+            tenant,
             amount,
         }
     }
 
-    fn release(&self, amount: Need) {
+    fn release(&self, tenant: TenantId, amount: Need) {
         let mut s = self.lock();
-        s.take_back(amount);
+        s.take_back(tenant, amount);
         self.grant_waiters(&mut s);
     }
 
-    /// Admits waiters from the head of the queue while they fit.
+    /// Grants budget to waiters while the one whose turn it is fits: the
+    /// head of the waiting tenant with the least budget in use per unit of
+    /// weight (among those within their maximum share).
     fn grant_waiters(&self, s: &mut State) {
-        while let Some(head) = s.queue.front() {
-            if !self.fits(s, head.need) {
+        while let Some(t) = s.next_tenant() {
+            let need = s.tenants[t].queue.front().expect("a waiting tenant").need;
+            if !self.fits(s, need) {
                 break;
             }
-            let w = s.queue.pop_front().expect("head exists");
-            s.hold(w.need);
+            let w = s.tenants[t].queue.pop_front().expect("head exists");
+            s.queued -= 1;
+            s.hold(TenantId(t), w.need);
             // The receiver lives as long as the waiter's `admit` future, whose
             // guard handles a grant that arrives as it is dropped.
             let _ = w.grant.send(());
@@ -436,14 +624,56 @@ impl Admission {
 }
 
 impl State {
-    fn hold(&mut self, need: Need) {
+    fn hold(&mut self, tenant: TenantId, need: Need) {
         self.in_use = self.in_use.saturating_add(need.bytes);
         self.slots_in_use = self.slots_in_use.add(need.slots);
+        self.grants += 1;
+        let t = &mut self.tenants[tenant.0];
+        t.in_use = t.in_use.saturating_add(need.bytes);
+        t.admitted += 1;
+        t.last_served = self.grants;
     }
 
-    fn take_back(&mut self, need: Need) {
+    fn take_back(&mut self, tenant: TenantId, need: Need) {
         self.in_use = self.in_use.saturating_sub(need.bytes);
         self.slots_in_use = self.slots_in_use.sub(need.slots);
+        let t = &mut self.tenants[tenant.0];
+        t.in_use = t.in_use.saturating_sub(need.bytes);
+    }
+
+    /// Takes waiter `ticket` out of `tenant`'s queue; false if it is not
+    /// there (it was granted).
+    fn leave_queue(&mut self, tenant: TenantId, ticket: u64) -> bool {
+        let queue = &mut self.tenants[tenant.0].queue;
+        match queue.iter().position(|w| w.ticket == ticket) {
+            Some(i) => {
+                queue.remove(i);
+                self.queued -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The waiting tenant whose turn it is: least budget in use per unit
+    /// of weight, then the one served least recently; tenants whose head
+    /// would take them past their maximum share wait.
+    fn next_tenant(&self) -> Option<usize> {
+        self.tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                t.queue
+                    .front()
+                    .is_some_and(|w| t.within_share(w.need.bytes))
+            })
+            .min_by(|(_, a), (_, b)| {
+                // a.in_use / a.weight vs b.in_use / b.weight, without division.
+                let left = u128::from(a.in_use) * u128::from(b.weight);
+                let right = u128::from(b.in_use) * u128::from(a.weight);
+                left.cmp(&right).then(a.last_served.cmp(&b.last_served))
+            })
+            .map(|(i, _)| i)
     }
 }
 
@@ -560,5 +790,184 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
         assert_eq!(a.in_use(), 0);
+    }
+
+    // The tenant policy, on Tokio's paused clock: time only moves when
+    // every task waits, so service times are exact.
+
+    /// A request of `tenant` that holds `bytes` for `service` once admitted;
+    /// resolves to how long it waited, or why it was turned away.
+    fn request(
+        a: &Arc<Admission>,
+        tenant: TenantId,
+        bytes: u64,
+        service: Duration,
+    ) -> tokio::task::JoinHandle<Result<Duration, Rejected>> {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let need = Need {
+                bytes,
+                slots: Slots::default(),
+            };
+            let (permit, waited) = a.admit_as(tenant, need).await?;
+            tokio::time::sleep(service).await;
+            drop(permit);
+            Ok(waited)
+        })
+    }
+
+    fn weighted(weight: u32) -> TenantConfig {
+        TenantConfig {
+            weight,
+            ..TenantConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backlogged_tenants_share_the_budget_by_weight() {
+        let a = admission(4, 1_000, 3_600_000);
+        let light = a.tenant("light", &weighted(1));
+        let heavy = a.tenant("heavy", &weighted(3));
+        let second = Duration::from_secs(1);
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            tasks.push(request(&a, light, 1, second));
+            tasks.push(request(&a, heavy, 1, second));
+        }
+        // After 20 s of both being backlogged, the 80 grants so far split
+        // 1:3 (every second, 4 requests end and 4 are admitted).
+        tokio::time::sleep(Duration::from_millis(20_500)).await;
+        let stats = a.tenant_stats();
+        let admitted = |name: &str| stats.iter().find(|t| &*t.name == name).unwrap().admitted;
+        let (l, h) = (admitted("light"), admitted("heavy"));
+        assert_eq!(l + h, 84, "4 at the start, then 4 a second");
+        assert!(
+            (20..=22).contains(&l) && (62..=64).contains(&h),
+            "light {l}, heavy {h}"
+        );
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_alone_uses_the_whole_budget() {
+        let a = admission(4, 1_000, 3_600_000);
+        let _idle = a.tenant("idle", &weighted(100));
+        let busy = a.tenant("busy", &weighted(1));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| request(&a, busy, 1, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        // Work-conserving: the idle tenant's (large) share is not held back.
+        assert_eq!(a.in_use(), 4);
+        let waits: Vec<_> = futures_join(tasks).await;
+        assert_eq!(waits.iter().filter(|w| w.is_zero()).count(), 4);
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_delays_a_victim_by_at_most_one_service_time() {
+        let a = admission(4, 1_000, 3_600_000);
+        let flood = a.tenant("flood", &weighted(1));
+        let victim = a.tenant("victim", &weighted(1));
+        let service = Duration::from_secs(2);
+        let flooders: Vec<_> = (0..500).map(|_| request(&a, flood, 1, service)).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.queued(), 496);
+        // Every victim request, whenever it comes, waits at most until one
+        // flood request ends — never behind the flood's queue.
+        for _ in 0..5 {
+            let waited = request(&a, victim, 1, Duration::from_millis(10))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(waited <= service, "waited {waited:?}");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        // The flood is still served meanwhile, in its share.
+        let stats = a.tenant_stats();
+        assert!(stats.iter().find(|t| &*t.name == "flood").unwrap().admitted > 4);
+        for f in flooders {
+            f.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_tenant_starves_however_small_its_weight() {
+        let a = admission(2, 1_000, 3_600_000);
+        let small = a.tenant("small", &weighted(1));
+        let big = a.tenant("big", &weighted(1_000));
+        let bigs: Vec<_> = (0..300)
+            .map(|_| request(&a, big, 1, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        // The big tenant holds the whole budget; a small request still gets
+        // its turn as soon as one of them ends, not after all of them.
+        let waited = request(&a, small, 1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(waited <= Duration::from_secs(1), "{waited:?}");
+        for b in bigs {
+            b.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_tenant_has_its_own_queue_bound() {
+        let a = admission(1, 2, 3_600_000);
+        let flood = a.tenant("flood", &TenantConfig::default());
+        let victim = a.tenant("victim", &TenantConfig::default());
+        let held: Vec<_> = (0..3)
+            .map(|_| request(&a, flood, 1, Duration::from_secs(10)))
+            .collect();
+        tokio::task::yield_now().await;
+        // One admitted, two queued: the flood's queue is full ...
+        let turned_away = request(&a, flood, 1, Duration::ZERO).await.unwrap();
+        assert_eq!(turned_away, Err(Rejected::QueueFull));
+        // ... and the victim's is not.
+        let victim_request = request(&a, victim, 1, Duration::ZERO);
+        tokio::task::yield_now().await;
+        assert_eq!(a.queued(), 3);
+        assert!(victim_request.await.unwrap().is_ok());
+        let stats = a.tenant_stats();
+        let flood_stats = stats.iter().find(|t| &*t.name == "flood").unwrap();
+        assert_eq!(flood_stats.rejected_queue_full, 1);
+        for h in held {
+            h.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_maximum_share_holds_even_when_the_rest_is_idle() {
+        let a = admission(4, 1_000, 3_600_000);
+        let capped = a.tenant(
+            "capped",
+            &TenantConfig {
+                max_share: Some(0.5),
+                ..TenantConfig::default()
+            },
+        );
+        let tasks: Vec<_> = (0..4)
+            .map(|_| request(&a, capped, 1, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(a.in_use(), 2);
+        assert_eq!(a.queued(), 2);
+        // The others are admitted as the first two end.
+        let waits = futures_join(tasks).await;
+        assert_eq!(waits.iter().filter(|w| w.is_zero()).count(), 2);
+    }
+
+    /// Awaits every task; the waits of those that were admitted.
+    async fn futures_join(
+        tasks: Vec<tokio::task::JoinHandle<Result<Duration, Rejected>>>,
+    ) -> Vec<Duration> {
+        let mut waits = Vec::new();
+        for t in tasks {
+            waits.push(t.await.unwrap().unwrap());
+        }
+        waits
     }
 }
