@@ -16,6 +16,7 @@ mod library;
 mod open_files;
 mod properties;
 mod serve;
+mod tenants;
 
 /// The library tests run with the accounting allocator, as the binary does.
 #[global_allocator]

@@ -329,6 +329,7 @@ impl ServeCommand {
                     .map(|d| DirMapping::parse_with_default(d, true))
                     .collect(),
                 outbound: wasm_run::OutboundPolicy::new(&self.allow_outbound)?,
+                tenant: "/".into(),
             });
         } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
             bail!("--env, --dir and --allow-outbound apply to MODULE, and no MODULE was given");
@@ -339,10 +340,15 @@ impl ServeCommand {
             }
             routes = demo_routes(&defaults);
         }
-        self.server_flags()
+        let mut config = self
+            .server_flags()
             .over(&file.server)
             .resolve(routes)
-            .map_err(|e| anyhow::anyhow!("--{e}"))
+            .map_err(|e| anyhow::anyhow!("--{e}"))?;
+        if let Some(path) = &self.config {
+            config.tenants = config::resolve_tenants(&file, path)?;
+        }
+        Ok(config)
     }
 
     /// The limit flags, as a layer over the config file's `[limits]`.
@@ -404,6 +410,7 @@ fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
         env: Vec::new(),
         dirs: Vec::new(),
         outbound: wasm_run::OutboundPolicy::default(),
+        tenant: prefix.into(),
     };
     vec![
         route("/", defaults.clone()),

@@ -62,6 +62,36 @@ pub struct ConfigFile {
     /// `[[route]]`: path prefix → module.
     #[serde(default)]
     pub route: Vec<RouteSection>,
+    /// `[[tenant]]`: named tenants that routes may belong to.
+    #[serde(default)]
+    pub tenant: Vec<TenantSection>,
+}
+
+/// One `[[tenant]]` of the configuration file: how a group of routes
+/// shares the memory budget with the others (see
+/// [`crate::admission`]'s Tenants section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantSection {
+    /// The tenant's name, which routes give as their `tenant`.
+    pub name: String,
+    /// Relative share of the budget when tenants contend. Default 1.
+    pub weight: Option<u32>,
+    /// Requests of this tenant that may wait at once. Default the server's
+    /// `max-queue`.
+    pub max_queue: Option<usize>,
+    /// The most of the budget the tenant may hold at once, as a fraction
+    /// (e.g. 0.5), even when the rest is idle. Default: no cap.
+    pub max_share: Option<f64>,
+}
+
+/// A resolved tenant: its name and how it shares the budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSpec {
+    /// The tenant's name.
+    pub name: String,
+    /// How it shares the budget.
+    pub config: crate::admission::TenantConfig,
 }
 
 /// `[server]` of the configuration file, and the same settings from the
@@ -149,6 +179,7 @@ impl ServerSection {
             write_timeout: duration(self.write_timeout, DEFAULT_WRITE_TIMEOUT),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             routes,
+            tenants: Vec::new(),
         })
     }
 }
@@ -218,6 +249,10 @@ pub struct RouteSection {
     /// once (default 16, [`crate::outbound::DEFAULT_MAX_OUTGOING`]).
     #[serde(default)]
     pub max_outgoing_requests: Option<usize>,
+    /// The `[[tenant]]` this route belongs to. Default: a tenant of its
+    /// own, named by its path.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// Where a route's module comes from.
@@ -249,10 +284,13 @@ pub struct RouteSpec {
     pub dirs: Vec<DirMapping>,
     /// Where wasi:http guests may send requests, and how many at once.
     pub outbound: OutboundPolicy,
+    /// The tenant the route's requests belong to: a name from
+    /// [`ServeConfig::tenants`], or (by default) the route's own prefix.
+    pub tenant: String,
 }
 
 /// The whole resolved server configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     /// HTTP listener address.
     pub addr: SocketAddr,
@@ -284,6 +322,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
+    /// Named tenants (`[[tenant]]`); a route that names none is a tenant of
+    /// its own with weight 1.
+    pub tenants: Vec<TenantSpec>,
 }
 
 /// A configuration problem, naming the file and what is wrong.
@@ -370,6 +411,16 @@ pub fn resolve_routes(
         let outbound = OutboundPolicy::new(&r.allowed_outbound_hosts)
             .map_err(|e| err(format!("route {}: {e}", i + 1)))?
             .with_max_outgoing(max_outgoing);
+        let tenant = match &r.tenant {
+            Some(name) if file.tenant.iter().any(|t| &t.name == name) => name.clone(),
+            Some(name) => {
+                return Err(err(format!(
+                    "route {}: tenant `{name}` is not declared in a [[tenant]] section",
+                    i + 1
+                )));
+            }
+            None => prefix.clone(),
+        };
         routes.push(RouteSpec {
             prefix,
             module: ModuleSource::File(base_dir.join(&r.module)),
@@ -377,9 +428,54 @@ pub fn resolve_routes(
             env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dirs,
             outbound,
+            tenant,
         });
     }
     Ok(routes)
+}
+
+/// Resolves the `[[tenant]]` sections of `file` (read from `path`).
+pub fn resolve_tenants(file: &ConfigFile, path: &Path) -> Result<Vec<TenantSpec>, ConfigError> {
+    let err = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        message,
+    };
+    let mut tenants: Vec<TenantSpec> = Vec::new();
+    for (i, t) in file.tenant.iter().enumerate() {
+        let at = |what: String| err(format!("tenant {} (`{}`): {what}", i + 1, t.name));
+        if t.name.is_empty() || t.name.starts_with('/') {
+            return Err(at(
+                "a tenant's name must not be empty or start with `/` (routes without a \
+                 tenant are named by their path)"
+                    .into(),
+            ));
+        }
+        if tenants.iter().any(|x| x.name == t.name) {
+            return Err(at("declared twice".into()));
+        }
+        if t.weight == Some(0) {
+            return Err(at("weight must be at least 1".into()));
+        }
+        if t.max_queue == Some(0) {
+            return Err(at("max-queue must be at least 1".into()));
+        }
+        if let Some(share) = t.max_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(at(format!(
+                "max-share must be above 0 and at most 1 (a fraction of the budget), not {share}"
+            )));
+        }
+        tenants.push(TenantSpec {
+            name: t.name.clone(),
+            config: crate::admission::TenantConfig {
+                weight: t.weight.unwrap_or(1),
+                max_queue: t.max_queue,
+                max_share: t.max_share,
+            },
+        });
+    }
+    Ok(tenants)
 }
 
 #[cfg(test)]
@@ -490,6 +586,43 @@ mod tests {
             crate::limits::DEFAULT_MAX_MEMORY,
             "the default"
         );
+    }
+
+    #[test]
+    fn routes_belong_to_their_own_tenant_or_a_declared_one() {
+        let parse = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).expect("parses");
+            let path = Path::new("/etc/wr/c.toml");
+            resolve_tenants(&file, path)
+                .and_then(|t| resolve_routes(&file, path, &default_limits()).map(|r| (t, r)))
+        };
+        let (tenants, routes) = parse(
+            "[[tenant]]\nname = \"team\"\nweight = 3\nmax-share = 0.5\n\
+             [[route]]\npath = \"/a\"\nmodule = \"a.wasm\"\ntenant = \"team\"\n\
+             [[route]]\npath = \"/b\"\nmodule = \"b.wasm\"",
+        )
+        .unwrap();
+        assert_eq!(tenants[0].name, "team");
+        assert_eq!(tenants[0].config.weight, 3);
+        assert_eq!(tenants[0].config.max_share, Some(0.5));
+        assert_eq!(routes[0].tenant, "team");
+        assert_eq!(routes[1].tenant, "/b", "a tenant of its own");
+        for (text, error) in [
+            (
+                "[[route]]\npath = \"/\"\nmodule = \"a\"\ntenant = \"nobody\"",
+                "not declared",
+            ),
+            ("[[tenant]]\nname = \"t\"\nweight = 0", "weight"),
+            ("[[tenant]]\nname = \"t\"\nmax-share = 1.5", "max-share"),
+            ("[[tenant]]\nname = \"/t\"", "must not"),
+            (
+                "[[tenant]]\nname = \"t\"\n[[tenant]]\nname = \"t\"",
+                "twice",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(error), "{text}: {e}");
+        }
     }
 
     #[test]

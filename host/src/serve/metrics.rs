@@ -68,6 +68,25 @@ pub struct Metrics {
     /// Request bodies that the client did not send in time (408), before
     /// or after admission.
     pub(crate) body_timeouts: Counter,
+    /// Per tenant: budget its admitted requests hold, in bytes.
+    tenant_budget_in_use: Family<TenantLabels, Gauge>,
+    /// Per tenant: its requests waiting for budget.
+    tenant_queue_length: Family<TenantLabels, Gauge>,
+    /// Per tenant: requests admitted.
+    tenant_admitted: Family<TenantLabels, Counter>,
+    /// Per tenant: requests turned away, by reason.
+    tenant_rejected: Family<TenantReasonLabels, Counter>,
+    /// Per tenant: requests finished, by outcome.
+    tenant_requests: Family<TenantOutcomeLabels, Counter>,
+}
+
+/// Labels of the per-tenant outcome counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantOutcomeLabels {
+    /// The tenant's name.
+    pub tenant: String,
+    /// The outcome, as in `requests`.
+    pub outcome: String,
 }
 
 /// Labels of the reload counter.
@@ -75,6 +94,22 @@ pub struct Metrics {
 pub struct ResultLabels {
     /// `ok` or `failed`.
     pub result: String,
+}
+
+/// Labels of the per-tenant metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// The tenant's name (a route's path for a route of its own).
+    pub tenant: String,
+}
+
+/// Labels of the per-tenant rejection counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantReasonLabels {
+    /// The tenant's name.
+    pub tenant: String,
+    /// `queue_full` or `queue_timeout`.
+    pub reason: String,
 }
 
 /// Labels of the rejection counter.
@@ -180,8 +215,43 @@ impl Metrics {
             "Request bodies the client did not send within --body-timeout",
             body_timeouts.clone(),
         );
+        let tenant_budget_in_use = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "tenant_budget_in_use_bytes",
+            "Memory budget held by a tenant's admitted requests",
+            tenant_budget_in_use.clone(),
+        );
+        let tenant_queue_length = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "tenant_queue_length",
+            "A tenant's requests waiting for memory budget",
+            tenant_queue_length.clone(),
+        );
+        let tenant_admitted = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "tenant_admitted",
+            "A tenant's requests admitted",
+            tenant_admitted.clone(),
+        );
+        let tenant_rejected = Family::<TenantReasonLabels, Counter>::default();
+        registry.register(
+            "tenant_rejected",
+            "A tenant's requests turned away (503), by reason",
+            tenant_rejected.clone(),
+        );
+        let tenant_requests = Family::<TenantOutcomeLabels, Counter>::default();
+        registry.register(
+            "tenant_requests",
+            "A tenant's requests finished, by outcome",
+            tenant_requests.clone(),
+        );
         Metrics {
             registry,
+            tenant_budget_in_use,
+            tenant_queue_length,
+            tenant_admitted,
+            tenant_rejected,
+            tenant_requests,
             reloads,
             open_connections,
             body_timeouts,
@@ -234,6 +304,44 @@ impl Metrics {
         self.cpu_seconds
             .get_or_create(&labels)
             .observe(usage.cpu_time.as_secs_f64());
+    }
+
+    /// Counts a finished request of `tenant` by outcome.
+    pub(crate) fn tenant_finished(&self, tenant: &str, outcome: &str) {
+        self.tenant_requests
+            .get_or_create(&TenantOutcomeLabels {
+                tenant: tenant.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Brings the per-tenant gauges and counts up to `stats` (at a scrape).
+    pub(crate) fn tenants(&self, stats: &[crate::admission::TenantStats]) {
+        for t in stats {
+            let labels = TenantLabels {
+                tenant: t.name.to_string(),
+            };
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.tenant_budget_in_use
+                .get_or_create(&labels)
+                .set(gauge(t.in_use));
+            self.tenant_queue_length
+                .get_or_create(&labels)
+                .set(gauge(t.queued as u64));
+            let counter = self.tenant_admitted.get_or_create(&labels);
+            counter.inc_by(t.admitted.saturating_sub(counter.get()));
+            for (reason, count) in [
+                ("queue_full", t.rejected_queue_full),
+                ("queue_timeout", t.rejected_timeout),
+            ] {
+                let counter = self.tenant_rejected.get_or_create(&TenantReasonLabels {
+                    tenant: t.name.to_string(),
+                    reason: reason.to_string(),
+                });
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+        }
     }
 
     /// Counts a reload that succeeded (`ok`) or failed.

@@ -88,7 +88,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots};
+use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots, TenantId};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::conn_io::WriteTimeout;
 use self::guest_task::Exchange;
@@ -114,6 +114,8 @@ pub(crate) struct RouteRuntime {
     spec: RouteSpec,
     guest: Guest,
     outbound: OutboundPolicy,
+    /// The tenant its requests are admitted as.
+    tenant: TenantId,
     max_body: u64,
     /// Bytes of a request body read before the request waits for budget.
     body_buffer: u64,
@@ -208,7 +210,6 @@ impl Server {
     /// least a quarter of the rest) and the descriptors admitted guests
     /// may hold, which admission counts per request.
     pub fn new(engine: Engine, config: ServeConfig) -> Result<Server, LoadError> {
-        let table = load_table(&engine, &config)?;
         let limit = descriptors::open_files_limit();
         let fds = descriptors::split(limit, config.max_connections);
         if fds.connections < config.max_connections {
@@ -235,6 +236,7 @@ impl Server {
             fds: u64::MAX,
         });
         let admission = Admission::with_slots(admission_config, pool.with_fds(fds.guests));
+        let table = load_table(&engine, &config, &admission)?;
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,
@@ -268,7 +270,7 @@ impl Server {
             );
         }
         keep_fixed_settings(&running, &mut config);
-        let table = match load_table(&self.shared.engine, &config) {
+        let table = match load_table(&self.shared.engine, &config, &self.shared.admission) {
             Ok(table) => table,
             Err(e) => {
                 self.reload_failed(&e);
@@ -411,7 +413,7 @@ impl Shared {
                 req.uri().path()
             ))),
             Some(route) => {
-                record.set_route(&route.spec.prefix);
+                record.set_route(&route.spec.prefix, &route.spec.tenant);
                 self.route_request(route, req, conn, record).await
             }
         };
@@ -468,7 +470,7 @@ impl Shared {
     /// make the host hold, to fit in the budget.
     async fn admit(&self, route: &RouteRuntime) -> Result<Permit, HostAnswer> {
         let need = route.admission_need();
-        match self.admission.admit_need(need).await {
+        match self.admission.admit_as(route.tenant, need).await {
             Ok((permit, waited)) => {
                 self.metrics
                     .queue_wait_seconds
@@ -523,6 +525,7 @@ impl Shared {
                 self.metrics
                     .queue_length
                     .set(self.admission.queued() as i64);
+                self.metrics.tenants(&self.admission.tenant_stats());
                 (
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -619,7 +622,11 @@ fn http1_builder(header_timeout: Duration) -> http1::Builder {
     builder
 }
 
-fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadError> {
+fn load_table(
+    engine: &Engine,
+    config: &ServeConfig,
+    admission: &Admission,
+) -> Result<RouteTable, LoadError> {
     let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
     let mut routes = Vec::new();
     for spec in &config.routes {
@@ -671,9 +678,17 @@ fn load_table(engine: &Engine, config: &ServeConfig) -> Result<RouteTable, LoadE
             },
             "route loaded"
         );
+        // A declared tenant's settings, or a tenant of the route's own.
+        let tenant = config
+            .tenants
+            .iter()
+            .find(|t| t.name == spec.tenant)
+            .map(|t| t.config.clone())
+            .unwrap_or_default();
         routes.push(RouteRuntime {
             spec: spec.clone(),
             outbound,
+            tenant: admission.tenant(&spec.tenant, &tenant),
             guest,
             max_body: config.max_body,
             body_buffer: config.body_buffer,

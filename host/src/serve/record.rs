@@ -32,6 +32,7 @@ pub struct RequestRecord {
 #[derive(Debug, Default)]
 struct State {
     route: Option<String>,
+    tenant: Option<String>,
     status: Option<StatusCode>,
     host_outcome: Option<&'static str>,
     detail: Option<String>,
@@ -58,8 +59,11 @@ impl RequestRecord {
     }
 
     /// The route that matched.
-    pub fn set_route(&self, route: &str) {
-        self.with(|s| s.route = Some(route.to_string()));
+    pub fn set_route(&self, route: &str, tenant: &str) {
+        self.with(|s| {
+            s.route = Some(route.to_string());
+            s.tenant = Some(tenant.to_string());
+        });
     }
 
     /// The guest sent a response head with this status.
@@ -134,6 +138,9 @@ impl Drop for RequestRecord {
             detail,
             "request"
         );
+        if let Some(tenant) = &s.tenant {
+            self.metrics.tenant_finished(tenant, outcome);
+        }
         self.metrics.finished(
             route,
             status,
