@@ -318,7 +318,15 @@ impl Metrics {
 
     /// Brings the per-tenant gauges and counts up to `stats` (at a scrape).
     pub(crate) fn tenants(&self, stats: &[crate::admission::TenantStats]) {
-        for t in stats {
+        // The controller's built-in default tenant is not a route's unless
+        // a `[[tenant]]` is named so: shown once it has been used.
+        let unused_default = |i: usize, t: &crate::admission::TenantStats| {
+            i == 0 && t.admitted == 0 && t.queued == 0 && t.rejected_queue_full == 0
+        };
+        for (i, t) in stats.iter().enumerate() {
+            if unused_default(i, t) {
+                continue;
+            }
             let labels = TenantLabels {
                 tenant: t.name.to_string(),
             };
