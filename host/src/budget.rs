@@ -8,12 +8,26 @@
 //! store, memory from its limiter, time from its deadline. Each function is
 //! linked only into guests that import it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{AsContext, Linker};
 
-use crate::store::StoreState;
+/// What the budget functions read of the calling invocation's host state
+/// (implemented by the store's state, as wasmtime-wasi's `WasiView` keeps
+/// its interfaces from knowing the host's types).
+pub(crate) trait BudgetView: Send + 'static {
+    /// Whether the invocation has a fuel budget.
+    fn fuel_limited(&self) -> bool;
+    /// The invocation's memory cap, in bytes.
+    fn memory_cap(&self) -> u64;
+    /// The memory it uses now (linear memory, tables, host memory).
+    fn memory_used(&self) -> u64;
+    /// When it is killed for time, if ever.
+    fn deadline(&self) -> Option<Instant>;
+    /// Its CPU-time limit and the CPU used so far, if it has a limit.
+    fn cpu(&self) -> Option<(Duration, Duration)>;
+}
 
 /// The WIT of the interface (`wit/budget.wit`), for guests' bindings
 /// generators: write it to a `wit/` directory and point `wit-bindgen`,
@@ -27,33 +41,34 @@ pub const INTERFACE: &str = "wasm-run:sandbox/budget@0.2.0";
 /// The import module of the core-module flavour.
 pub const CORE_MODULE: &str = "wasm_run_budget";
 
-fn fuel_remaining(store: impl AsContext<Data = StoreState>) -> Option<u64> {
+fn fuel_remaining<T: BudgetView>(store: impl AsContext<Data = T>) -> Option<u64> {
     let store = store.as_context();
-    if !store.data().budget.fuel_limited {
+    if !store.data().fuel_limited() {
         return None;
     }
     store.get_fuel().ok()
 }
 
-fn memory_cap(store: impl AsContext<Data = StoreState>) -> u64 {
-    store.as_context().data().limiter.cap()
+fn memory_cap<T: BudgetView>(store: impl AsContext<Data = T>) -> u64 {
+    store.as_context().data().memory_cap()
 }
 
-fn memory_used(store: impl AsContext<Data = StoreState>) -> u64 {
-    store.as_context().data().limiter.in_use()
+fn memory_used<T: BudgetView>(store: impl AsContext<Data = T>) -> u64 {
+    store.as_context().data().memory_used()
 }
 
-fn time_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {
-    let deadline = store.as_context().data().budget.deadline?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    Some(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn cpu_remaining_ns(store: impl AsContext<Data = StoreState>) -> Option<u64> {
-    let store = store.as_context();
-    let cpu = store.data().cpu.as_ref()?;
-    let left = cpu.limit().saturating_sub(cpu.used());
-    Some(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+fn time_remaining_ns<T: BudgetView>(store: impl AsContext<Data = T>) -> Option<u64> {
+    let deadline = store.as_context().data().deadline()?;
+    Some(nanos(deadline.saturating_duration_since(Instant::now())))
+}
+
+fn cpu_remaining_ns<T: BudgetView>(store: impl AsContext<Data = T>) -> Option<u64> {
+    let (limit, used) = store.as_context().data().cpu()?;
+    Some(nanos(limit.saturating_sub(used)))
 }
 
 /// `None` as `-1`, for the core flavour (every real figure fits in an
@@ -70,8 +85,8 @@ pub(crate) fn is_interface(import: &str) -> bool {
 
 /// Defines the interface under `import` (the exact name the component
 /// imports, so that any 0.1.x patch version links).
-pub(crate) fn add_to_component_linker(
-    linker: &mut ComponentLinker<StoreState>,
+pub(crate) fn add_to_component_linker<T: BudgetView>(
+    linker: &mut ComponentLinker<T>,
     import: &str,
 ) -> wasmtime::Result<()> {
     let mut budget = linker.instance(import)?;
@@ -91,31 +106,27 @@ pub(crate) fn add_to_component_linker(
 }
 
 /// Defines the core flavour's functions.
-pub(crate) fn add_to_core_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_core_linker<T: BudgetView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.func_wrap(
         CORE_MODULE,
         "fuel_remaining",
-        |c: wasmtime::Caller<'_, StoreState>| core(fuel_remaining(c)),
+        |c: wasmtime::Caller<'_, T>| core(fuel_remaining(c)),
     )?;
-    linker.func_wrap(
-        CORE_MODULE,
-        "memory_cap",
-        |c: wasmtime::Caller<'_, StoreState>| core(Some(memory_cap(c))),
-    )?;
-    linker.func_wrap(
-        CORE_MODULE,
-        "memory_used",
-        |c: wasmtime::Caller<'_, StoreState>| core(Some(memory_used(c))),
-    )?;
+    linker.func_wrap(CORE_MODULE, "memory_cap", |c: wasmtime::Caller<'_, T>| {
+        core(Some(memory_cap(c)))
+    })?;
+    linker.func_wrap(CORE_MODULE, "memory_used", |c: wasmtime::Caller<'_, T>| {
+        core(Some(memory_used(c)))
+    })?;
     linker.func_wrap(
         CORE_MODULE,
         "time_remaining_ns",
-        |c: wasmtime::Caller<'_, StoreState>| core(time_remaining_ns(c)),
+        |c: wasmtime::Caller<'_, T>| core(time_remaining_ns(c)),
     )?;
     linker.func_wrap(
         CORE_MODULE,
         "cpu_remaining_ns",
-        |c: wasmtime::Caller<'_, StoreState>| core(cpu_remaining_ns(c)),
+        |c: wasmtime::Caller<'_, T>| core(cpu_remaining_ns(c)),
     )?;
     Ok(())
 }

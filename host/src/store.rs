@@ -148,6 +148,28 @@ impl StoreState {
     }
 }
 
+impl crate::budget::BudgetView for StoreState {
+    fn fuel_limited(&self) -> bool {
+        self.budget.fuel_limited
+    }
+
+    fn memory_cap(&self) -> u64 {
+        self.limiter.cap()
+    }
+
+    fn memory_used(&self) -> u64 {
+        self.limiter.in_use()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.budget.deadline
+    }
+
+    fn cpu(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        self.cpu.as_ref().map(|cpu| (cpu.limit(), cpu.used()))
+    }
+}
+
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.ctx()
