@@ -42,18 +42,18 @@ impl GuestKind {
 /// A compiled and pre-linked guest, ready to be invoked many times.
 #[derive(Clone)]
 pub struct Guest {
-    pub(crate) inner: Arc<GuestInner>,
+    inner: Arc<GuestInner>,
 }
 
-pub(crate) struct GuestInner {
-    pub(crate) name: String,
-    pub(crate) engine: Engine,
-    pub(crate) pre: Pre,
+struct GuestInner {
+    name: String,
+    engine: Engine,
+    pre: Pre,
     /// Whether the guest imports wasi:http (serves it, or may send requests).
-    pub(crate) uses_http: bool,
+    uses_http: bool,
     /// What one instantiation makes the host hold (zero for a precompiled
     /// artifact, whose wasm is no longer there to read).
-    pub(crate) footprint: Footprint,
+    footprint: Footprint,
 }
 
 pub(crate) enum Pre {
@@ -159,6 +159,16 @@ impl Guest {
     /// tables. All zero for a precompiled artifact.
     pub fn footprint(&self) -> Footprint {
         self.inner.footprint
+    }
+
+    /// The engine the guest was compiled for (what invocations run on).
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The pre-linked guest, ready to instantiate in a fresh store.
+    pub(crate) fn pre(&self) -> &Pre {
+        &self.inner.pre
     }
 
     /// What kind of guest this is.

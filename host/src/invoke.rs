@@ -301,7 +301,7 @@ impl Guest {
             outbound,
             limits.max_memory,
             account.clone(),
-            !self.inner.engine.config().pooling,
+            !self.engine().config().pooling,
         );
         Ok(Prepared {
             started,
@@ -367,16 +367,16 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
         stdout,
         stderr,
     } = prepared;
-    let engine = guest.inner.engine.clone();
+    let engine = guest.engine().clone();
     let account = state.account.clone();
     let invocation = async move {
-        let mut store = new_store(&guest.inner.engine, state, &limits, started);
+        let mut store = new_store(guest.engine(), state, &limits, started);
         let result = match refuse_unfitting_state(&guest, &mut store) {
             Err(refused) => Some(Err(refused)),
             Ok(()) => {
                 let account = store.data().account.clone();
                 let cpu = store.data().cpu.clone();
-                let call = call_entry(&guest.inner.pre, &mut store, entry);
+                let call = call_entry(guest.pre(), &mut store, entry);
                 let watched = until_limits_exceeded(&account, cpu.as_deref(), call);
                 with_deadline(&limits, started, watched).await
             }
@@ -404,7 +404,7 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
 /// it. Instance state is allocated while instantiating, in one poll, before
 /// any other check could run.
 fn refuse_unfitting_state(guest: &Guest, store: &mut Store<StoreState>) -> Result<(), Failure> {
-    let needed = guest.inner.footprint.instance_state_bytes;
+    let needed = guest.footprint().instance_state_bytes;
     let state = store.data_mut();
     let left = state.limiter.left();
     if needed <= left {
@@ -555,7 +555,7 @@ fn conclude(
         }
     };
     let kind = classify(end, killed, cpu_killed);
-    let fuel_consumed = match (guest.inner.engine.config().fuel, store.get_fuel()) {
+    let fuel_consumed = match (guest.engine().config().fuel, store.get_fuel()) {
         (true, Ok(left)) => Some(limits.fuel.unwrap_or(u64::MAX) - left),
         _ => None,
     };
