@@ -14,7 +14,7 @@ use std::future::Future;
 use bytes::Bytes;
 use http::Response;
 use http_body::Body as HttpBody;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::RouteRuntime;
 use super::admission::Permit;
@@ -27,7 +27,7 @@ use super::response::{
 use crate::{Outcome, OutcomeKind};
 
 /// How a guest's task ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Finished {
     /// The guest ran and ended this way (including being killed).
     Outcome(OutcomeKind),
@@ -48,12 +48,12 @@ impl Finished {
     }
 }
 
-/// A guest running in its own task for one request.
+/// A guest running in its own task for one request. The task publishes
+/// one [`Finished`]; the response's verdict and the host's answer both
+/// derive from it.
 pub(crate) struct GuestTask {
-    /// Resolves to whether the response may end cleanly: the guest
-    /// completed and the request body did not fail. Taken by `respond`.
-    verdict: Option<Verdict>,
-    done: oneshot::Receiver<Finished>,
+    finished: watch::Receiver<Option<Finished>>,
+    body_flag: BodyFlag,
 }
 
 impl GuestTask {
@@ -67,8 +67,8 @@ impl GuestTask {
         permit: Permit,
         body_flag: BodyFlag,
     ) -> GuestTask {
-        let (verdict_tx, verdict) = oneshot::channel();
-        let (done_tx, done) = oneshot::channel();
+        let (done, finished) = watch::channel(None);
+        let flag = body_flag.clone();
         tokio::spawn(async move {
             let finished = match run.await {
                 Ok(outcome) => {
@@ -79,18 +79,33 @@ impl GuestTask {
                 Err(e) => Finished::HostError(e.to_string()),
             };
             drop(permit);
-            let _ = verdict_tx.send(finished.completed() && !body_flag.is_set());
-            let _ = done_tx.send(finished);
+            let _ = done.send(Some(finished));
         });
         GuestTask {
-            verdict: Some(verdict),
-            done,
+            finished,
+            body_flag: flag,
         }
     }
 
-    /// Waits for the guest's end.
-    pub(crate) async fn finished(self) -> Finished {
-        self.done.await.unwrap_or(Finished::Lost)
+    /// Waits for the guest's end (a task that panicked is `Lost`).
+    pub(crate) async fn finished(mut self) -> Finished {
+        match self.finished.wait_for(Option::is_some).await {
+            Ok(finished) => finished.clone().unwrap_or(Finished::Lost),
+            Err(_) => Finished::Lost,
+        }
+    }
+
+    /// Resolves to whether the response may end cleanly: the guest
+    /// completed and the request body did not fail.
+    fn verdict(&self) -> Verdict {
+        let task = GuestTask {
+            finished: self.finished.clone(),
+            body_flag: self.body_flag.clone(),
+        };
+        Box::pin(async move {
+            let flag = task.body_flag.clone();
+            task.finished().await.completed() && !flag.is_set()
+        })
     }
 }
 
@@ -124,7 +139,7 @@ impl Exchange<'_> {
     /// that a later kill aborts it instead of ending it cleanly.
     pub(crate) async fn respond<B>(
         &self,
-        mut task: GuestTask,
+        task: GuestTask,
         mut head: http::response::Parts,
         body: B,
     ) -> Response<Body>
@@ -145,7 +160,7 @@ impl Exchange<'_> {
             return self.answer(HostAnswer::BadGateway(message));
         }
         sanitize_guest_headers(&mut head.headers);
-        let verdict = task.verdict.take().expect("a task's response is sent once");
+        let verdict = task.verdict();
         match coalesce(head, body, verdict).await {
             Coalesced::Complete(response) | Coalesced::Streaming(response) => {
                 self.record.set_status(status);

@@ -11,7 +11,6 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::sync::oneshot;
 
 use crate::OutcomeKind;
 
@@ -135,12 +134,11 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// Whether the guest finished cleanly, reported when its task ends.
-pub type Verdict = oneshot::Receiver<bool>;
+pub type Verdict = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Wraps a streamed guest body: when the stream ends, waits for the guest's
 /// task to finish and turns the end into an error if the guest was killed,
 /// so that hyper aborts the response instead of ending it cleanly.
-#[derive(Debug)]
 pub struct GuardedBody<B> {
     inner: B,
     verdict: Option<Verdict>,
@@ -149,6 +147,15 @@ pub struct GuardedBody<B> {
     /// that completes it is held back until the verdict is known.
     remaining: Option<u64>,
     held: Option<Frame<Bytes>>,
+}
+
+impl<B> std::fmt::Debug for GuardedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedBody")
+            .field("remaining", &self.remaining)
+            .field("held", &self.held.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B> GuardedBody<B> {
@@ -253,7 +260,7 @@ where
     if ended && all_data {
         let deadline = window.deadline();
         match tokio::time::timeout_at(deadline, &mut verdict).await {
-            Ok(Ok(true)) => {
+            Ok(true) => {
                 let mut bytes = bytes::BytesMut::with_capacity(size);
                 for frame in frames {
                     if let Ok(data) = frame.into_data() {
@@ -264,7 +271,7 @@ where
                 response.headers_mut().remove(http::header::CONTENT_LENGTH);
                 return Coalesced::Complete(response);
             }
-            Ok(_) => return Coalesced::Killed,
+            Ok(false) => return Coalesced::Killed,
             Err(_) => {}
         }
     }
@@ -355,7 +362,7 @@ where
         let Some(verdict) = self.verdict.as_mut() else {
             return Poll::Ready(self.held.take().map(Ok));
         };
-        let clean = matches!(ready!(Pin::new(verdict).poll(cx)), Ok(true));
+        let clean = ready!(verdict.as_mut().poll(cx));
         self.verdict = None;
         if clean {
             Poll::Ready(self.held.take().map(Ok))
@@ -369,6 +376,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     #[test]
     fn statuses_and_headers_follow_the_table() {
@@ -420,6 +428,12 @@ mod tests {
         }
     }
 
+    /// A verdict the test gives.
+    fn verdict_channel() -> (oneshot::Sender<bool>, Verdict) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Box::pin(async move { rx.await.unwrap_or(false) }))
+    }
+
     /// A body of `chunks`, then its end.
     fn chunks(chunks: &[&'static [u8]]) -> Prefixed<http_body_util::Empty<Bytes>> {
         Prefixed {
@@ -446,7 +460,7 @@ mod tests {
     #[test]
     fn the_frame_that_completes_a_declared_length_waits_for_the_verdict() {
         for clean in [true, false] {
-            let (tx, verdict) = oneshot::channel();
+            let (tx, verdict) = verdict_channel();
             let mut body = GuardedBody::new(chunks(&[b"abcd", b"efghij"]), verdict, Some(10));
             // The first frame leaves 6 bytes to come: it goes out at once.
             let first = poll_once(&mut body).unwrap().unwrap().unwrap();
@@ -468,7 +482,7 @@ mod tests {
 
     #[test]
     fn without_a_declared_length_frames_flow_and_the_end_waits() {
-        let (tx, verdict) = oneshot::channel();
+        let (tx, verdict) = verdict_channel();
         let mut body = GuardedBody::new(chunks(&[b"ab", b"cd"]), verdict, None);
         assert!(poll_once(&mut body).unwrap().is_some());
         assert!(poll_once(&mut body).unwrap().is_some());
