@@ -455,6 +455,8 @@ async fn wasi_http_status_table() {
     let missing = get(a, "/status/404").await;
     assert_eq!(missing.status, 404);
     assert!(missing.outcome().is_none());
+    // An informational status cannot end a response: the host answers 502.
+    assert_killed(&get(a, "/status/103").await, 502, "bad_gateway");
     let late = get(a, "/late-crash").await;
     assert_eq!(late.status, 200);
     assert!(

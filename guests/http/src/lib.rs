@@ -65,6 +65,7 @@ impl Guest for Handler {
             "/late-crash" => late_crash(response_out),
             "/stream" => stream(response_out, query),
             "/status/404" => respond(response_out, 404, b"not found\n"),
+            "/status/103" => respond(response_out, 103, b"early hints cannot end a response\n"),
             "/outbound" => outbound(response_out, query),
             "/keep-bodies" => keep_bodies(response_out, query),
             "/outgoing-flood" => outgoing_flood(response_out, query),
