@@ -105,9 +105,23 @@ impl Guest {
             None => {
                 let binary = to_binary(&name, bytes)?;
                 footprint = crate::footprint::of(&binary);
-                let invalid = |e: wasmtime::Error| Error::Invalid {
-                    name: name.clone(),
-                    message: format!("{e:#}"),
+                let invalid = |e: wasmtime::Error| {
+                    let message = format!("{e:#}");
+                    if message.contains("requires the component model async feature") {
+                        // Valid wasm, just not of a generation served here.
+                        return Error::WrongShape {
+                            name: name.clone(),
+                            message: "this is a WASI 0.3 component (it uses the component \
+                                      model's async features: `stream`, `future` or async \
+                                      functions); wasm-run runs WASI 0.2 components and \
+                                      preview 1 modules, not WASI 0.3 components yet"
+                                .into(),
+                        };
+                    }
+                    Error::Invalid {
+                        name: name.clone(),
+                        message,
+                    }
                 };
                 if is_component(&binary) {
                     let component = Component::new(engine.wasmtime(), &binary).map_err(invalid)?;
