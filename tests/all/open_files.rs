@@ -22,6 +22,17 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `wasm-run run` of the open-files guest on `/d/f` of `mapping`.
+fn open_files_run<'a>(
+    mapping: &'a str,
+    module: &'a Path,
+    count: &'a str,
+    secs: &'a str,
+) -> [&'a str; 7] {
+    let module = module.to_str().unwrap();
+    ["run", "--dir", mapping, module, "/d/f", count, secs]
+}
+
 /// `K` of the guest's `opened K of N` line.
 fn opened(line: &str) -> usize {
     line.strip_prefix("opened ")
@@ -79,19 +90,11 @@ fn fds_of(pid: u32) -> usize {
 fn fds_while_holding(dir: &Path, count: &str) -> usize {
     let mapping = format!("{}::/d:ro", dir.display());
     let module = guest("open-files", Target::P2);
-    let mut child = crate::wasm_run_command(&[
-        "run",
-        "--dir",
-        &mapping,
-        module.to_str().unwrap(),
-        "/d/f",
-        count,
-        "60",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("wasm-run starts");
+    let mut child = crate::wasm_run_command(&open_files_run(&mapping, &module, count, "60"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wasm-run starts");
     // The guest prints once it holds its files, then sleeps.
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
