@@ -496,3 +496,59 @@ async fn the_connection_cap_fits_under_the_open_files_limit() {
         .unwrap();
     assert!(stderr.contains("lowering the cap"), "{stderr}");
 }
+
+/// A client that does not read: what the guest could write before it
+/// blocked is what the host and the kernel hold for the connection. With
+/// `--send-buffer 64KiB` that is the kernel's (doubled) 128 KiB plus the
+/// server's per-connection bounds (about 256 KiB); the kernel's own sizing
+/// let the same guest write 2.8 MB here.
+#[tokio::test]
+async fn a_client_that_never_reads_holds_at_most_the_send_buffer_and_the_connection_bounds() {
+    let http = http_guest();
+    let server = ServeGuard::start(&[
+        "--send-buffer",
+        "64KiB",
+        "--write-timeout",
+        "1s",
+        "--timeout",
+        "30s",
+        "--admin-addr",
+        "127.0.0.1:0",
+        http.to_str().unwrap(),
+    ]);
+    let (addr, admin) = (server.addr, server.admin.unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /blob?kib=16384 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the request in flight", || async {
+        metric(admin, "wasm_run_requests_in_flight").await == 1
+    })
+    .await;
+    // Its writes stall; the write timeout drops the connection, the guest's
+    // next write fails, and the request ends.
+    eventually(
+        Duration::from_secs(20),
+        "the stalled request ended",
+        || async { metric(admin, "wasm_run_requests_in_flight").await == 0 },
+    )
+    .await;
+    drop(client);
+    server.signal("TERM");
+    let (_, stderr) = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let wrote = stderr
+        .lines()
+        .filter_map(|l| l.split("wrote ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .expect("the guest wrote something");
+    assert!(
+        wrote <= 512,
+        "the guest wrote {wrote} KiB to a client that does not read"
+    );
+}

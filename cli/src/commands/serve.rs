@@ -148,6 +148,13 @@ pub struct ServeCommand {
     #[arg(long, value_name = "DURATION")]
     write_timeout: Option<HumanDuration>,
 
+    /// The kernel's send buffer of each client connection (SO_SNDBUF, e.g.
+    /// 256KiB): what a client that does not read makes the kernel hold for
+    /// it, and the most in flight per round trip. Default: the kernel's own
+    /// sizing (up to net.ipv4.tcp_wmem's maximum, 4 MiB by default).
+    #[arg(long, value_name = "SIZE")]
+    send_buffer: Option<ByteSize>,
+
     /// Most client connections open at once. At the cap the server stops
     /// accepting: new connections wait in the kernel's listen backlog
     /// (and are refused once it is full) until one closes. The server raises
@@ -376,6 +383,7 @@ impl ServeCommand {
             body_timeout: self.body_timeout,
             write_timeout: self.write_timeout,
             max_connections: self.max_connections,
+            send_buffer: self.send_buffer,
         }
     }
 }

@@ -71,6 +71,7 @@ impl Guest for Handler {
             "/outgoing-flood" => outgoing_flood(response_out, query),
             "/open-files" => open_files(response_out, query),
             "/big-write" => big_write(response_out, query),
+            "/blob" => blob(response_out, query),
             "/env" => env(response_out),
             "/stdout" => {
                 println!("hello from guest stdout");
@@ -378,6 +379,24 @@ fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
         200,
         format!("kept {} bodies\n", kept.len()).as_bytes(),
     )
+}
+
+/// Answers `?kib=` KiB (default 16,384) of `x`, written as the host's
+/// permits allow, saying on stderr after every 16 KiB how much it has
+/// written: how far it gets against a client that does not read shows what
+/// the host and the kernel buffer for a connection.
+fn blob(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let kib: usize = query_param(query, "kib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16 << 10);
+    let chunk = [b'x'; 16 << 10];
+    let body = Body::start(response_out, 200);
+    for i in 1..=kib / 16 {
+        body.write(&chunk)?;
+        eprintln!("wrote {} KiB", i * 16);
+    }
+    let _ = body.finish();
+    Ok(())
 }
 
 /// Hands the host `?mib=` MiB (default 32) in one `output-stream.write`

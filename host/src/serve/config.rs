@@ -129,6 +129,9 @@ pub struct ServerSection {
     pub write_timeout: Option<HumanDuration>,
     /// Most client connections open at once. Default 8192.
     pub max_connections: Option<usize>,
+    /// The kernel's send buffer of each client connection (`SO_SNDBUF`).
+    /// Default: the kernel's own sizing.
+    pub send_buffer: Option<ByteSize>,
 }
 
 impl ServerSection {
@@ -149,6 +152,7 @@ impl ServerSection {
             body_timeout: self.body_timeout.or(lower.body_timeout),
             write_timeout: self.write_timeout.or(lower.write_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
+            send_buffer: self.send_buffer.or(lower.send_buffer),
         }
     }
 
@@ -158,6 +162,12 @@ impl ServerSection {
     pub fn resolve(&self, routes: Vec<RouteSpec>) -> Result<ServeConfig, String> {
         if self.max_connections == Some(0) {
             return Err("max-connections must be at least 1".into());
+        }
+        if self
+            .send_buffer
+            .is_some_and(|b| b.0 < 4096 || b.0 > 1 << 30)
+        {
+            return Err("send-buffer must be between 4KiB and 1GiB".into());
         }
         let duration = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
         let bytes = |b: Option<ByteSize>, default: u64| b.map_or(default, |b| b.0);
@@ -178,6 +188,7 @@ impl ServerSection {
             body_timeout: duration(self.body_timeout, DEFAULT_BODY_TIMEOUT),
             write_timeout: duration(self.write_timeout, DEFAULT_WRITE_TIMEOUT),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            send_buffer: self.send_buffer.map(|b| b.0),
             routes,
             tenants: Vec::new(),
         })
@@ -320,6 +331,11 @@ pub struct ServeConfig {
     /// Most client connections open at once; further ones wait in the
     /// kernel's listen backlog until one closes.
     pub max_connections: usize,
+    /// The kernel's send buffer of each client connection, in bytes
+    /// (`SO_SNDBUF`, which Linux doubles for its bookkeeping); `None`
+    /// leaves it to the kernel, which grows it up to `net.ipv4.tcp_wmem`'s
+    /// maximum. What a client that does not read makes the kernel hold.
+    pub send_buffer: Option<u64>,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
     /// Named tenants (`[[tenant]]`); a route that names none is a tenant of

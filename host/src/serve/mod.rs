@@ -316,6 +316,14 @@ impl Server {
         }) = listener.accept(&mut shutdown).await
         {
             let _ = stream.set_nodelay(true);
+            if let Some(bytes) = config.send_buffer
+                && let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(
+                    &stream,
+                    usize::try_from(bytes).unwrap_or(usize::MAX),
+                )
+            {
+                tracing::debug!(error = %e, "cannot set the connection's send buffer");
+            }
             let Ok(local) = stream.local_addr() else {
                 continue;
             };
@@ -591,6 +599,7 @@ fn keep_fixed_settings(running: &ServeConfig, new: &mut ServeConfig) {
     new.max_queue = running.max_queue;
     new.queue_timeout = running.queue_timeout;
     new.max_connections = running.max_connections;
+    new.send_buffer = running.send_buffer;
 }
 
 /// Most connections the admin listener serves at once.
