@@ -16,7 +16,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, IsTerminal, Stdout
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-use crate::outcome::CapturedOutput;
+use crate::outcome::{CapturedOutput, OutputCapExceeded};
 
 /// Bytes of output buffered between the guest and an async writer.
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -170,19 +170,6 @@ struct SinkStream {
     sink: Arc<Mutex<Box<dyn OutputSink>>>,
     /// For [`Output::CaptureOrKill`]: the capture whose overflow kills.
     kill_past: Option<CaptureBuffer>,
-}
-
-/// The trap of a guest that wrote past its output cap under
-/// [`Output::CaptureOrKill`].
-#[derive(Debug, thiserror::Error)]
-#[error("output cap of {0} bytes exceeded")]
-pub(crate) struct OutputCapExceeded(usize);
-
-impl OutputCapExceeded {
-    #[cfg(test)]
-    pub(crate) fn new(cap: usize) -> Self {
-        OutputCapExceeded(cap)
-    }
 }
 
 impl SinkStream {

@@ -272,6 +272,19 @@ pub struct Report {
     pub trap: Option<&'static str>,
 }
 
+/// The trap of a guest that wrote past its output cap under
+/// [`crate::Output::CaptureOrKill`].
+#[derive(Debug, thiserror::Error)]
+#[error("output cap of {0} bytes exceeded")]
+pub(crate) struct OutputCapExceeded(pub(crate) usize);
+
+impl OutputCapExceeded {
+    #[cfg(test)]
+    pub(crate) fn new(cap: usize) -> Self {
+        OutputCapExceeded(cap)
+    }
+}
+
 /// What the host observed about a finished call, handed to [`classify`].
 #[derive(Debug)]
 pub(crate) enum CallEnd {
@@ -313,7 +326,7 @@ pub(crate) fn classify(end: CallEnd, memory_killed: bool, cpu_killed: bool) -> O
             in_function(trap.to_string(), &err),
         )),
         None => {
-            let reason = if err.chain().any(|e| e.is::<crate::io::OutputCapExceeded>()) {
+            let reason = if err.chain().any(|e| e.is::<OutputCapExceeded>()) {
                 TrapReason::OutputCapExceeded
             } else {
                 TrapReason::HostCall
@@ -419,7 +432,7 @@ mod tests {
             reason(WasmTrap::IndirectCallToNull.into()),
             TrapReason::BadReference
         );
-        let cap = wasmtime::Error::from(crate::io::OutputCapExceeded::new(8))
+        let cap = wasmtime::Error::from(OutputCapExceeded::new(8))
             .context("error while executing at wasm backtrace:\n    0: 0x1 - <unknown>");
         match c(cap) {
             OutcomeKind::Trapped(trap) => {
