@@ -178,15 +178,7 @@ impl Guest {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         use http_body_util::BodyExt as _;
-        let request = request.map(|body| {
-            body.map_err(|e| {
-                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-                match e.downcast::<hyper::Error>() {
-                    Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
-                    Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
-                }
-            })
-        });
+        let request = request.map(|body| body.map_err(|e| body_error(e.into())));
         self.handle_http_request(request, invocation)
     }
 
@@ -447,6 +439,15 @@ async fn until_limits_exceeded(
         }
     })
     .await
+}
+
+/// The wasi:http error a guest sees for a failed request body: hyper's
+/// own, or an internal error with the cause's text.
+pub(crate) fn body_error(e: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
+    match e.downcast::<hyper::Error>() {
+        Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
+        Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+    }
 }
 
 /// Whether the current thread is in a Tokio runtime whose timers work.

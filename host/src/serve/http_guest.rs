@@ -78,8 +78,5 @@ fn to_wasi_http_error(e: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_w
         Ok(_) => return wasmtime_wasi_http::Error::ConnectionReadTimeout,
         Err(e) => e,
     };
-    match e.downcast::<hyper::Error>() {
-        Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
-        Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
-    }
+    crate::invoke::body_error(e)
 }
