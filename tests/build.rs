@@ -37,6 +37,12 @@ struct GuestTarget {
 /// from `guests/http` (package `wasm-run-http-guest`, a `cdylib`).
 const HTTP_GUEST: &str = "wasm_run_http_guest";
 
+/// File names, without `.wasm`, of the WASI 0.3 components built from
+/// `guests/p3-http` (a `wasi:http/service`) and `guests/p3-cli` (a
+/// `wasi:cli/command`), both `cdylib`s of the `wasip3` crate.
+const P3_HTTP_GUEST: &str = "wasm_run_p3_http_guest";
+const P3_CLI_GUEST: &str = "wasm_run_p3_cli_guest";
+
 const P1: GuestTarget = GuestTarget {
     triple: "wasm32-wasip1",
     suffix: "P1",
@@ -52,7 +58,7 @@ const P2: GuestTarget = GuestTarget {
     suffix: "P2",
     kind: "a WASI 0.2 command component",
     packages: &["--workspace"],
-    others: &[HTTP_GUEST],
+    others: &[HTTP_GUEST, P3_HTTP_GUEST, P3_CLI_GUEST],
 };
 
 const TARGETS: [GuestTarget; 2] = [P1, P2];
@@ -81,6 +87,10 @@ fn main() {
         "cli/src",
         "http/Cargo.toml",
         "http/src",
+        "p3-http/Cargo.toml",
+        "p3-http/src",
+        "p3-cli/Cargo.toml",
+        "p3-cli/src",
     ] {
         println!(
             "cargo::rerun-if-changed={}",
@@ -252,6 +262,30 @@ fn generate(names: &[String], target_dir: &Path, errors: &[Option<String>]) -> G
         http_guest.to_string_lossy()
     )
     .expect("writing to a String");
+
+    for (ident, file, what) in [
+        (
+            "P3_HTTP_GUEST",
+            P3_HTTP_GUEST,
+            "`guests/p3-http`: a WASI 0.3 `wasi:http/service` component (it exports\n\
+             /// `wasi:http/handler@0.3.0`)",
+        ),
+        (
+            "P3_CLI_GUEST",
+            P3_CLI_GUEST,
+            "`guests/p3-cli`: a WASI 0.3 `wasi:cli/command` component (it exports\n\
+             /// `wasi:cli/run@0.3.0`)",
+        ),
+    ] {
+        let path = artifact(target_dir, &P2, file);
+        writeln!(
+            code,
+            "\n/// {what}, built for `{}`.\npub const {ident}: &str = {:?};",
+            P2.triple,
+            path.to_string_lossy()
+        )
+        .expect("writing to a String");
+    }
 
     let mut failed = false;
     let mut all = Vec::new();

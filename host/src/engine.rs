@@ -11,9 +11,10 @@
 //! preempts them whenever a fresh request is runnable.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use wasmtime::component::Component;
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
@@ -104,6 +105,8 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     inner: wasmtime::Engine,
+    /// WASI 0.3 guests' engine, built on first use (see [`Engine::concurrent`]).
+    concurrent: Arc<OnceLock<wasmtime::Engine>>,
     config: Arc<EngineConfig>,
     scheduler: Arc<Scheduler>,
 }
@@ -119,38 +122,47 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: EngineConfig) -> Result<Engine> {
-        let mut wt = wasmtime::Config::new();
-        wt.consume_fuel(config.fuel);
-        wt.epoch_interruption(true);
-        wt.max_wasm_stack(config.max_wasm_stack);
-        // Async stacks must hold the wasm stack plus host frames.
-        wt.async_stack_size(config.max_wasm_stack + (1 << 20));
-        wt.memory_init_cow(true);
-        // Precompiled artifacts (and cache entries) record this, so one made
-        // by another wasm-run release is refused, not trusted.
-        wt.module_version(wasmtime::ModuleVersionStrategy::Custom(artifact_version()))
-            .map_err(|e| Error::Engine {
-                message: format!("{e:#}"),
-            })?;
-        // wasip3 concurrency is not used; turning it off makes component
-        // instantiation markedly cheaper (about 31 → 20 µs per hello component).
-        wt.concurrency_support(false);
-        if config.pooling {
-            wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(&config)));
-        }
-        set_up_cache(&mut wt, &config);
-        let inner = wasmtime::Engine::new(&wt).map_err(|e| Error::Engine {
-            message: format!("{e:#}"),
-        })?;
-        spawn_epoch_ticker(&inner, config.epoch_tick)?;
+        let inner = build(&config, false)?;
         Ok(Engine {
             inner,
+            concurrent: Arc::new(OnceLock::new()),
             scheduler: Arc::new(Scheduler::new(
                 config.demote_after,
                 config.background_threads,
             )),
             config: Arc::new(config),
         })
+    }
+
+    /// The engine of WASI 0.3 guests: the same settings with the component
+    /// model's async features and concurrency support on. Built (with its
+    /// own instance pool and epoch ticker) the first time a WASI 0.3 guest
+    /// loads, so that a process serving only WASI 0.2 and preview 1 guests
+    /// never pays for it.
+    pub(crate) fn concurrent(&self) -> Result<&wasmtime::Engine> {
+        if let Some(engine) = self.concurrent.get() {
+            return Ok(engine);
+        }
+        let engine = build(&self.config, true)?;
+        // Two first loads at once build two; one is kept, the other (and
+        // its ticker, which holds only a weak reference) goes away.
+        Ok(self.concurrent.get_or_init(|| engine))
+    }
+
+    /// Compiles a component on the engine it needs: the first one, or the
+    /// WASI 0.3 one when it uses the component model's async features
+    /// (which the first engine refuses while validating, before compiling
+    /// anything).
+    pub(crate) fn compile_component(&self, binary: &[u8]) -> wasmtime::Result<Component> {
+        match Component::new(&self.inner, binary) {
+            Err(e) if needs_concurrency(&e) => Component::new(self.concurrent_or_error()?, binary),
+            compiled => compiled,
+        }
+    }
+
+    fn concurrent_or_error(&self) -> wasmtime::Result<&wasmtime::Engine> {
+        self.concurrent()
+            .map_err(|e| wasmtime::Error::msg(e.to_string()))
     }
 
     /// Compiles a module or component (binary wasm or WAT) ahead of time
@@ -160,7 +172,12 @@ impl Engine {
     pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
         let binary = crate::binary::to_binary(name, bytes)?;
         let compiled = if crate::binary::is_component(&binary) {
-            self.inner.precompile_component(&binary)
+            match self.inner.precompile_component(&binary) {
+                Err(e) if needs_concurrency(&e) => self
+                    .concurrent_or_error()
+                    .and_then(|engine| engine.precompile_component(&binary)),
+                compiled => compiled,
+            }
         } else {
             self.inner.precompile_module(&binary)
         };
@@ -170,7 +187,9 @@ impl Engine {
         })
     }
 
-    /// The wasmtime engine, for embedders that need it directly.
+    /// The wasmtime engine of WASI 0.2 and preview 1 guests, for embedders
+    /// that need it directly. (WASI 0.3 guests run on a second engine with
+    /// the component model's concurrency support.)
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner
     }
@@ -184,6 +203,44 @@ impl Engine {
     pub(crate) fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }
+}
+
+/// Whether wasmtime refused a component for using the component model's
+/// async features (`stream`, `future`, async functions: WASI 0.3), which
+/// only the concurrent engine enables.
+pub(crate) fn needs_concurrency(e: &wasmtime::Error) -> bool {
+    format!("{e:#}").contains("requires the component model async feature")
+}
+
+/// One wasmtime engine with wasm-run's settings, its epoch ticker started;
+/// `concurrent` turns on the component model's async features (WASI 0.3).
+fn build(config: &EngineConfig, concurrent: bool) -> Result<wasmtime::Engine> {
+    let engine_error = |e: wasmtime::Error| Error::Engine {
+        message: format!("{e:#}"),
+    };
+    let mut wt = wasmtime::Config::new();
+    wt.consume_fuel(config.fuel);
+    wt.epoch_interruption(true);
+    wt.max_wasm_stack(config.max_wasm_stack);
+    // Async stacks must hold the wasm stack plus host frames.
+    wt.async_stack_size(config.max_wasm_stack + (1 << 20));
+    wt.memory_init_cow(true);
+    // Precompiled artifacts (and cache entries) record this, so one made
+    // by another wasm-run release is refused, not trusted.
+    wt.module_version(wasmtime::ModuleVersionStrategy::Custom(artifact_version()))
+        .map_err(engine_error)?;
+    // Concurrency support makes every component instantiation dearer
+    // (about 31 → 20 µs per hello component without it), so only WASI 0.3
+    // guests, which need it, run on an engine that has it.
+    wt.concurrency_support(concurrent);
+    wt.wasm_component_model_async(concurrent);
+    if config.pooling {
+        wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(config)));
+    }
+    set_up_cache(&mut wt, config);
+    let engine = wasmtime::Engine::new(&wt).map_err(engine_error)?;
+    spawn_epoch_ticker(&engine, config.epoch_tick)?;
+    Ok(engine)
 }
 
 /// The wasmtime release this crate is built against (pinned with `=` in

@@ -29,13 +29,38 @@ pub enum GuestKind {
     /// A component exporting `wasi:http/incoming-handler` (a `wasi:http/proxy`),
     /// called once per HTTP request by `wasm-run serve`.
     HttpComponent,
+    /// A WASI 0.3 component exporting `wasi:cli/run@0.3.x` (an async
+    /// `wasi:cli/command`).
+    ComponentCommandP3,
+    /// A WASI 0.3 component exporting `wasi:http/handler@0.3.x` (the
+    /// `wasi:http/service` world), called once per HTTP request, each in a
+    /// fresh store like every other guest.
+    HttpComponentP3,
 }
 
 impl GuestKind {
     /// Whether this guest runs as a command (`_start` / `wasi:cli/run`),
     /// which `wasm-run run` and the CGI path of `wasm-run serve` need.
     pub fn is_command(self) -> bool {
-        matches!(self, GuestKind::CoreCommand | GuestKind::ComponentCommand)
+        matches!(
+            self,
+            GuestKind::CoreCommand | GuestKind::ComponentCommand | GuestKind::ComponentCommandP3
+        )
+    }
+
+    /// Whether this guest handles HTTP requests ([`crate::Guest::handle_http`]),
+    /// of either WASI generation.
+    pub fn is_http(self) -> bool {
+        matches!(self, GuestKind::HttpComponent | GuestKind::HttpComponentP3)
+    }
+
+    /// Whether this guest is a WASI 0.3 (async) component, which runs on
+    /// the engine with the component model's concurrency support.
+    pub fn is_p3(self) -> bool {
+        matches!(
+            self,
+            GuestKind::ComponentCommandP3 | GuestKind::HttpComponentP3
+        )
     }
 }
 
@@ -60,6 +85,8 @@ pub(crate) enum Pre {
     Core(InstancePre<StoreState>),
     Command(CommandPre<StoreState>),
     Http(ProxyPre<StoreState>),
+    CommandP3(wasmtime_wasi::p3::bindings::CommandPre<StoreState>),
+    HttpP3(wasmtime_wasi_http::p3::bindings::ServicePre<StoreState>),
 }
 
 impl std::fmt::Debug for Guest {
@@ -96,39 +123,25 @@ impl Guest {
         let (pre, uses_http) = match wasmtime::Engine::detect_precompiled(bytes) {
             Some(wasmtime::Precompiled::Component) => {
                 let component = deserialize_component(engine, &name, bytes)?;
-                link_component(engine, &name, component)?
+                link_component(&name, component)?
             }
             Some(wasmtime::Precompiled::Module) => {
                 let module = deserialize_module(engine, &name, bytes)?;
-                (link_core(engine, &name, module)?, false)
+                (link_core(&name, module)?, false)
             }
             None => {
                 let binary = to_binary(&name, bytes)?;
                 footprint = crate::footprint::of(&binary);
-                let invalid = |e: wasmtime::Error| {
-                    let message = format!("{e:#}");
-                    if message.contains("requires the component model async feature") {
-                        // Valid wasm, just not of a generation served here.
-                        return Error::WrongShape {
-                            name: name.clone(),
-                            message: "this is a WASI 0.3 component (it uses the component \
-                                      model's async features: `stream`, `future` or async \
-                                      functions); wasm-run runs WASI 0.2 components and \
-                                      preview 1 modules, not WASI 0.3 components yet"
-                                .into(),
-                        };
-                    }
-                    Error::Invalid {
-                        name: name.clone(),
-                        message,
-                    }
+                let invalid = |e: wasmtime::Error| Error::Invalid {
+                    name: name.clone(),
+                    message: format!("{e:#}"),
                 };
                 if is_component(&binary) {
-                    let component = Component::new(engine.wasmtime(), &binary).map_err(invalid)?;
-                    link_component(engine, &name, component)?
+                    let component = engine.compile_component(&binary).map_err(invalid)?;
+                    link_component(&name, component)?
                 } else {
                     let module = Module::new(engine.wasmtime(), &binary).map_err(invalid)?;
-                    (link_core(engine, &name, module)?, false)
+                    (link_core(&name, module)?, false)
                 }
             }
         };
@@ -180,6 +193,18 @@ impl Guest {
         &self.inner.engine
     }
 
+    /// The wasmtime engine the guest was compiled on: the engine's first
+    /// one, or its concurrent one for a WASI 0.3 component.
+    pub(crate) fn wasmtime_engine(&self) -> &wasmtime::Engine {
+        match &self.inner.pre {
+            Pre::Core(pre) => pre.module().engine(),
+            Pre::Command(pre) => pre.engine(),
+            Pre::Http(pre) => pre.engine(),
+            Pre::CommandP3(pre) => pre.engine(),
+            Pre::HttpP3(pre) => pre.engine(),
+        }
+    }
+
     /// The pre-linked guest, ready to instantiate in a fresh store.
     pub(crate) fn pre(&self) -> &Pre {
         &self.inner.pre
@@ -191,6 +216,8 @@ impl Guest {
             Pre::Core(_) => GuestKind::CoreCommand,
             Pre::Command(_) => GuestKind::ComponentCommand,
             Pre::Http(_) => GuestKind::HttpComponent,
+            Pre::CommandP3(_) => GuestKind::ComponentCommandP3,
+            Pre::HttpP3(_) => GuestKind::HttpComponentP3,
         }
     }
 }
@@ -219,13 +246,22 @@ fn deserialize_module(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Modul
 )]
 fn deserialize_component(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component> {
     // SAFETY: as for `deserialize_module`.
-    unsafe { Component::deserialize(engine.wasmtime(), bytes) }.map_err(|e| Error::Incompatible {
+    let first = unsafe { Component::deserialize(engine.wasmtime(), bytes) };
+    // A WASI 0.3 component's artifact is made by the concurrent engine,
+    // whose configuration the first one refuses.
+    let component = first.or_else(|e| {
+        let concurrent = engine.concurrent().map_err(|_| e)?;
+        // SAFETY: as above.
+        unsafe { Component::deserialize(concurrent, bytes) }
+    });
+    component.map_err(|e| Error::Incompatible {
         name: name.to_string(),
         message: format!("{e:#}"),
     })
 }
 
-fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
+fn link_core(name: &str, module: Module) -> Result<Pre> {
+    let wt = module.engine().clone();
     match module.get_export("_start") {
         Some(wasmtime::ExternType::Func(ty))
             if ty.params().len() == 0 && ty.results().len() == 0 => {}
@@ -245,7 +281,7 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
             });
         }
     }
-    let mut linker: Linker<StoreState> = Linker::new(engine.wasmtime());
+    let mut linker: Linker<StoreState> = Linker::new(&wt);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
         .map_err(|e| link_error(name, e))?;
     // Old modules import the pre-preview-1 names (`wasi_unstable`).
@@ -261,7 +297,7 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
     // Name the first import the linker cannot satisfy, rather than leaving
     // the user to decode a link error.
     let mut probe = wasmtime::Store::new(
-        engine.wasmtime(),
+        &wt,
         StoreState::new(
             wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
             OutboundPolicy::default(),
@@ -292,17 +328,20 @@ fn link_core(engine: &Engine, name: &str, module: Module) -> Result<Pre> {
 }
 
 /// Links a component; also says whether it imports wasi:http.
-fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(Pre, bool)> {
+fn link_component(name: &str, component: Component) -> Result<(Pre, bool)> {
+    let wt = component.engine().clone();
     let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(engine.wasmtime())
-        .map(|(n, _)| n.to_string())
-        .collect();
-    let is_http = exports
-        .iter()
-        .any(|e| e.starts_with("wasi:http/incoming-handler@0.2"));
-    let is_command = exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2"));
-    if !is_http && !is_command {
+    let exports: Vec<String> = ty.exports(&wt).map(|(n, _)| n.to_string()).collect();
+    let exports_any = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
+    let kind = if exports_any("wasi:http/incoming-handler@0.2") {
+        GuestKind::HttpComponent
+    } else if exports_any("wasi:http/handler@0.3") {
+        GuestKind::HttpComponentP3
+    } else if exports_any("wasi:cli/run@0.2") {
+        GuestKind::ComponentCommand
+    } else if exports_any("wasi:cli/run@0.3") {
+        GuestKind::ComponentCommandP3
+    } else {
         let shown = if exports.is_empty() {
             "none".to_string()
         } else {
@@ -311,16 +350,14 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
         return Err(Error::WrongShape {
             name: name.to_string(),
             message: format!(
-                "component exports neither `wasi:cli/run@0.2.x` (a command) nor \
-                 `wasi:http/incoming-handler@0.2.x` (an HTTP handler); its exports: {shown}"
+                "component exports none of `wasi:cli/run@0.2.x` or `@0.3.x` (a command), \
+                 `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x` (an HTTP \
+                 handler); its exports: {shown}"
             ),
         });
-    }
-    let uses_http = is_http
-        || ty
-            .imports(engine.wasmtime())
-            .any(|(n, _)| n.starts_with("wasi:http/"));
-    let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(engine.wasmtime());
+    };
+    let uses_http = kind.is_http() || ty.imports(&wt).any(|(n, _)| n.starts_with("wasi:http/"));
+    let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(&wt);
     // The whole wasi:cli world for every component: real components
     // (componentize-py, componentize-js, Rust's `wasi` crate) import wasi:cli
     // interfaces even when they only serve HTTP. wasi:http only for those
@@ -332,7 +369,10 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| link_error(name, e))?;
     }
-    for (import, _) in ty.imports(engine.wasmtime()) {
+    if kind.is_p3() {
+        link_p3(&mut linker, uses_http).map_err(|e| link_error(name, e))?;
+    }
+    for (import, _) in ty.imports(&wt) {
         if crate::budget::is_interface(import) {
             crate::budget::add_to_component_linker(&mut linker, import)
                 .map_err(|e| link_error(name, e))?;
@@ -340,35 +380,63 @@ fn link_component(engine: &Engine, name: &str, component: Component) -> Result<(
     }
     let pre = linker
         .instantiate_pre(&component)
-        .map_err(|e| unsatisfied_component_import(engine, name, &ty, &e))?;
-    if is_http {
-        let pre = ProxyPre::new(pre).map_err(|e| Error::WrongShape {
-            name: name.to_string(),
-            message: format!("not a wasi:http handler: {e:#}"),
-        })?;
-        return Ok((Pre::Http(pre), true));
-    }
-    let pre = CommandPre::new(pre).map_err(|e| Error::WrongShape {
+        .map_err(|e| unsatisfied_component_import(&wt, name, &ty, &e))?;
+    let wrong = |what: &str, e: wasmtime::Error| Error::WrongShape {
         name: name.to_string(),
-        message: format!("not a wasi:cli command: {e:#}"),
-    })?;
-    Ok((Pre::Command(pre), uses_http))
+        message: format!("not a {what}: {e:#}"),
+    };
+    let pre = match kind {
+        GuestKind::HttpComponent => {
+            Pre::Http(ProxyPre::new(pre).map_err(|e| wrong("wasi:http handler", e))?)
+        }
+        GuestKind::HttpComponentP3 => Pre::HttpP3(
+            wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
+                .map_err(|e| wrong("wasi:http 0.3 service", e))?,
+        ),
+        GuestKind::ComponentCommandP3 => Pre::CommandP3(
+            wasmtime_wasi::p3::bindings::CommandPre::new(pre)
+                .map_err(|e| wrong("wasi:cli 0.3 command", e))?,
+        ),
+        _ => Pre::Command(CommandPre::new(pre).map_err(|e| wrong("wasi:cli command", e))?),
+    };
+    Ok((pre, uses_http))
+}
+
+/// The WASI 0.3 interfaces a WASI 0.3 component gets beside the 0.2 ones
+/// (guests built today import both: Rust's std still speaks 0.2): cli,
+/// clocks, random and sockets (denied unless configured, as in 0.2), and
+/// wasi:http's types and client when it uses HTTP. Not `wasi:filesystem@0.3`:
+/// its opens would escape the per-invocation cap on open files
+/// ([`crate::MAX_OPEN_FILES`]); such a guest is refused at load, naming the
+/// import, and files stay reachable through the 0.2 interfaces.
+fn link_p3(linker: &mut ComponentLinker<StoreState>, uses_http: bool) -> wasmtime::Result<()> {
+    wasmtime_wasi::p3::cli::add_to_linker(linker)?;
+    wasmtime_wasi::p3::clocks::add_to_linker(linker)?;
+    wasmtime_wasi::p3::random::add_to_linker(linker)?;
+    wasmtime_wasi::p3::sockets::add_to_linker(linker)?;
+    if uses_http {
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
+    Ok(())
 }
 
 /// The error for a component the linker cannot instantiate: names the
 /// first import that wasm-run does not provide.
 fn unsatisfied_component_import(
-    engine: &Engine,
+    engine: &wasmtime::Engine,
     name: &str,
     ty: &wasmtime::component::types::Component,
     error: &wasmtime::Error,
 ) -> Error {
     let import = ty
-        .imports(engine.wasmtime())
+        .imports(engine)
         .map(|(n, _)| n.to_string())
         .find(|n| {
-            let provided = WASI_P2_PACKAGES.iter().any(|p| n.starts_with(p))
-                || n.starts_with("wasi:http/")
+            // WASI 0.3 has no wasi:io, and its filesystem is not linked.
+            let p3 = n.contains("@0.3");
+            let provided = WASI_P2_PACKAGES.iter().any(|p| {
+                n.starts_with(p) && !(p3 && matches!(*p, "wasi:filesystem/" | "wasi:io/"))
+            }) || n.starts_with("wasi:http/")
                 || crate::budget::is_interface(n);
             !provided
         })
@@ -380,7 +448,8 @@ fn unsatisfied_component_import(
     }
 }
 
-/// Interface packages the component linker provides (any 0.2.x version).
+/// Interface packages the component linker provides (any 0.2.x version;
+/// for WASI 0.3 components, any 0.3.x version but filesystem).
 const WASI_P2_PACKAGES: &[&str] = &[
     "wasi:cli/",
     "wasi:clocks/",

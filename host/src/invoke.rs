@@ -108,8 +108,9 @@ impl Guest {
             return Err(Error::WrongShape {
                 name: self.name().to_string(),
                 message: "this is a wasi:http component (it exports \
-                          `wasi:http/incoming-handler`, not `wasi:cli/run`); serve it with \
-                          `wasm-run serve` or call `Guest::handle_http`"
+                          `wasi:http/incoming-handler` or `wasi:http/handler`, not \
+                          `wasi:cli/run`); serve it with `wasm-run serve` or call \
+                          `Guest::handle_http`"
                     .into(),
             });
         }
@@ -211,11 +212,12 @@ impl Guest {
                 message: "the Host header is not text".into(),
             });
         }
-        if self.kind() != crate::GuestKind::HttpComponent {
+        if !self.kind().is_http() {
             return Err(Error::WrongShape {
                 name: self.name().to_string(),
-                message: "this is a command, not a wasi:http component (it does not export \
-                          `wasi:http/incoming-handler`); run it with `Guest::run`"
+                message: "this is a command, not a wasi:http component (it exports neither \
+                          `wasi:http/incoming-handler` nor `wasi:http/handler`); run it with \
+                          `Guest::run`"
                     .into(),
             });
         }
@@ -223,22 +225,36 @@ impl Guest {
         // The request's head and its resources are the invocation's own.
         let account = prepared.state.account.clone();
         let _charged = account.enter();
-        let setup = |e: wasmtime::Error| Error::Setup {
-            name: self.name().to_string(),
-            message: format!("cannot pass the request to the guest: {e:#}"),
-        };
-        let incoming = prepared
-            .state
-            .http()
-            .new_incoming_request(Scheme::Http, request)
-            .map_err(setup)?;
         let (response_tx, response) = tokio::sync::oneshot::channel();
-        let outparam = prepared
-            .state
-            .http()
-            .new_response_outparam(response_tx)
-            .map_err(setup)?;
-        let run = execute(self.clone(), prepared, Entry::Http { incoming, outparam });
+        let entry = if self.kind().is_p3() {
+            let (request, body_result) =
+                wasmtime_wasi_http::p3::Request::from_http(prepared.state.http().hooks, request);
+            Entry::HttpP3 {
+                request,
+                body_result: Box::pin(body_result),
+                response_tx,
+            }
+        } else {
+            let setup = |e: wasmtime::Error| Error::Setup {
+                name: self.name().to_string(),
+                message: format!("cannot pass the request to the guest: {e:#}"),
+            };
+            let incoming = prepared
+                .state
+                .http()
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(setup)?;
+            let outparam = prepared
+                .state
+                .http()
+                .new_response_outparam_from_callback(move |response| {
+                    // A receiver gone (the host stopped waiting) is no error.
+                    let _ = response_tx.send(response.map_err(HttpErrorCode::from));
+                })
+                .map_err(setup)?;
+            Entry::Http { incoming, outparam }
+        };
+        let run = execute(self.clone(), prepared, entry);
         Ok(HttpCall {
             response,
             run: Box::pin(run),
@@ -325,8 +341,10 @@ impl std::fmt::Debug for HttpCall {
 /// A response set by a wasi:http guest.
 pub type HttpResponse = http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>;
 
-/// The error code a wasi:http guest may answer with instead of a response.
-pub use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode as HttpErrorCode;
+/// The error a wasi:http guest may answer with instead of a response (its
+/// `error-code`, of either WASI generation), and what a response body fails
+/// with.
+pub use wasmtime_wasi_http::Error as HttpErrorCode;
 
 /// An invocation prepared up to its store.
 struct Prepared {
@@ -346,7 +364,22 @@ enum Entry {
         incoming: Resource<HostIncomingRequest>,
         outparam: Resource<HostResponseOutparam>,
     },
+    /// `wasi:http/handler.handle` (WASI 0.3) with this request; the
+    /// response (or error code) goes to `response_tx`.
+    HttpP3 {
+        request: wasmtime_wasi_http::p3::Request,
+        /// Resolves when the host has read the request body (or failed to):
+        /// what the guest learns from the response's transmit future.
+        body_result: BodyResult,
+        response_tx: ResponseSender,
+    },
 }
+
+type BodyResult = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+>;
+type ResponseSender =
+    tokio::sync::oneshot::Sender<std::result::Result<HttpResponse, HttpErrorCode>>;
 
 /// The one path every invocation takes: the scheduler meters its CPU; a
 /// fresh store gets its limits; the entry is called under the deadline;
@@ -361,15 +394,23 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
     } = prepared;
     let engine = guest.engine().clone();
     let account = state.account.clone();
+    let watched: Vec<io::CaptureBuffer> = stdout.iter().chain(&stderr).cloned().collect();
     let invocation = async move {
-        let mut store = new_store(guest.engine(), state, &limits, started);
+        let mut store = new_store(
+            guest.engine(),
+            guest.wasmtime_engine(),
+            state,
+            &limits,
+            started,
+        );
         let result = match refuse_unfitting_state(&guest, &mut store) {
             Err(refused) => Some(Err(refused)),
             Ok(()) => {
                 let account = store.data().account.clone();
                 let cpu = store.data().cpu.clone();
+                let output = || watched.iter().try_for_each(|o| o.killing_overflow());
                 let call = call_entry(guest.pre(), &mut store, entry);
-                let watched = until_limits_exceeded(&account, cpu.as_deref(), call);
+                let watched = until_limits_exceeded(&account, cpu.as_deref(), output, call);
                 with_deadline(&limits, started, watched).await
             }
         };
@@ -410,13 +451,14 @@ fn refuse_unfitting_state(guest: &Guest, store: &mut Store<StoreState>) -> Resul
 }
 
 /// Runs `call`, but gives up on it (dropping it, which cancels the guest)
-/// as soon as its host memory passed what the cap leaves, or its CPU time
-/// its limit: checked each time the call yields, which a running guest does
-/// at every epoch tick. With a CPU-time limit, each poll is timed with the
-/// thread CPU clock.
+/// as soon as its host memory passed what the cap leaves, its CPU time its
+/// limit, or its output a cap that kills (`output`): checked each time the
+/// call yields, which a running guest does at every epoch tick. With a
+/// CPU-time limit, each poll is timed with the thread CPU clock.
 async fn until_limits_exceeded(
     account: &Account,
     cpu: Option<&crate::scheduler::CpuBudget>,
+    output: impl Fn() -> Result<(), crate::outcome::OutputCapExceeded>,
     call: impl std::future::Future<Output = Result<i32, Failure>>,
 ) -> Result<i32, Failure> {
     let mut call = std::pin::pin!(call);
@@ -435,6 +477,10 @@ async fn until_limits_exceeded(
             std::task::Poll::Pending if cpu.is_some_and(|c| c.exceeded()) => {
                 std::task::Poll::Ready(Err(Failure::Cpu))
             }
+            std::task::Poll::Pending => match output() {
+                Ok(()) => std::task::Poll::Pending,
+                Err(cap) => std::task::Poll::Ready(Err(Failure::Running(cap.into()))),
+            },
             polled => polled,
         }
     })
@@ -627,6 +673,48 @@ async fn call_entry(
                 .wasi_http_incoming_handler()
                 .call_handle(&mut *store, incoming, outparam)
                 .await
+                .map_err(Failure::Running)?;
+            Ok(0)
+        }
+        (Pre::CommandP3(pre), Entry::Command) => {
+            let command = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            let status = store
+                .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
+                .await
+                .and_then(|status| status)
+                .map_err(Failure::Running)?;
+            Ok(if status.is_ok() { 0 } else { 1 })
+        }
+        (
+            Pre::HttpP3(pre),
+            Entry::HttpP3 {
+                request,
+                body_result,
+                response_tx,
+            },
+        ) => {
+            let service = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
+            store
+                .run_concurrent(async |store| {
+                    let response = match service.handle(store, request).await? {
+                        Ok(response) => Ok(store.with(|s| response.into_http(s, body_result))?),
+                        Err(code) => Err(HttpErrorCode::from(code)),
+                    };
+                    // A receiver gone (the host stopped waiting) is no error.
+                    let _ = response_tx.send(response);
+                    // The guest goes on (writing the body, say) until its
+                    // last task exits; its store lives until then.
+                    std::future::poll_fn(|cx| store.poll_no_interesting_tasks(cx)).await;
+                    wasmtime::Result::<()>::Ok(())
+                })
+                .await
+                .and_then(|done| done)
                 .map_err(Failure::Running)?;
             Ok(0)
         }

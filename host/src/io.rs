@@ -130,9 +130,10 @@ pub(crate) fn set_output(
             None
         }
         Output::Capture | Output::CaptureOrKill => {
-            let buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
+            let mut buffer = CaptureBuffer::new(usize::try_from(cap).unwrap_or(usize::MAX));
+            buffer.kills = matches!(output, Output::CaptureOrKill);
             let mut stream = SinkStream::new(Box::new(buffer.clone()));
-            if matches!(output, Output::CaptureOrKill) {
+            if buffer.kills {
                 stream.kill_past = Some(buffer.clone());
             }
             set(builder, which, stream);
@@ -259,6 +260,8 @@ impl AsyncWrite for SinkStream {
 #[derive(Clone, Debug)]
 pub(crate) struct CaptureBuffer {
     inner: Arc<Mutex<CaptureState>>,
+    /// For [`Output::CaptureOrKill`]: a write past the cap kills.
+    kills: bool,
 }
 
 #[derive(Debug)]
@@ -276,6 +279,18 @@ impl CaptureBuffer {
                 cap,
                 truncated: false,
             })),
+            kills: false,
+        }
+    }
+
+    /// For a capture that kills, the error once a write did not fit. WASI
+    /// 0.2 output streams trap at that write; a WASI 0.3 stream only tells
+    /// the guest, so the invocation looks here between two polls.
+    pub(crate) fn killing_overflow(&self) -> Result<(), OutputCapExceeded> {
+        if self.kills {
+            self.overflowed()
+        } else {
+            Ok(())
         }
     }
 

@@ -394,6 +394,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// `tokio::time::timeout` around the whole call.
 pub(crate) fn new_store(
     engine: &Engine,
+    wasmtime: &wasmtime::Engine,
     state: StoreState,
     limits: &Limits,
     started: Instant,
@@ -408,7 +409,7 @@ pub(crate) fn new_store(
     state.cpu = limits
         .max_cpu
         .map(|limit| std::sync::Arc::new(crate::scheduler::CpuBudget::new(limit)));
-    let mut store = Store::new(engine.wasmtime(), state);
+    let mut store = Store::new(wasmtime, state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {
         store

@@ -14,6 +14,7 @@ mod host_limits;
 mod host_memory;
 mod library;
 mod open_files;
+mod p3;
 mod properties;
 mod serve;
 mod tenants;

@@ -112,13 +112,42 @@ pub fn guest(name: &str, target: Target) -> PathBuf {
 #[must_use]
 #[track_caller]
 pub fn http_guest() -> PathBuf {
+    component("http guest", HTTP_GUEST)
+}
+
+/// The path of the WASI 0.3 `wasi:http/service` component of
+/// `guests/p3-http` (built for `wasm32-wasip2` with the `wasip3` crate).
+///
+/// # Panics
+///
+/// As [`http_guest`].
+#[must_use]
+#[track_caller]
+pub fn p3_http_guest() -> PathBuf {
+    component("WASI 0.3 http guest", P3_HTTP_GUEST)
+}
+
+/// The path of the WASI 0.3 `wasi:cli/command` component of
+/// `guests/p3-cli`.
+///
+/// # Panics
+///
+/// As [`http_guest`].
+#[must_use]
+#[track_caller]
+pub fn p3_cli_guest() -> PathBuf {
+    component("WASI 0.3 command guest", P3_CLI_GUEST)
+}
+
+#[track_caller]
+fn component(what: &str, path: &str) -> PathBuf {
     if let Some(error) = Target::P2.build_error() {
         not_built(error);
     }
-    let path = PathBuf::from(HTTP_GUEST);
+    let path = PathBuf::from(path);
     assert!(
         path.is_file(),
-        "the http guest for {} is missing at {}; rebuild the guests with \
+        "the {what} for {} is missing at {}; rebuild the guests with \
          `cargo clean -p wasm-run-tests` and run the tests again",
         Target::P2.triple(),
         path.display()

@@ -466,11 +466,10 @@ impl Shared {
             record,
             body_flag: flag,
         };
-        match route.guest.kind() {
-            GuestKind::HttpComponent => http_guest::handle(exchange, req, permit).await,
-            GuestKind::CoreCommand | GuestKind::ComponentCommand => {
-                cgi_guest::handle(exchange, req, conn, permit).await
-            }
+        if route.guest.kind().is_http() {
+            http_guest::handle(exchange, req, permit).await
+        } else {
+            cgi_guest::handle(exchange, req, conn, permit).await
         }
     }
 
@@ -683,7 +682,9 @@ fn load_table(
             guest = guest.name(),
             kind = match guest.kind() {
                 GuestKind::HttpComponent => "wasi:http",
+                GuestKind::HttpComponentP3 => "wasi:http 0.3",
                 GuestKind::CoreCommand | GuestKind::ComponentCommand => "cgi",
+                GuestKind::ComponentCommandP3 => "cgi (wasi 0.3)",
             },
             "route loaded"
         );

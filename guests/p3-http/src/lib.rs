@@ -1,0 +1,216 @@
+//! A WASI 0.3 `wasi:http/service` component for `wasm-run serve`: exports
+//! `wasi:http/handler@0.3.0` (an async function) and routes on the path.
+//!
+//! | path | response |
+//! | --- | --- |
+//! | `/`, `/hello` | 200 `Hello from wasm-run over WASI 0.3!` |
+//! | `/echo` | 200: the request body streamed back through the guest, chunk by chunk, with the request's trailers |
+//! | `/spin` | loops forever (fuel, CPU time, deadline) |
+//! | `/bomb` | allocates touched 1 MiB chunks forever (memory cap) |
+//! | `/sleep?ms=N` | waits `N` ms (default 10,000) on the WASI 0.3 monotonic clock, then 200 `slept` (deadline while blocked) |
+//! | `/crash` | panics before responding (trap) |
+//! | `/late-crash` | returns a 200 response, writes `partial body`, then panics 200 ms later without finishing it (a kill after the head) |
+//! | `/stream?n=N` | 200: `N` lines `line i` (default 100), one stream write each |
+//! | `/error-code` | answers with the error code `internal-error` instead of a response |
+//! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/client.send`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `HttpRequestDenied`) |
+//! | `/subtasks?n=N&what=spin\|bomb` | spawns `N` concurrent subtasks (default 8) that spin or allocate forever, then waits (limits cover what the store runs, not just the export) |
+//! | `/stdout` | writes a line to stdout through WASI 0.3 `wasi:cli/stdout`, then 200 `logged` |
+//! | anything else | 404 `no route` |
+//!
+//! Built for `wasm32-wasip2` only (the target whose components carry
+//! WASI 0.3 imports and exports through the `wasip3` crate).
+
+use std::hint::black_box;
+
+use wasip3::http::types::{ErrorCode, Fields, Request, Response, Trailers};
+use wasip3::wit_bindgen::rt::async_support::{FutureReader, StreamReader, StreamResult};
+use wasip3::{wit_future, wit_stream};
+
+#[path = "../../query.rs"]
+mod query;
+
+wasip3::http::service::export!(Service);
+
+struct Service;
+
+impl wasip3::exports::http::handler::Guest for Service {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((&path_with_query, ""));
+        let query = query.to_owned();
+        match path {
+            "/" | "/hello" => Ok(text(200, b"Hello from wasm-run over WASI 0.3!\n".to_vec())),
+            "/echo" => Ok(echo(request)),
+            "/spin" => spin(),
+            "/bomb" => bomb(),
+            "/sleep" => {
+                let ms: u64 = param(&query, "ms").unwrap_or(10_000);
+                wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
+                Ok(text(200, b"slept\n".to_vec()))
+            }
+            "/crash" => panic!("p3 http guest crash"),
+            "/late-crash" => Ok(late_crash()),
+            "/stream" => Ok(stream(param(&query, "n").unwrap_or(100))),
+            "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
+            "/outbound" => Ok(outbound(&query).await),
+            "/subtasks" => subtasks(&query).await,
+            "/stdout" => {
+                write_stdout(b"a line from the p3 guest\n".to_vec()).await;
+                Ok(text(200, b"logged\n".to_vec()))
+            }
+            _ => Ok(text(404, b"no route\n".to_vec())),
+        }
+    }
+}
+
+fn param<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
+    query::query_param(query, key).and_then(|v| v.parse().ok())
+}
+
+/// A response whose body `chunks` are written, one stream write each, by a
+/// task that outlives the handler's return (as WASI 0.3 services do).
+fn response_with(status: u16, chunks: Vec<Vec<u8>>, then_panic: bool) -> Response {
+    let headers = Fields::from_list(&[("content-type".into(), b"text/plain".to_vec())])
+        .expect("a valid header");
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    let (response, _transmitted) = Response::new(headers, Some(body_rx), trailers_rx);
+    response.set_status_code(status).expect("a valid status");
+    wasip3::spawn_local(async move {
+        for chunk in chunks {
+            let left = body_tx.write_all(chunk).await;
+            if !left.is_empty() {
+                return; // the host stopped reading
+            }
+        }
+        if then_panic {
+            wasip3::clocks::monotonic_clock::wait_for(200_000_000).await;
+            panic!("p3 http guest crash after the head");
+        }
+        drop(body_tx);
+        let _ = trailers_tx.write(Ok(None)).await;
+    });
+    response
+}
+
+fn text(status: u16, body: Vec<u8>) -> Response {
+    response_with(status, vec![body], false)
+}
+
+fn late_crash() -> Response {
+    response_with(200, vec![b"partial body".to_vec()], true)
+}
+
+fn stream(n: u32) -> Response {
+    let chunks = (0..n).map(|i| format!("line {i}\n").into_bytes()).collect();
+    response_with(200, chunks, false)
+}
+
+/// Streams the request body back through the guest: each chunk read from
+/// the request is written to the response before the next is read, so the
+/// host's backpressure reaches the client both ways.
+fn echo(request: Request) -> Response {
+    let (_consumed_tx, consumed_rx) = wit_future::new(|| Ok(()));
+    let (mut body_in, trailers_in): (
+        StreamReader<u8>,
+        FutureReader<Result<Option<Trailers>, ErrorCode>>,
+    ) = Request::consume_body(request, consumed_rx);
+    let (mut body_out, body_rx) = wit_stream::new();
+    let (response, _transmitted) = Response::new(Fields::new(), Some(body_rx), trailers_in);
+    wasip3::spawn_local(async move {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        loop {
+            let (result, chunk) = body_in.read(buf).await;
+            match result {
+                StreamResult::Complete(_) => {
+                    let left = body_out.write_all(chunk).await;
+                    if !left.is_empty() {
+                        return;
+                    }
+                    buf = Vec::with_capacity(16 * 1024);
+                }
+                StreamResult::Dropped | StreamResult::Cancelled => return,
+            }
+        }
+    });
+    response
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn bomb() -> ! {
+    let mut kept = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = 1;
+        }
+        kept.push(black_box(chunk));
+    }
+}
+
+async fn outbound(query: &str) -> Response {
+    let Some(url) = query::query_param(query, "url") else {
+        return text(400, b"missing url\n".to_vec());
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (wasip3::http::types::Scheme::Https, rest),
+        Some((_, rest)) => (wasip3::http::types::Scheme::Http, rest),
+        None => (wasip3::http::types::Scheme::Http, url.as_str()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (_trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    let (request, _sent) = Request::new(Fields::new(), None, trailers_rx, None);
+    let set = request
+        .set_scheme(Some(&scheme))
+        .and_then(|()| request.set_authority(Some(authority)))
+        .and_then(|()| request.set_path_with_query(Some(path)));
+    if set.is_err() {
+        return text(400, b"bad url\n".to_vec());
+    }
+    match wasip3::http::client::send(request).await {
+        Ok(response) => {
+            let status = response.get_status_code();
+            text(200, format!("outbound ok: {status}\n").into_bytes())
+        }
+        Err(e) => text(502, format!("outbound error: {e:?}\n").into_bytes()),
+    }
+}
+
+/// Spawns `n` subtasks that spin or allocate forever and waits on them:
+/// none of it is the handler's own code, all of it is the store's.
+async fn subtasks(query: &str) -> Result<Response, ErrorCode> {
+    let n: u32 = param(query, "n").unwrap_or(8);
+    let bomb_them = query::query_param(query, "what").as_deref() == Some("bomb");
+    for _ in 0..n {
+        wasip3::spawn_local(async move {
+            // Let the others start before this one runs for ever.
+            wasip3::clocks::monotonic_clock::wait_for(1_000_000).await;
+            if bomb_them {
+                bomb();
+            } else {
+                spin();
+            }
+        });
+    }
+    wasip3::clocks::monotonic_clock::wait_for(u64::MAX / 2).await;
+    Ok(text(200, b"subtasks ended\n".to_vec()))
+}
+
+async fn write_stdout(bytes: Vec<u8>) {
+    let (mut tx, rx) = wit_stream::new();
+    wasip3::spawn_local(async move {
+        let _ = tx.write_all(bytes).await;
+    });
+    let _ = wasip3::cli::stdout::write_via_stream(rx).await;
+}

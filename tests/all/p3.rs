@@ -1,0 +1,245 @@
+//! WASI 0.3 guests (async components built with the `wasip3` crate from
+//! `guests/p3-http` and `guests/p3-cli`): served and run like every other
+//! guest, each invocation in a fresh store under its limits, including
+//! what their concurrent subtasks do.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasm_run::{Guest, GuestKind, Invocation, Limits, OutcomeKind, Output, TrapReason};
+use wasm_run_tests::{p3_cli_guest, p3_http_guest};
+
+use crate::serve::{ServeGuard, assert_killed, eventually, get, metric, request, send};
+use crate::{MIB, engine, wasm_run};
+
+fn p3_server(extra: &[&str]) -> ServeGuard {
+    let module = p3_http_guest().to_str().unwrap().to_string();
+    let mut args = vec!["--timeout", "5s", "--max-memory", "32MiB"];
+    args.extend_from_slice(extra);
+    args.push(&module);
+    ServeGuard::start(&args)
+}
+
+#[test]
+fn p3_components_load_as_their_own_kinds() {
+    let service = Guest::from_file(engine(), p3_http_guest()).expect("p3 service loads");
+    assert_eq!(service.kind(), GuestKind::HttpComponentP3);
+    assert!(service.kind().is_http() && service.kind().is_p3());
+    let command = Guest::from_file(engine(), p3_cli_guest()).expect("p3 command loads");
+    assert_eq!(command.kind(), GuestKind::ComponentCommandP3);
+    assert!(command.kind().is_command() && command.kind().is_p3());
+}
+
+#[tokio::test]
+async fn p3_status_table() {
+    let server = p3_server(&["--fuel", "1000000000"]);
+    let a = server.addr;
+    let hello = get(a, "/hello").await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.text(), "Hello from wasm-run over WASI 0.3!\n");
+    assert!(hello.outcome().is_none());
+    assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
+    assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
+    assert_killed(&get(a, "/crash").await, 500, "trapped");
+    let start = Instant::now();
+    assert_killed(&get(a, "/sleep?ms=10000").await, 504, "deadline_exceeded");
+    assert!(start.elapsed() < Duration::from_secs(8));
+    // An error code instead of a response is the guest's failure: 502.
+    assert_killed(&get(a, "/error-code").await, 502, "bad_gateway");
+    let missing = get(a, "/nothing").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.outcome().is_none());
+    // Killed after its head: the status stands, the body is cut off.
+    let late = get(a, "/late-crash").await;
+    assert_eq!(late.status, 200);
+    assert!(
+        late.body.is_err(),
+        "a late kill must truncate: {:?}",
+        late.body
+    );
+    // The server serves on after all of that.
+    assert_eq!(get(a, "/hello").await.status, 200);
+}
+
+#[tokio::test]
+async fn p3_bodies_stream_both_ways_and_outbound_is_denied() {
+    let server = p3_server(&[]);
+    let a = server.addr;
+    // 1 MB through the guest, read and written chunk by chunk.
+    let body = "0123456789".repeat(100_000);
+    let reply = send(a, request("POST", a, "/echo", Bytes::from(body.clone()))).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text().len(), body.len());
+    assert!(reply.text() == body);
+    let stream = get(a, "/stream?n=300").await;
+    assert_eq!(stream.text().lines().count(), 300);
+    assert!(stream.text().ends_with("line 299\n"));
+    // wasi:http/client.send goes through the route's allow-list (empty).
+    let outbound = get(a, "/outbound?url=http://example.com/").await;
+    assert_eq!(outbound.status, 502, "{}", outbound.text());
+    assert!(
+        outbound.text().contains("HttpRequestDenied"),
+        "{}",
+        outbound.text()
+    );
+}
+
+#[tokio::test]
+async fn limits_cover_every_subtask_of_the_store() {
+    let server = p3_server(&[
+        "--max-cpu",
+        "300ms",
+        "--fuel",
+        "100000000000",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let (a, admin) = (server.addr, server.admin.unwrap());
+    // Eight subtasks spin after the handler has started waiting: CPU time
+    // is the store's, whoever spends it.
+    assert_killed(&get(a, "/subtasks?n=8").await, 500, "cpu_exceeded");
+    // Eight subtasks allocate: the memory cap is the store's.
+    assert_killed(
+        &get(a, "/subtasks?n=8&what=bomb").await,
+        500,
+        "memory_exceeded",
+    );
+    // Spinning subtasks do not hold up a fresh request of the same guest.
+    let spinners: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get(a, "/subtasks?n=4")))
+        .collect();
+    eventually(
+        Duration::from_secs(5),
+        "four requests in flight",
+        || async { metric(admin, "wasm_run_requests_in_flight").await >= 4 },
+    )
+    .await;
+    let hello = get(a, "/hello").await;
+    assert_eq!(hello.status, 200);
+    for s in spinners {
+        assert_eq!(s.await.unwrap().outcome(), Some("cpu_exceeded"));
+    }
+}
+
+#[tokio::test]
+async fn the_library_serves_a_p3_request() {
+    let guest = Guest::from_file(engine(), p3_http_guest()).unwrap();
+    let request = http::Request::post("/echo")
+        .body(Full::new(Bytes::from_static(b"through a WASI 0.3 guest")))
+        .unwrap();
+    let invocation = Invocation {
+        limits: Limits {
+            timeout: Some(Duration::from_secs(5)),
+            max_memory: 32 * MIB,
+            ..Limits::default()
+        },
+        ..Invocation::default()
+    };
+    let call = guest.handle_http(request, invocation).unwrap();
+    let run = tokio::spawn(call.run);
+    let response = call.response.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "through a WASI 0.3 guest");
+    let outcome = run.await.unwrap().unwrap();
+    assert_eq!(outcome.kind, OutcomeKind::Exited(0));
+
+    // A command is not an HTTP handler, and the reverse.
+    let command = Guest::from_file(engine(), p3_cli_guest()).unwrap();
+    let request = http::Request::get("/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(command.handle_http(request, Invocation::default()).is_err());
+    assert!(guest.run(Invocation::default()).await.is_err());
+}
+
+#[tokio::test]
+async fn the_library_runs_p3_commands_under_limits() {
+    let guest = Guest::from_file(engine(), p3_cli_guest()).unwrap();
+    let run = |args: &[&str], limits: Limits| {
+        let invocation = Invocation {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdout: Output::Capture,
+            limits,
+            ..Invocation::default()
+        };
+        guest.run(invocation)
+    };
+    let hello = run(&[], Limits::default()).await.unwrap();
+    assert_eq!(hello.kind, OutcomeKind::Exited(0));
+    assert_eq!(
+        &hello.stdout.unwrap().bytes[..],
+        b"Hello from a WASI 0.3 command!\n"
+    );
+    let fuel = Limits {
+        fuel: Some(50_000_000),
+        ..Limits::default()
+    };
+    let spun = run(&["subtasks", "4"], fuel).await.unwrap();
+    assert_eq!(spun.kind, OutcomeKind::FuelExhausted);
+    // A flood past a capture that kills stops there, as in WASI 0.2 (where
+    // the write itself traps; a WASI 0.3 stream only tells the guest).
+    let capped = Limits {
+        max_output: 1 << 20,
+        ..Limits::default()
+    };
+    let invocation = Invocation {
+        args: vec!["flood".into()],
+        stdout: Output::CaptureOrKill,
+        limits: capped,
+        ..Invocation::default()
+    };
+    let flood = guest.run(invocation).await.unwrap();
+    match &flood.kind {
+        OutcomeKind::Trapped(trap) => assert_eq!(trap.reason, TrapReason::OutputCapExceeded),
+        other => panic!("a flood of output must hit the cap: {other:?}"),
+    }
+}
+
+#[test]
+fn wasm_run_runs_p3_commands_with_the_documented_statuses() {
+    let module = p3_cli_guest();
+    let module = module.to_str().unwrap();
+    let hello = wasm_run(&["run", module]);
+    assert_eq!(hello.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout),
+        "Hello from a WASI 0.3 command!\n"
+    );
+    assert_eq!(
+        wasm_run(&["run", module, "exit", "7"]).status.code(),
+        Some(7)
+    );
+    assert_eq!(wasm_run(&["run", module, "fail"]).status.code(), Some(1));
+    let spin = wasm_run(&["run", "--timeout", "300ms", module, "spin"]);
+    assert_eq!(spin.status.code(), Some(124));
+    let stderr = String::from_utf8_lossy(&spin.stderr);
+    assert!(stderr.contains("deadline_exceeded"), "{stderr}");
+    let bomb = wasm_run(&["run", "--max-memory", "16MiB", module, "bomb"]);
+    assert_eq!(bomb.status.code(), Some(137));
+    let cpu = wasm_run(&["run", "--max-cpu", "200ms", module, "subtasks", "4"]);
+    let stderr = String::from_utf8_lossy(&cpu.stderr);
+    assert!(stderr.contains("cpu_exceeded"), "{stderr}");
+}
+
+#[test]
+fn a_compiled_p3_component_runs_like_its_source() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("p3-compile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let artifact = dir.join("p3-cli.cwasm");
+    let module = p3_cli_guest();
+    let compiled = wasm_run(&[
+        "compile",
+        module.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+    ]);
+    assert!(compiled.status.success(), "{compiled:?}");
+    let hello = wasm_run(&["run", artifact.to_str().unwrap()]);
+    assert_eq!(hello.status.code(), Some(0), "{hello:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout),
+        "Hello from a WASI 0.3 command!\n"
+    );
+}
