@@ -29,6 +29,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Guest kinds
+//!
+//! [`Guest::from_bytes`] detects the kind ([`GuestKind`]) from the bytes:
+//! a wasm32-wasip1 core module exporting `_start`; a WASI 0.2 component
+//! exporting `wasi:cli/run@0.2.x` or `wasi:http/incoming-handler@0.2.x`; a
+//! WASI 0.3 (async) component exporting `wasi:cli/run@0.3.x` or
+//! `wasi:http/handler@0.3.x`. Commands run with [`Guest::run`], HTTP
+//! handlers of both generations with [`Guest::handle_http`]; each
+//! invocation, whatever the kind, gets a fresh store with its own limits
+//! (WASI 0.3 instances are never shared by requests, unlike `wasmtime
+//! serve`'s default reuse). WASI 0.3 components compile and run on a second
+//! wasmtime engine with the component model's concurrency support, which
+//! the [`Engine`] builds the first time one loads, so that the others do
+//! not pay for it (it makes every instantiation dearer); inside their store
+//! the limits cover the export and every subtask it spawns, since the whole
+//! store is one future that the deadline, the CPU meter and the scheduler
+//! wrap.
+//!
 //! # Layout
 //!
 //! - [`accounting`]: the accounting allocator ([`Accounting`]) that charges
@@ -41,7 +59,7 @@
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
-//!   and its epoch ticker thread.
+//!   and its epoch ticker thread; its second, concurrent engine for WASI 0.3.
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
 //!   compile once, pre-link once.
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
@@ -75,7 +93,9 @@
 //! installed) → instantiate from the pre-linked guest → call `_start` /
 //! `wasi:cli/run` → `outcome::classify` → [`Outcome`]. A wasi:http
 //! component takes the same path through [`Guest::handle_http`], calling
-//! `wasi:http/incoming-handler.handle` instead.
+//! `wasi:http/incoming-handler.handle` instead; a WASI 0.3 one calls its
+//! async export inside the store's `run_concurrent` event loop, which ends
+//! when the store's last task does.
 
 #![deny(missing_docs)]
 

@@ -243,3 +243,53 @@ fn a_compiled_p3_component_runs_like_its_source() {
         "Hello from a WASI 0.3 command!\n"
     );
 }
+
+/// The echo route hands the request's trailers future to its response:
+/// trailers pass through the host both ways.
+#[tokio::test]
+async fn p3_trailers_pass_through() {
+    use hyper::client::conn::http1;
+    use hyper_util::rt::TokioIo;
+
+    let server = p3_server(&[]);
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let body = Frames(
+        [
+            http_body::Frame::data(Bytes::from_static(b"with trailers")),
+            http_body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let request = http::Request::post("/echo")
+        .header("host", server.addr.to_string())
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "with trailers");
+    let trailers = trailers.expect("the response carries the request's trailers");
+    assert_eq!(trailers["x-checksum"], "abc123");
+}
+
+/// A request body of the given frames (data and trailers), sent chunked.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}

@@ -62,8 +62,8 @@ Examples:
 /// Run a WASI command module or component under limits.
 ///
 /// MODULE is a wasm32-wasip1 core module with `_start`, a wasi:cli command
-/// component, WebAssembly text of either, or an artifact of `wasm-run
-/// compile`. Its stdin, stdout and stderr are
+/// component (WASI 0.2 `wasi:cli/run@0.2.x` or 0.3 `wasi:cli/run@0.3.x`),
+/// WebAssembly text of either, or an artifact of `wasm-run compile`. Its stdin, stdout and stderr are
 /// this process's; it sees only the environment variables and directories
 /// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
 /// with `wasm-run:`.

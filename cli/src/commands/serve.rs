@@ -26,7 +26,9 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 const AFTER_HELP: &str = "\
 Guests:
-  A component exporting wasi:http/incoming-handler is called once per request.
+  A component exporting wasi:http/incoming-handler@0.2.x, or a WASI 0.3
+  component exporting wasi:http/handler@0.3.x, is called once per request,
+  each request in a fresh store (WASI 0.3 instances are not reused).
   A wasm32-wasip1 command module or wasi:cli command component is run as CGI:
   request meta-variables (REQUEST_METHOD, PATH_INFO, QUERY_STRING, HTTP_*, ...)
   in its environment, the body on stdin, a CGI response (headers, blank line,

@@ -4,7 +4,7 @@
 //! | path | response |
 //! | --- | --- |
 //! | `/`, `/hello` | 200 `Hello from wasm-run over WASI 0.3!` |
-//! | `/echo` | 200: the request body streamed back through the guest, chunk by chunk, with the request's trailers |
+//! | `/echo` | 200: the request body streamed back through the guest, chunk by chunk, with the request's trailers (and its `trailer` header, which declares them) |
 //! | `/spin` | loops forever (fuel, CPU time, deadline) |
 //! | `/bomb` | allocates touched 1 MiB chunks forever (memory cap) |
 //! | `/sleep?ms=N` | waits `N` ms (default 10,000) on the WASI 0.3 monotonic clock, then 200 `slept` (deadline while blocked) |
@@ -112,13 +112,20 @@ fn stream(n: u32) -> Response {
 /// the request is written to the response before the next is read, so the
 /// host's backpressure reaches the client both ways.
 fn echo(request: Request) -> Response {
+    // The trailer fields the client declared are the response's too.
+    let declared = request.get_headers().get("trailer");
+    let headers = Fields::new();
+    if !declared.is_empty() {
+        headers.set("trailer", &declared).expect("a valid header");
+    }
     let (_consumed_tx, consumed_rx) = wit_future::new(|| Ok(()));
     let (mut body_in, trailers_in): (
         StreamReader<u8>,
         FutureReader<Result<Option<Trailers>, ErrorCode>>,
     ) = Request::consume_body(request, consumed_rx);
     let (mut body_out, body_rx) = wit_stream::new();
-    let (response, _transmitted) = Response::new(Fields::new(), Some(body_rx), trailers_in);
+    let (trailers_out, trailers_rx) = wit_future::new(|| Ok(None));
+    let (response, _transmitted) = Response::new(headers, Some(body_rx), trailers_rx);
     wasip3::spawn_local(async move {
         let mut buf = Vec::with_capacity(16 * 1024);
         loop {
@@ -131,9 +138,12 @@ fn echo(request: Request) -> Response {
                     }
                     buf = Vec::with_capacity(16 * 1024);
                 }
-                StreamResult::Dropped | StreamResult::Cancelled => return,
+                StreamResult::Dropped | StreamResult::Cancelled => break,
             }
         }
+        drop(body_out);
+        // The request's trailers, once its body has ended, end the response.
+        let _ = trailers_out.write(trailers_in.await).await;
     });
     response
 }

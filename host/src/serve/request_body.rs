@@ -82,6 +82,8 @@ pub struct BodyTimedOut(pub Duration);
 #[derive(Debug)]
 pub struct LimitedBody<B> {
     buffered: VecDeque<Bytes>,
+    /// Trailers read ahead with the buffered head (they end the body).
+    trailers: Option<http::HeaderMap>,
     /// `None` once the client's body has ended.
     inner: Option<B>,
     limit: u64,
@@ -102,6 +104,7 @@ where
         let ended = inner.is_end_stream();
         LimitedBody {
             buffered: VecDeque::new(),
+            trailers: None,
             inner: (!ended).then_some(inner),
             limit,
             seen: 0,
@@ -133,9 +136,12 @@ where
                 Ok(Some(Err(_))) => return Ok(()),
                 Ok(Some(Ok(frame))) => frame,
             };
-            if let Ok(data) = frame.into_data() {
-                self.count(data.len())?;
-                self.buffered.push_back(data);
+            match frame.into_data() {
+                Ok(data) => {
+                    self.count(data.len())?;
+                    self.buffered.push_back(data);
+                }
+                Err(frame) => self.trailers = frame.into_trailers().ok(),
             }
             if self.inner.as_ref().is_some_and(HttpBody::is_end_stream) {
                 self.inner = None;
@@ -185,6 +191,9 @@ where
         if let Some(chunk) = this.buffered.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -217,7 +226,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.buffered.is_empty() && self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+        self.buffered.is_empty()
+            && self.trailers.is_none()
+            && self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -173,7 +173,9 @@ impl<B> GuardedBody<B> {
 
 /// Removes from a guest's response head what a guest must not send: the
 /// hop-by-hop headers (the host owns the connection) and the host's own
-/// outcome header (its absence means the guest answered).
+/// outcome header (its absence means the guest answered). `Trailer` stays:
+/// it is end-to-end (RFC 9110 §6.6.2), and the trailer fields it declares
+/// are the only ones hyper sends after a chunked body.
 pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
     use http::header;
     let named: Vec<String> = headers
@@ -189,7 +191,6 @@ pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
     for name in [
         header::CONNECTION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHENTICATE,

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""WASI 0.3: isolation and throughput of wasm-run beside `wasmtime serve -Sp3`.
+
+    python3 benches/p3.py [--duration 15] [--rate 200] [--rounds 2]
+        [--wasmtime PATH] [--wrk-duration 8] [--python]
+
+The same WASI 0.3 service (`guests/p3-http`, built with the `wasip3` crate)
+under `wasm-run serve` (a fresh store per request) and under `wasmtime serve
+-Sp3 -Scli` 48 with its WASI 0.3 defaults (an instance reused for up to 128
+requests, 16 at once). Loopback only; servers and load generators share the
+machine; rounds interleave the systems.
+
+  1. isolation: GET /hello at a fixed --rate (open loop: latency from each
+     request's scheduled time), alone, then while 8 other connections loop
+     over /spin, /bomb and /crash (2 s deadline, 32 MiB cap);
+  2. throughput: `wrk -t2 -c64` on /hello.
+
+--python adds a third-party WASI 0.3 component to the throughput rows: a
+Python service built with componentize-py 0.25 (installed from PyPI into a
+virtualenv under target/) from benches/python-p3/app.py.
+
+Needs `cargo build --release -p wasm-run-cli -p wasm-run-benches`, the
+guests (`cargo test --workspace --no-run` builds them), `wrk`, and wasmtime
+48 (`cargo install wasmtime-cli --version 48.0.8 --locked`; the script runs
+without it, measuring wasm-run alone).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import openloop  # noqa: E402  (same directory)
+from run import wrk  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+P3_GUEST = ROOT / "target/guests/wasm32-wasip2/release/wasm_run_p3_http_guest.wasm"
+WASM_RUN = ROOT / "target/release/wasm-run"
+ABUSE = ["--mix", "/spin=0.34", "--mix", "/bomb=0.33", "--mix", "/crash=0.33"]
+PY_APP = ROOT / "benches/python-p3/app.py"
+PY_ENV = ROOT / "target/componentize-py"
+PY_WASM = ROOT / "target/python-p3/app.wasm"
+# The WASI 0.3.0 WIT wasmtime 48 implements, from the crate cargo fetched.
+WIT_CRATE = "wasmtime-wasi-http-48.0.8"
+
+
+def wasmtime_48(explicit):
+    exe = explicit or shutil.which("wasmtime")
+    if not exe:
+        return None
+    v = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    return exe if v.startswith("wasmtime 48") else None
+
+
+def commands(guest, wasmtime):
+    cmds = {"wasm-run serve (fresh store per request)": [
+        str(WASM_RUN), "serve", "--addr", "127.0.0.1:0", "--timeout", "2s",
+        "--max-memory", "32MiB", "--no-cache", str(guest)]}
+    if wasmtime:
+        cmds["wasmtime serve -Sp3 (instance reuse: 128 requests, 16 at once)"] = [
+            wasmtime, "serve", "-Sp3", "-Scli", "--addr", "127.0.0.1:0",
+            "-W", "max-memory-size=33554432", "-W", "timeout=2s", str(guest)]
+    return cmds
+
+
+def isolation(name, cmd, rate, duration):
+    proc, addr = openloop.start(cmd)
+    try:
+        openloop.load(addr, "--rate", str(rate), "--duration", "3s")  # warm-up
+        alone = openloop.load(addr, "--rate", str(rate), "--duration", f"{duration}s")
+        abusers = subprocess.Popen(
+            [str(openloop.LOAD), "--url", f"http://{addr}/spin", "--connections", "8",
+             "--duration", f"{duration + 4}s", *ABUSE], stdout=subprocess.PIPE, text=True)
+        abused = openloop.load(addr, "--rate", str(rate), "--duration", f"{duration}s")
+        abuse = json.loads(abusers.communicate()[0])
+    finally:
+        proc.kill()
+        proc.wait()
+    result = {"system": name, "alone": alone["paths"]["/hello"],
+              "abused": abused["paths"]["/hello"],
+              "abuse": {p: s["statuses"] for p, s in abuse["paths"].items()}}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def throughput(name, cmd, seconds):
+    proc, addr = openloop.start(cmd)
+    try:
+        wrk(f"http://{addr}/hello", 2, 64)  # warm-up
+        result = {"system": name, **wrk(f"http://{addr}/hello", seconds, 64)}
+    finally:
+        proc.kill()
+        proc.wait()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def python_guest():
+    """Builds the componentize-py service (once); None if that fails."""
+    if PY_WASM.exists() and PY_WASM.stat().st_mtime > PY_APP.stat().st_mtime:
+        return PY_WASM
+    wit = next(Path.home().glob(f".cargo/registry/src/*/{WIT_CRATE}/src/p3/wit"), None)
+    if wit is None:
+        print(f"p3: {WIT_CRATE} is not in the cargo registry; skipping Python", file=sys.stderr)
+        return None
+    cpy = PY_ENV / "bin/componentize-py"
+    if not cpy.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PY_ENV)], check=True)
+        subprocess.run([str(PY_ENV / "bin/pip"), "install", "-q", "componentize-py==0.25.0"],
+                       check=True)
+    PY_WASM.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(cpy), "-d", str(wit), "-w", "wasi:http/service@0.3.0", "componentize",
+                    "-p", str(PY_APP.parent), "app", "-o", str(PY_WASM)], check=True)
+    return PY_WASM
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--wrk-duration", type=int, default=8)
+    ap.add_argument("--wasmtime")
+    ap.add_argument("--python", action="store_true")
+    args = ap.parse_args()
+    if not 5 <= args.duration <= 120 or not 2 <= args.wrk_duration <= 60:
+        sys.exit("p3: --duration must be 5..120 s and --wrk-duration 2..60 s")
+    for f in [WASM_RUN, openloop.LOAD, P3_GUEST]:
+        if not f.exists():
+            sys.exit(f"p3: {f} is missing (see the docstring)")
+    wasmtime = wasmtime_48(args.wasmtime)
+    cmds = commands(P3_GUEST, wasmtime)
+    py_cmds = {}
+    if args.python and (py := python_guest()):
+        py_cmds = {f"{name}, Python": cmd[:-1] + [str(py)]
+                   for name, cmd in commands(py, wasmtime).items()}
+        # A CPython guest needs more than 32 MiB.
+        for cmd in py_cmds.values():
+            for i, a in enumerate(cmd):
+                if a in ("32MiB", "max-memory-size=33554432"):
+                    cmd[i] = "256MiB" if a == "32MiB" else "max-memory-size=268435456"
+    iso = {n: [] for n in cmds}
+    thr = {n: [] for n in {**cmds, **py_cmds}}
+    for _ in range(args.rounds):
+        for name, cmd in cmds.items():
+            iso[name].append(isolation(name, cmd, args.rate, args.duration))
+        for name, cmd in {**cmds, **py_cmds}.items():
+            thr[name].append(throughput(name, cmd, args.wrk_duration))
+
+    print(f"\n### Isolation: {args.rate:.0f} req/s of GET /hello for {args.duration} s, open loop; "
+          "abuse: 8 connections looping /spin, /bomb, /crash (2 s deadline, 32 MiB cap)\n")
+    print("| system | round | alone p50 / p99 / max | abused p50 / p99 / max | p99 ratio "
+          "| hello failed alone / abused |")
+    print("|---|---|---|---|---|---|")
+    for name, rounds in iso.items():
+        for i, r in enumerate(rounds, 1):
+            a, b = r["alone"], r["abused"]
+            print(f"| {name} | {i} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} / {a['max_ms']:.1f} ms "
+                  f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} / {b['max_ms']:.1f} ms "
+                  f"| {b['p99_ms'] / max(a['p99_ms'], 1e-9):.2f}× "
+                  f"| {openloop.failures(a)} / {openloop.failures(b)} |")
+    print(f"\n### Throughput: `wrk -t2 -c64 -d{args.wrk_duration}s` on /hello\n")
+    print("| system | round | req/s | p99 ms | failed |")
+    print("|---|---|---|---|---|")
+    for name, rounds in thr.items():
+        for i, r in enumerate(rounds, 1):
+            print(f"| {name} | {i} | {r['rps']:,.0f} | {r['p99_ms']:.2f} | {r['failed']} |")
+    names = list(thr)
+    for ours, theirs in [(names[0], names[1])] + ([(names[2], names[3])] if len(names) == 4 else []):
+        if len(names) > 1:
+            mine = sorted(r["rps"] for r in thr[ours])[len(thr[ours]) // 2]
+            peer = sorted(r["rps"] for r in thr[theirs])[len(thr[theirs]) // 2]
+            print(f"\n{ours} / {theirs}: **{mine / peer:.2f}×** (median rounds)")
+
+
+if __name__ == "__main__":
+    main()
