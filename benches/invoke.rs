@@ -45,37 +45,45 @@ fn invoke(c: &mut Criterion) {
         .expect("engine");
         let guest = Guest::from_file(&engine, wasm_run_tests::http_guest()).expect("loads");
         let label = if fuel { "fuel" } else { "no-fuel" };
-        group.bench_function(label, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    use http_body_util::BodyExt;
-                    let request = http::Request::builder()
-                        .uri("http://localhost/hello")
-                        .body(http_body_util::Empty::<bytes::Bytes>::new())
-                        .expect("request");
-                    let call = guest
-                        .handle_http(request, Invocation::default())
-                        .expect("call");
-                    let response = async {
-                        let response = call.response.await.expect("response").expect("ok");
-                        response
-                            .into_body()
-                            .collect()
-                            .await
-                            .expect("body")
-                            .to_bytes()
-                    };
-                    let (outcome, body) = tokio::join!(call.run, response);
-                    assert_eq!(
-                        outcome.expect("runs").kind,
-                        wasm_run::OutcomeKind::Exited(0)
-                    );
-                    assert_eq!(body.len(), 36);
-                })
-            })
-        });
+        group.bench_function(label, |b| b.iter(|| http_hello(&rt, &guest, 36)));
     }
     group.finish();
+
+    // WASI 0.3: the same two calls on the concurrent engine (built on the
+    // first WASI 0.3 load), fuel on.
+    let mut group = c.benchmark_group("invoke-p3");
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    let command = Guest::from_file(&engine, wasm_run_tests::p3_cli_guest()).expect("loads");
+    group.bench_function("command-hello", |b| {
+        b.iter(|| {
+            let outcome = rt.block_on(command.run(Invocation::default())).expect("runs");
+            assert_eq!(outcome.kind, wasm_run::OutcomeKind::Exited(0));
+        })
+    });
+    let service = Guest::from_file(&engine, wasm_run_tests::p3_http_guest()).expect("loads");
+    group.bench_function("http-hello", |b| b.iter(|| http_hello(&rt, &service, 35)));
+    group.finish();
+}
+
+/// One GET /hello through `Guest::handle_http`, the body read to its end.
+fn http_hello(rt: &tokio::runtime::Runtime, guest: &Guest, body_len: usize) {
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let request = http::Request::builder()
+            .uri("http://localhost/hello")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let call = guest
+            .handle_http(request, Invocation::default())
+            .expect("call");
+        let response = async {
+            let response = call.response.await.expect("response").expect("ok");
+            response.into_body().collect().await.expect("body").to_bytes()
+        };
+        let (outcome, body) = tokio::join!(call.run, response);
+        assert_eq!(outcome.expect("runs").kind, wasm_run::OutcomeKind::Exited(0));
+        assert_eq!(body.len(), body_len);
+    })
 }
 
 criterion_group!(benches, invoke);

@@ -59,14 +59,14 @@ def load(addr, *args):
     return json.loads(out)
 
 
-def measure(name, cmd, rate, duration):
+def measure(name, cmd, rate, duration, abuse=ABUSE):
     proc, addr = start(cmd)
     try:
         load(addr, "--rate", str(rate), "--duration", "3s")  # warm-up
         alone = load(addr, "--rate", str(rate), "--duration", f"{duration}s")
         abusers = subprocess.Popen(
             [str(LOAD), "--url", f"http://{addr}/spin", "--connections", "8",
-             "--duration", f"{duration + 4}s", *ABUSE],
+             "--duration", f"{duration + 4}s", *abuse],
             stdout=subprocess.PIPE, text=True)
         time.sleep(2)
         abused = load(addr, "--rate", str(rate), "--duration", f"{duration}s")

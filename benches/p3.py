@@ -66,26 +66,6 @@ def commands(guest, wasmtime):
     return cmds
 
 
-def isolation(name, cmd, rate, duration):
-    proc, addr = openloop.start(cmd)
-    try:
-        openloop.load(addr, "--rate", str(rate), "--duration", "3s")  # warm-up
-        alone = openloop.load(addr, "--rate", str(rate), "--duration", f"{duration}s")
-        abusers = subprocess.Popen(
-            [str(openloop.LOAD), "--url", f"http://{addr}/spin", "--connections", "8",
-             "--duration", f"{duration + 4}s", *ABUSE], stdout=subprocess.PIPE, text=True)
-        abused = openloop.load(addr, "--rate", str(rate), "--duration", f"{duration}s")
-        abuse = json.loads(abusers.communicate()[0])
-    finally:
-        proc.kill()
-        proc.wait()
-    result = {"system": name, "alone": alone["paths"]["/hello"],
-              "abused": abused["paths"]["/hello"],
-              "abuse": {p: s["statuses"] for p, s in abuse["paths"].items()}}
-    print(json.dumps(result), flush=True)
-    return result
-
-
 def throughput(name, cmd, seconds):
     proc, addr = openloop.start(cmd)
     try:
@@ -146,7 +126,7 @@ def main():
     thr = {n: [] for n in {**cmds, **py_cmds}}
     for _ in range(args.rounds):
         for name, cmd in cmds.items():
-            iso[name].append(isolation(name, cmd, args.rate, args.duration))
+            iso[name].append(openloop.measure(name, cmd, args.rate, args.duration, ABUSE))
         for name, cmd in {**cmds, **py_cmds}.items():
             thr[name].append(throughput(name, cmd, args.wrk_duration))
 

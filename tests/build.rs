@@ -83,6 +83,7 @@ fn main() {
         "Cargo.lock",
         "nested_cargo.rs",
         "query.rs",
+        "hogs.rs",
         "cli/Cargo.toml",
         "cli/src",
         "http/Cargo.toml",

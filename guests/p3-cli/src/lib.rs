@@ -14,10 +14,12 @@
 //!
 //! Built for `wasm32-wasip2` only.
 
-use std::hint::black_box;
-
 use wasip3::wit_bindgen::rt::async_support::StreamResult;
 use wasip3::wit_stream;
+
+#[path = "../../hogs.rs"]
+mod hogs;
+use hogs::{bomb, spin};
 
 wasip3::cli::command::export!(Command);
 
@@ -95,20 +97,3 @@ async fn echo() {
     let _ = wasip3::cli::stdout::write_via_stream(rx).await;
 }
 
-fn spin() -> ! {
-    let mut n: u64 = 0;
-    loop {
-        n = black_box(n.wrapping_add(1));
-    }
-}
-
-fn bomb() -> ! {
-    let mut kept = Vec::new();
-    loop {
-        let mut chunk = vec![0u8; 1 << 20];
-        for i in (0..chunk.len()).step_by(4096) {
-            chunk[i] = 1;
-        }
-        kept.push(black_box(chunk));
-    }
-}

@@ -20,14 +20,16 @@
 //! Built for `wasm32-wasip2` only (the target whose components carry
 //! WASI 0.3 imports and exports through the `wasip3` crate).
 
-use std::hint::black_box;
-
 use wasip3::http::types::{ErrorCode, Fields, Request, Response, Trailers};
 use wasip3::wit_bindgen::rt::async_support::{FutureReader, StreamReader, StreamResult};
 use wasip3::{wit_future, wit_stream};
 
 #[path = "../../query.rs"]
 mod query;
+
+#[path = "../../hogs.rs"]
+mod hogs;
+use hogs::{bomb, spin};
 
 wasip3::http::service::export!(Service);
 
@@ -148,23 +150,6 @@ fn echo(request: Request) -> Response {
     response
 }
 
-fn spin() -> ! {
-    let mut n: u64 = 0;
-    loop {
-        n = black_box(n.wrapping_add(1));
-    }
-}
-
-fn bomb() -> ! {
-    let mut kept = Vec::new();
-    loop {
-        let mut chunk = vec![0u8; 1 << 20];
-        for i in (0..chunk.len()).step_by(4096) {
-            chunk[i] = 1;
-        }
-        kept.push(black_box(chunk));
-    }
-}
 
 async fn outbound(query: &str) -> Response {
     let Some(url) = query::query_param(query, "url") else {
