@@ -56,7 +56,9 @@ fn invoke(c: &mut Criterion) {
     let command = Guest::from_file(&engine, wasm_run_tests::p3_cli_guest()).expect("loads");
     group.bench_function("command-hello", |b| {
         b.iter(|| {
-            let outcome = rt.block_on(command.run(Invocation::default())).expect("runs");
+            let outcome = rt
+                .block_on(command.run(Invocation::default()))
+                .expect("runs");
             assert_eq!(outcome.kind, wasm_run::OutcomeKind::Exited(0));
         })
     });
@@ -78,10 +80,18 @@ fn http_hello(rt: &tokio::runtime::Runtime, guest: &Guest, body_len: usize) {
             .expect("call");
         let response = async {
             let response = call.response.await.expect("response").expect("ok");
-            response.into_body().collect().await.expect("body").to_bytes()
+            response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
         };
         let (outcome, body) = tokio::join!(call.run, response);
-        assert_eq!(outcome.expect("runs").kind, wasm_run::OutcomeKind::Exited(0));
+        assert_eq!(
+            outcome.expect("runs").kind,
+            wasm_run::OutcomeKind::Exited(0)
+        );
         assert_eq!(body.len(), body_len);
     })
 }
