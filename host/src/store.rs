@@ -392,6 +392,10 @@ impl ResourceLimiter for MemoryLimiter {
 ///
 /// Time spent blocked in host calls is covered by the caller's
 /// `tokio::time::timeout` around the whole call.
+/// Fuel a running guest burns between two write-backs of its count (see
+/// [`new_store`]); at the usual ~1 unit per instruction, well under 1 ms.
+const FUEL_SLICE: u64 = 1_000_000;
+
 pub(crate) fn new_store(
     engine: &Engine,
     wasmtime: &wasmtime::Engine,
@@ -415,6 +419,14 @@ pub(crate) fn new_store(
         store
             .set_fuel(limits.fuel.unwrap_or(u64::MAX))
             .expect("fuel is enabled in this engine");
+        // Compiled code keeps the fuel it burns in a register and writes it
+        // back at calls, not at epoch checks: a guest killed by its deadline
+        // or CPU limit while looping would report almost no fuel. Refilling
+        // in slices makes it write back every slice, so the usage report is
+        // right to within one slice (a yield per slice, like an epoch tick).
+        store
+            .fuel_async_yield_interval(Some(FUEL_SLICE))
+            .expect("fuel is enabled and the slice is not zero");
     }
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut cx: StoreContextMut<'_, StoreState>| {
