@@ -293,3 +293,38 @@ impl http_body::Body for Frames {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
+
+/// Streams and futures are state the host holds for the store (the
+/// component model's async ABI): a guest that keeps creating them is
+/// stopped by its memory cap through that host memory, long before its
+/// own linear memory (8 bytes per pair kept) comes near the cap.
+#[tokio::test]
+async fn streams_and_futures_are_charged_to_the_request() {
+    let guest = Guest::from_file(engine(), p3_http_guest()).unwrap();
+    let cap = 32 * MIB;
+    let request = http::Request::get("/hoard")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let invocation = Invocation {
+        limits: Limits {
+            timeout: Some(Duration::from_secs(30)),
+            max_memory: cap,
+            ..Limits::default()
+        },
+        ..Invocation::default()
+    };
+    let call = guest.handle_http(request, invocation).unwrap();
+    let outcome = call.run.await.unwrap();
+    assert_eq!(outcome.kind, OutcomeKind::MemoryExceeded);
+    let usage = outcome.usage;
+    assert!(
+        usage.peak_memory_bytes < cap / 2,
+        "linear memory {} is not what hit the cap",
+        usage.peak_memory_bytes
+    );
+    assert!(
+        usage.host_memory_peak_bytes > cap / 2 && usage.host_memory_peak_bytes <= cap,
+        "host memory peak {} of a {cap}-byte cap",
+        usage.host_memory_peak_bytes
+    );
+}

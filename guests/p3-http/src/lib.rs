@@ -14,6 +14,7 @@
 //! | `/error-code` | answers with the error code `internal-error` instead of a response |
 //! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/client.send`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `HttpRequestDenied`) |
 //! | `/subtasks?n=N&what=spin\|bomb` | spawns `N` concurrent subtasks (default 8) that spin or allocate forever, then waits (limits cover what the store runs, not just the export) |
+//! | `/hoard` | creates stream and future pairs forever, keeping every end (host state of the component model's async ABI, which the host holds for the store) |
 //! | `/stdout` | writes a line to stdout through WASI 0.3 `wasi:cli/stdout`, then 200 `logged` |
 //! | anything else | 404 `no route` |
 //!
@@ -58,6 +59,7 @@ impl wasip3::exports::http::handler::Guest for Service {
             "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
             "/outbound" => Ok(outbound(&query).await),
             "/subtasks" => subtasks(&query).await,
+            "/hoard" => hoard(),
             "/stdout" => {
                 write_stdout(b"a line from the p3 guest\n".to_vec()).await;
                 Ok(text(200, b"logged\n".to_vec()))
@@ -200,6 +202,16 @@ async fn subtasks(query: &str) -> Result<Response, ErrorCode> {
     }
     wasip3::clocks::monotonic_clock::wait_for(u64::MAX / 2).await;
     Ok(text(200, b"subtasks ended\n".to_vec()))
+}
+
+/// Keeps creating streams and futures: each is state the host holds.
+fn hoard() -> ! {
+    let mut kept = Vec::new();
+    loop {
+        let stream = wit_stream::new::<u8>();
+        let future = wit_future::new::<Result<(), ErrorCode>>(|| Ok(()));
+        kept.push((stream, future));
+    }
 }
 
 async fn write_stdout(bytes: Vec<u8>) {
