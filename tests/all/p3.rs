@@ -328,3 +328,30 @@ async fn streams_and_futures_are_charged_to_the_request() {
         usage.host_memory_peak_bytes
     );
 }
+
+/// `wasi:http/client.send` goes through the same vetting as WASI 0.2's
+/// `outgoing-handler`: an allowed destination is reached, the rest denied.
+#[tokio::test]
+async fn p3_outbound_reaches_only_allowed_destinations() {
+    let upstream = ServeGuard::start(&[wasm_run_tests::guest("demo", wasm_run_tests::Target::P1)
+        .to_str()
+        .unwrap()]);
+    let up = upstream.addr;
+    let allowed = format!("127.0.0.1:{}", up.port());
+    let server = p3_server(&["--allow-outbound", &allowed, "--allow-outbound", "*"]);
+    let a = server.addr;
+    let ok = get(a, &format!("/outbound?url=http://{up}/hello")).await;
+    assert_eq!(ok.text(), "outbound ok: 200\n");
+    for url in [
+        format!("http://127.0.0.1:{}/hello", up.port() ^ 1),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+    ] {
+        let denied = get(a, &format!("/outbound?url={url}")).await;
+        assert!(
+            denied.text().contains("HttpRequestDenied"),
+            "{url}: {}",
+            denied.text()
+        );
+    }
+}
