@@ -404,16 +404,17 @@ fn link_component(name: &str, component: Component) -> Result<(Pre, bool)> {
 
 /// The WASI 0.3 interfaces a WASI 0.3 component gets beside the 0.2 ones
 /// (guests built today import both: Rust's std still speaks 0.2): cli,
-/// clocks, random and sockets (denied unless configured, as in 0.2), and
-/// wasi:http's types and client when it uses HTTP. Not `wasi:filesystem@0.3`:
-/// its opens would escape the per-invocation cap on open files
-/// ([`crate::MAX_OPEN_FILES`]); such a guest is refused at load, naming the
-/// import, and files stay reachable through the 0.2 interfaces.
+/// clocks, random and sockets (denied unless configured, as in 0.2),
+/// wasi:http's types and client when it uses HTTP, and the filesystem with
+/// no preopened directory (see `open_files`: its opens would escape the
+/// per-invocation cap on open files, [`crate::MAX_OPEN_FILES`]; files stay
+/// reachable through the 0.2 interfaces).
 fn link_p3(linker: &mut ComponentLinker<StoreState>, uses_http: bool) -> wasmtime::Result<()> {
     wasmtime_wasi::p3::cli::add_to_linker(linker)?;
     wasmtime_wasi::p3::clocks::add_to_linker(linker)?;
     wasmtime_wasi::p3::random::add_to_linker(linker)?;
     wasmtime_wasi::p3::sockets::add_to_linker(linker)?;
+    crate::open_files::add_p3_filesystem_without_preopens(linker)?;
     if uses_http {
         wasmtime_wasi_http::p3::add_to_linker(linker)?;
     }
@@ -432,11 +433,12 @@ fn unsatisfied_component_import(
         .imports(engine)
         .map(|(n, _)| n.to_string())
         .find(|n| {
-            // WASI 0.3 has no wasi:io, and its filesystem is not linked.
+            // WASI 0.3 has no wasi:io.
             let p3 = n.contains("@0.3");
-            let provided = WASI_P2_PACKAGES.iter().any(|p| {
-                n.starts_with(p) && !(p3 && matches!(*p, "wasi:filesystem/" | "wasi:io/"))
-            }) || n.starts_with("wasi:http/")
+            let provided = WASI_P2_PACKAGES
+                .iter()
+                .any(|p| n.starts_with(p) && !(p3 && *p == "wasi:io/"))
+                || n.starts_with("wasi:http/")
                 || crate::budget::is_interface(n);
             !provided
         })
@@ -449,7 +451,7 @@ fn unsatisfied_component_import(
 }
 
 /// Interface packages the component linker provides (any 0.2.x version;
-/// for WASI 0.3 components, any 0.3.x version but filesystem).
+/// for WASI 0.3 components, any 0.3.x version but wasi:io, which 0.3 lacks).
 const WASI_P2_PACKAGES: &[&str] = &[
     "wasi:cli/",
     "wasi:clocks/",

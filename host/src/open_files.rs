@@ -116,6 +116,30 @@ pub(crate) fn add_to_component_linker(
     Ok(())
 }
 
+/// WASI 0.3's preopens interface as wasmtime-wasi 48 defines it.
+const P3_PREOPENS: &str = "wasi:filesystem/preopens@0.3.0";
+
+/// Links WASI 0.3's filesystem with no preopened directory: its types link
+/// (real components import them, e.g. every componentize-py command), but
+/// no descriptor is reachable through them, so no WASI 0.3 open can get
+/// around the cap (its `open-at` is an async function and its file streams
+/// keep files open outside the resource table, where the cap counts).
+/// A WASI 0.3 guest reaches its preopened directories through WASI 0.2,
+/// which is what Rust's std uses.
+pub(crate) fn add_p3_filesystem_without_preopens(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p3::filesystem::add_to_linker(linker)?;
+    linker.allow_shadowing(true);
+    linker
+        .instance(P3_PREOPENS)?
+        .func_wrap("get-directories", |_store, (): ()| {
+            Ok((Vec::<(Resource<Descriptor>, String)>::new(),))
+        })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// `path_open`'s parameters in the core ABI: dirfd, lookup flags, path
 /// pointer and length, open flags, base and inheriting rights, fd flags,
 /// and where to write the new descriptor.

@@ -355,3 +355,28 @@ async fn p3_outbound_reaches_only_allowed_destinations() {
         );
     }
 }
+
+/// WASI 0.3's filesystem links (componentize-py commands import it) but
+/// offers no directory: a guest's preopens are reached through WASI 0.2,
+/// whose opens the per-invocation cap counts.
+#[test]
+fn p3_filesystem_offers_no_directory_and_std_reads_through_wasi_0_2() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("p3-dirs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), "twelve bytes").unwrap();
+    let mapping = format!("{}::/d", dir.display());
+    let module = p3_cli_guest();
+    let out = wasm_run(&[
+        "run",
+        "--dir",
+        &mapping,
+        module.to_str().unwrap(),
+        "dirs",
+        "/d/f",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "p3 preopens: 0\nstd read: 12\n"
+    );
+}

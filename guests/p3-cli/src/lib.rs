@@ -11,6 +11,7 @@
 //! | `bomb` | allocates touched 1 MiB chunks forever (memory cap) |
 //! | `subtasks N` | spawns `N` subtasks that spin forever, then waits on them |
 //! | `flood` | writes 64 KiB chunks to stdout forever (output cap) |
+//! | `dirs PATH` | prints `p3 preopens: N` (the directories WASI 0.3's filesystem offers) and `std read: LEN` (the file at `PATH` read through std, which speaks WASI 0.2), or the error |
 //!
 //! Built for `wasm32-wasip2` only.
 
@@ -52,6 +53,14 @@ impl wasip3::exports::cli::run::Guest for Command {
             "flood" => {
                 let chunks = std::iter::repeat_with(|| vec![b'x'; 64 * 1024]);
                 write_stdout(chunks).await;
+            }
+            "dirs" => {
+                let p3 = wasip3::filesystem::preopens::get_directories().len();
+                let read = match std::fs::read_to_string(arg(2).unwrap_or("/")) {
+                    Ok(text) => format!("std read: {}", text.len()),
+                    Err(e) => format!("std read failed: {e}"),
+                };
+                write_stdout(vec![format!("p3 preopens: {p3}\n{read}\n").into_bytes()]).await;
             }
             other => {
                 let message = format!("unknown argument {other}\n").into_bytes();
