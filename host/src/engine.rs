@@ -54,7 +54,9 @@ pub struct EngineConfig {
     /// Default `true`.
     pub pooling: bool,
     /// Upper bound on concurrently live instances (and memories, tables and
-    /// stacks) in the pool. Default [`DEFAULT_MAX_INSTANCES`].
+    /// stacks) in the pool. Default [`DEFAULT_MAX_INSTANCES`]. WASI 0.3
+    /// guests run on a second engine with a pool of its own of this size
+    /// (reserved address space, not memory, until used).
     pub max_instances: u32,
     /// Bytes of each linear memory and table kept resident between uses.
     /// Default 1 MiB.
