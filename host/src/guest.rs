@@ -248,11 +248,14 @@ fn deserialize_component(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Co
     // SAFETY: as for `deserialize_module`.
     let first = unsafe { Component::deserialize(engine.wasmtime(), bytes) };
     // A WASI 0.3 component's artifact is made by the concurrent engine,
-    // whose configuration the first one refuses.
+    // whose configuration the first one refuses; if that fails too, the
+    // first engine's reason is the one to report.
     let component = first.or_else(|e| {
-        let concurrent = engine.concurrent().map_err(|_| e)?;
+        let Ok(concurrent) = engine.concurrent() else {
+            return Err(e);
+        };
         // SAFETY: as above.
-        unsafe { Component::deserialize(concurrent, bytes) }
+        unsafe { Component::deserialize(concurrent, bytes) }.map_err(|_| e)
     });
     component.map_err(|e| Error::Incompatible {
         name: name.to_string(),
