@@ -178,6 +178,15 @@ async fn the_library_runs_p3_commands_under_limits() {
     };
     let spun = run(&["subtasks", "4"], fuel).await.unwrap();
     assert_eq!(spun.kind, OutcomeKind::FuelExhausted);
+    // Killed by the clock, the report still counts what its subtasks burnt.
+    let clock = Limits {
+        timeout: Some(Duration::from_millis(300)),
+        ..Limits::default()
+    };
+    let timed = run(&["subtasks", "2"], clock).await.unwrap();
+    assert_eq!(timed.kind, OutcomeKind::DeadlineExceeded);
+    let fuel = timed.usage.fuel_consumed.unwrap();
+    assert!(fuel > 10_000_000, "fuel reported {fuel}");
     // A flood past a capture that kills stops there, as in WASI 0.2 (where
     // the write itself traps; a WASI 0.3 stream only tells the guest).
     let capped = Limits {
