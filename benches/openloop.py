@@ -81,6 +81,19 @@ def measure(name, cmd, rate, duration, abuse=ABUSE):
     return result
 
 
+def print_table(results, failed_label="failed alone / abused"):
+    """Markdown rows of `measure` results: {system: [round, ...]}."""
+    print(f"| system | round | alone p50 / p99 / max | abused p50 / p99 / max | p99 ratio | {failed_label} |")
+    print("|---|---|---|---|---|---|")
+    for name, rounds in results.items():
+        for i, r in enumerate(rounds, 1):
+            a, b = r["alone"], r["abused"]
+            print(f"| {name} | {i} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} / {a['max_ms']:.1f} ms "
+                  f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} / {b['max_ms']:.1f} ms "
+                  f"| {b['p99_ms'] / max(a['p99_ms'], 1e-9):.2f}× "
+                  f"| {failures(a)} / {failures(b)} |")
+
+
 def failures(s):
     return s["errors"] + sum(v for k, v in s["statuses"].items() if k != "200")
 
@@ -114,16 +127,7 @@ def main():
             results[name].append(measure(name, cmd, args.rate, args.duration))
     print(f"\n{args.rate:.0f} req/s of GET /hello for {args.duration} s, open loop; "
           f"abuse: 8 connections looping spin/bomb/sleep to a 2 s deadline\n")
-    print("| system | round | alone p50 / p99 / max | abused p50 / p99 / max | p99 ratio | failed alone / abused |")
-    print("|---|---|---|---|---|---|")
-    for name, rounds in results.items():
-        for i, r in enumerate(rounds, 1):
-            a, b = r["alone"], r["abused"]
-            print(f"| {name} | {i} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} / {a['max_ms']:.1f} ms "
-                  f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} / {b['max_ms']:.1f} ms "
-                  f"| {b['p99_ms'] / max(a['p99_ms'], 1e-9):.2f}× "
-                  f"| {failures(a)} / {failures(b)} |")
-
+    print_table(results)
 
 if __name__ == "__main__":
     main()

@@ -145,16 +145,7 @@ def main():
     third = "/crash" if args.abuse == "crash" else "/sleep"
     print(f"\n### Isolation: {args.rate:.0f} req/s of GET /hello for {args.duration} s, open loop; "
           f"abuse: 8 connections looping /spin, /bomb, {third} (2 s deadline, 32 MiB cap)\n")
-    print("| system | round | alone p50 / p99 / max | abused p50 / p99 / max | p99 ratio "
-          "| hello failed alone / abused |")
-    print("|---|---|---|---|---|---|")
-    for name, rounds in iso.items():
-        for i, r in enumerate(rounds, 1):
-            a, b = r["alone"], r["abused"]
-            print(f"| {name} | {i} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} / {a['max_ms']:.1f} ms "
-                  f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} / {b['max_ms']:.1f} ms "
-                  f"| {b['p99_ms'] / max(a['p99_ms'], 1e-9):.2f}× "
-                  f"| {openloop.failures(a)} / {openloop.failures(b)} |")
+    openloop.print_table(iso, "hello failed alone / abused")
     print(f"\n### Throughput: `wrk -t2 -c64 -d{args.wrk_duration}s` on /hello\n")
     print("| system | round | req/s | p99 ms | failed |")
     print("|---|---|---|---|---|")
