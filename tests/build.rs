@@ -84,6 +84,7 @@ fn main() {
         "nested_cargo.rs",
         "query.rs",
         "hogs.rs",
+        "p3_streams.rs",
         "cli/Cargo.toml",
         "cli/src",
         "http/Cargo.toml",

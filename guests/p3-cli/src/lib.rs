@@ -15,11 +15,12 @@
 //!
 //! Built for `wasm32-wasip2` only.
 
-use wasip3::wit_bindgen::rt::async_support::StreamResult;
 use wasip3::wit_stream;
 
 #[path = "../../hogs.rs"]
 mod hogs;
+#[path = "../../p3_streams.rs"]
+mod p3_streams;
 use hogs::{bomb, spin};
 
 wasip3::cli::command::export!(Command);
@@ -89,19 +90,7 @@ async fn echo() {
     let (mut stdin, _done) = wasip3::cli::stdin::read_via_stream();
     let (mut tx, rx) = wit_stream::new();
     wasip3::spawn_local(async move {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        loop {
-            let (result, chunk) = stdin.read(buf).await;
-            match result {
-                StreamResult::Complete(_) => {
-                    if !tx.write_all(chunk).await.is_empty() {
-                        return;
-                    }
-                    buf = Vec::with_capacity(16 * 1024);
-                }
-                StreamResult::Dropped | StreamResult::Cancelled => return,
-            }
-        }
+        p3_streams::pump(&mut stdin, &mut tx).await;
     });
     let _ = wasip3::cli::stdout::write_via_stream(rx).await;
 }

@@ -22,7 +22,7 @@
 //! WASI 0.3 imports and exports through the `wasip3` crate).
 
 use wasip3::http::types::{ErrorCode, Fields, Request, Response, Trailers};
-use wasip3::wit_bindgen::rt::async_support::{FutureReader, StreamReader, StreamResult};
+use wasip3::wit_bindgen::rt::async_support::{FutureReader, StreamReader};
 use wasip3::{wit_future, wit_stream};
 
 #[path = "../../query.rs"]
@@ -30,6 +30,8 @@ mod query;
 
 #[path = "../../hogs.rs"]
 mod hogs;
+#[path = "../../p3_streams.rs"]
+mod p3_streams;
 use hogs::{bomb, spin};
 
 wasip3::http::service::export!(Service);
@@ -131,19 +133,8 @@ fn echo(request: Request) -> Response {
     let (trailers_out, trailers_rx) = wit_future::new(|| Ok(None));
     let (response, _transmitted) = Response::new(headers, Some(body_rx), trailers_rx);
     wasip3::spawn_local(async move {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        loop {
-            let (result, chunk) = body_in.read(buf).await;
-            match result {
-                StreamResult::Complete(_) => {
-                    let left = body_out.write_all(chunk).await;
-                    if !left.is_empty() {
-                        return;
-                    }
-                    buf = Vec::with_capacity(16 * 1024);
-                }
-                StreamResult::Dropped | StreamResult::Cancelled => break,
-            }
+        if !p3_streams::pump(&mut body_in, &mut body_out).await {
+            return;
         }
         drop(body_out);
         // The request's trailers, once its body has ended, end the response.
