@@ -816,6 +816,34 @@ mod tests {
         })
     }
 
+    /// Requests in flight, aborted when dropped.
+    struct Backlog(Vec<tokio::task::JoinHandle<Result<Duration, Rejected>>>);
+
+    impl Drop for Backlog {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|t| t.abort());
+        }
+    }
+
+    impl Backlog {
+        /// `n` requests of `tenant`, each holding one byte for `service`
+        /// once admitted, and a turn for them to reach the controller.
+        async fn of(a: &Arc<Admission>, tenant: TenantId, n: usize, service: Duration) -> Self {
+            let backlog = Backlog((0..n).map(|_| request(a, tenant, 1, service)).collect());
+            tokio::task::yield_now().await;
+            backlog
+        }
+
+        /// Awaits every request; how long each waited to be admitted.
+        async fn waits(mut self) -> Vec<Duration> {
+            let mut waits = Vec::new();
+            for t in std::mem::take(&mut self.0) {
+                waits.push(t.await.unwrap().unwrap());
+            }
+            waits
+        }
+    }
+
     fn weighted(weight: u32) -> TenantConfig {
         TenantConfig {
             weight,
@@ -829,11 +857,8 @@ mod tests {
         let light = a.tenant("light", &weighted(1));
         let heavy = a.tenant("heavy", &weighted(3));
         let second = Duration::from_secs(1);
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
-            tasks.push(request(&a, light, 1, second));
-            tasks.push(request(&a, heavy, 1, second));
-        }
+        let both = |_| [light, heavy].map(|t| request(&a, t, 1, second));
+        let _backlog = Backlog((0..200).flat_map(both).collect());
         // After 20 s of both being backlogged, the 80 grants so far split
         // 1:3 (every second, 4 requests end and 4 are admitted).
         tokio::time::sleep(Duration::from_millis(20_500)).await;
@@ -845,9 +870,6 @@ mod tests {
             (20..=22).contains(&l) && (62..=64).contains(&h),
             "light {l}, heavy {h}"
         );
-        for t in tasks {
-            t.abort();
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -855,13 +877,10 @@ mod tests {
         let a = admission(4, 1_000, 3_600_000);
         let _idle = a.tenant("idle", &weighted(100));
         let busy = a.tenant("busy", &weighted(1));
-        let tasks: Vec<_> = (0..8)
-            .map(|_| request(&a, busy, 1, Duration::from_secs(1)))
-            .collect();
-        tokio::task::yield_now().await;
+        let tasks = Backlog::of(&a, busy, 8, Duration::from_secs(1)).await;
         // Work-conserving: the idle tenant's (large) share is not held back.
         assert_eq!(a.in_use(), 4);
-        let waits: Vec<_> = futures_join(tasks).await;
+        let waits: Vec<_> = tasks.waits().await;
         assert_eq!(waits.iter().filter(|w| w.is_zero()).count(), 4);
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
     }
@@ -872,7 +891,7 @@ mod tests {
         let flood = a.tenant("flood", &weighted(1));
         let victim = a.tenant("victim", &weighted(1));
         let service = Duration::from_secs(2);
-        let flooders: Vec<_> = (0..500).map(|_| request(&a, flood, 1, service)).collect();
+        let _flooders = Backlog::of(&a, flood, 500, service).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(a.queued(), 496);
         // Every victim request, whenever it comes, waits at most until one
@@ -888,9 +907,6 @@ mod tests {
         // The flood is still served meanwhile, in its share.
         let stats = a.tenant_stats();
         assert!(stats.iter().find(|t| &*t.name == "flood").unwrap().admitted > 4);
-        for f in flooders {
-            f.abort();
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -898,10 +914,7 @@ mod tests {
         let a = admission(2, 1_000, 3_600_000);
         let small = a.tenant("small", &weighted(1));
         let big = a.tenant("big", &weighted(1_000));
-        let bigs: Vec<_> = (0..300)
-            .map(|_| request(&a, big, 1, Duration::from_secs(1)))
-            .collect();
-        tokio::task::yield_now().await;
+        let _bigs = Backlog::of(&a, big, 300, Duration::from_secs(1)).await;
         // The big tenant holds the whole budget; a small request still gets
         // its turn as soon as one of them ends, not after all of them.
         let waited = request(&a, small, 1, Duration::from_secs(1))
@@ -909,9 +922,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(waited <= Duration::from_secs(1), "{waited:?}");
-        for b in bigs {
-            b.abort();
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -919,10 +929,7 @@ mod tests {
         let a = admission(1, 2, 3_600_000);
         let flood = a.tenant("flood", &TenantConfig::default());
         let victim = a.tenant("victim", &TenantConfig::default());
-        let held: Vec<_> = (0..3)
-            .map(|_| request(&a, flood, 1, Duration::from_secs(10)))
-            .collect();
-        tokio::task::yield_now().await;
+        let _held = Backlog::of(&a, flood, 3, Duration::from_secs(10)).await;
         // One admitted, two queued: the flood's queue is full ...
         let turned_away = request(&a, flood, 1, Duration::ZERO).await.unwrap();
         assert_eq!(turned_away, Err(Rejected::QueueFull));
@@ -934,9 +941,6 @@ mod tests {
         let stats = a.tenant_stats();
         let flood_stats = stats.iter().find(|t| &*t.name == "flood").unwrap();
         assert_eq!(flood_stats.rejected_queue_full, 1);
-        for h in held {
-            h.abort();
-        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -949,25 +953,11 @@ mod tests {
                 ..TenantConfig::default()
             },
         );
-        let tasks: Vec<_> = (0..4)
-            .map(|_| request(&a, capped, 1, Duration::from_secs(1)))
-            .collect();
-        tokio::task::yield_now().await;
+        let tasks = Backlog::of(&a, capped, 4, Duration::from_secs(1)).await;
         assert_eq!(a.in_use(), 2);
         assert_eq!(a.queued(), 2);
         // The others are admitted as the first two end.
-        let waits = futures_join(tasks).await;
+        let waits = tasks.waits().await;
         assert_eq!(waits.iter().filter(|w| w.is_zero()).count(), 2);
-    }
-
-    /// Awaits every task; the waits of those that were admitted.
-    async fn futures_join(
-        tasks: Vec<tokio::task::JoinHandle<Result<Duration, Rejected>>>,
-    ) -> Vec<Duration> {
-        let mut waits = Vec::new();
-        for t in tasks {
-            waits.push(t.await.unwrap().unwrap());
-        }
-        waits
     }
 }

@@ -140,18 +140,50 @@ pub struct ParseError {
     pub example: &'static str,
 }
 
+impl ParseError {
+    fn new(what: &'static str, value: &str, reason: &'static str, example: &'static str) -> Self {
+        ParseError {
+            what,
+            value: value.to_string(),
+            reason,
+            example,
+        }
+    }
+}
+
+/// `FromStr` for newtypes, each through its parser.
+macro_rules! from_str_by {
+    ($($ty:ident => $parse:ident),* $(,)?) => {$(
+        impl FromStr for $ty {
+            type Err = ParseError;
+
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                $parse(s).map($ty)
+            }
+        }
+    )*};
+}
+
+from_str_by! {
+    ByteSize => parse_size,
+    HumanDuration => parse_duration,
+    MemoryCap => parse_memory_cap,
+    CpuLimit => parse_cpu_limit,
+}
+
+/// Deserializes a string through `parse`.
+fn de_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: impl Fn(&str) -> Result<T, ParseError>,
+) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    parse(&s).map_err(serde::de::Error::custom)
+}
+
 /// A byte size written as `65536`, `512KiB`, `64MiB`, `1GiB` (also `K`, `KB`,
 /// `M`, `MB`, `G`, `GB`, all binary multiples; case-insensitive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        parse_size(s).map(ByteSize)
-    }
-}
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,12 +199,7 @@ impl fmt::Display for ByteSize {
 
 /// Parses a byte size: a whole number with an optional binary unit.
 pub fn parse_size(s: &str) -> Result<u64, ParseError> {
-    let err = |reason| ParseError {
-        what: "size",
-        value: s.to_string(),
-        reason,
-        example: "`64MiB`, `1GiB`, `512KiB` or `65536`",
-    };
+    let err = |reason| ParseError::new("size", s, reason, "`64MiB`, `1GiB`, `512KiB` or `65536`");
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -196,14 +223,6 @@ pub fn parse_size(s: &str) -> Result<u64, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
-impl FromStr for HumanDuration {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        parse_duration(s).map(HumanDuration)
-    }
-}
-
 /// The longest duration accepted anywhere (deadlines, timeouts): 366 days.
 /// Longer values are a usage error rather than a deadline too far away to
 /// represent.
@@ -212,12 +231,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Parses a duration: a number followed by a unit (`us`, `ms`, `s`, `m`, `h`),
 /// at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
-    let err = |reason| ParseError {
-        what: "duration",
-        value: s.to_string(),
-        reason,
-        example: "`250ms`, `2s` or `1m`",
-    };
+    let err = |reason| ParseError::new("duration", s, reason, "`250ms`, `2s` or `1m`");
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -253,12 +267,13 @@ pub fn parse_memory_cap(s: &str) -> Result<u64, ParseError> {
 
 fn check_memory_cap(s: &str, n: u64) -> Result<u64, ParseError> {
     if n > MAX_MEMORY_CEILING {
-        return Err(ParseError {
-            what: "memory cap",
-            value: s.to_string(),
-            reason: "more than the 4GiB ceiling",
-            example: "`64MiB`, `1GiB` or `4GiB`",
-        });
+        let example = "`64MiB`, `1GiB` or `4GiB`";
+        return Err(ParseError::new(
+            "memory cap",
+            s,
+            "more than the 4GiB ceiling",
+            example,
+        ));
     }
     Ok(n)
 }
@@ -267,14 +282,6 @@ fn check_memory_cap(s: &str, n: u64) -> Result<u64, ParseError> {
 /// (what `--max-memory` and `max-memory` accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MemoryCap(pub u64);
-
-impl FromStr for MemoryCap {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        parse_memory_cap(s).map(MemoryCap)
-    }
-}
 
 impl fmt::Display for MemoryCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -298,12 +305,13 @@ fn de_memory_cap<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 pub fn parse_cpu_limit(s: &str) -> Result<Duration, ParseError> {
     let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err(ParseError {
-            what: "CPU-time limit",
-            value: s.to_string(),
-            reason: "it must be more than zero",
-            example: "`50ms`, `2s` or `1m`",
-        });
+        let example = "`50ms`, `2s` or `1m`";
+        return Err(ParseError::new(
+            "CPU-time limit",
+            s,
+            "it must be more than zero",
+            example,
+        ));
     }
     Ok(d)
 }
@@ -313,20 +321,9 @@ pub fn parse_cpu_limit(s: &str) -> Result<Duration, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CpuLimit(pub Duration);
 
-impl FromStr for CpuLimit {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        parse_cpu_limit(s).map(CpuLimit)
-    }
-}
-
 impl<'de> Deserialize<'de> for CpuLimit {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_cpu_limit(&s)
-            .map(CpuLimit)
-            .map_err(serde::de::Error::custom)
+        de_text(d, parse_cpu_limit).map(CpuLimit)
     }
 }
 
@@ -339,10 +336,7 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    de_text(d, parse_duration).map(Some)
 }
 
 /// Config files may write a size as a number of bytes or as a string.
@@ -372,10 +366,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Deserializes a [`HumanDuration`] from a string like `"250ms"`.
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        de_text(d, parse_duration).map(HumanDuration)
     }
 }
 

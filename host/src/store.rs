@@ -325,6 +325,23 @@ impl MemoryLimiter {
         self.last_grant = 0;
         self.account.set_limit(self.account_limit());
     }
+
+    /// A memory or table asks to grow from `current` to `desired` units
+    /// (bytes, or elements of `unit` bytes each) under its own `maximum`.
+    fn growing(
+        &mut self,
+        (current, desired, maximum): (usize, usize, Option<usize>),
+        unit: u64,
+        on_heap: bool,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            // Past its own declared maximum: an ordinary failed grow the
+            // guest asked for, not a breach of our cap.
+            return Ok(false);
+        }
+        let units = desired.saturating_sub(current) as u64;
+        self.grant(units.saturating_mul(unit), on_heap)
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -334,12 +351,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            // Past the memory's own declared maximum: an ordinary failed
-            // grow the guest asked for, not a breach of our cap.
-            return Ok(false);
-        }
-        self.grant(desired.saturating_sub(current) as u64, false)
+        self.growing((current, desired, maximum), 1, false)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -353,14 +365,8 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        let elements = desired.saturating_sub(current) as u64;
-        self.grant(
-            elements.saturating_mul(TABLE_ELEMENT_BYTES),
-            self.tables_on_heap,
-        )
+        let on_heap = self.tables_on_heap;
+        self.growing((current, desired, maximum), TABLE_ELEMENT_BYTES, on_heap)
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {

@@ -64,37 +64,50 @@ where
         exchange.body_flag.clone(),
     );
 
-    // Read stdout until the head is complete, the head is invalid, or the
-    // guest is gone.
+    match read_head(&mut stdout).await {
+        Ok(mut head) => {
+            let body = StdoutBody {
+                first: Some(std::mem::take(&mut head.body_start)),
+                pipe: stdout,
+                buf: vec![0; 16 * 1024],
+            };
+            exchange.respond(task, response_head(head), body).await
+        }
+        Err(NoHead::Gone(what)) => exchange.fail(task, what).await,
+        // An invalid head: stop reading; the guest's further writes fail.
+        Err(NoHead::Invalid(what)) => {
+            drop(stdout);
+            exchange.answer(HostAnswer::BadGateway(what))
+        }
+    }
+}
+
+/// Why the guest's stdout gave no CGI head.
+enum NoHead {
+    /// Stdout ended (the guest is gone) before a head was complete.
+    Gone(String),
+    /// The head is invalid.
+    Invalid(String),
+}
+
+/// Reads the guest's stdout until its CGI head is complete, the head is
+/// invalid, or the guest is gone.
+async fn read_head(stdout: &mut DuplexStream) -> Result<cgi::ParsedHead, NoHead> {
     let mut parser = CgiHeadParser::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         buf.clear();
-        match stdout.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let what = match parser.finish() {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "no CGI response head".to_string(),
-                };
-                return exchange.fail(task, what).await;
-            }
-            Ok(_) => {}
+        if matches!(stdout.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+            let what = match parser.finish() {
+                Err(e) => e.to_string(),
+                Ok(_) => "no CGI response head".to_string(),
+            };
+            return Err(NoHead::Gone(what));
         }
         match parser.push(&buf) {
-            Ok(None) => continue,
-            Ok(Some(mut head)) => {
-                let body = StdoutBody {
-                    first: Some(std::mem::take(&mut head.body_start)),
-                    pipe: stdout,
-                    buf: vec![0; 16 * 1024],
-                };
-                return exchange.respond(task, response_head(head), body).await;
-            }
-            // An invalid head: stop reading; the guest's further writes fail.
-            Err(e) => {
-                drop(stdout);
-                return exchange.answer(HostAnswer::BadGateway(e.to_string()));
-            }
+            Ok(None) => {}
+            Ok(Some(head)) => return Ok(head),
+            Err(e) => return Err(NoHead::Invalid(e.to_string())),
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -32,52 +32,99 @@ pub struct RouteLabels {
     pub route: String,
 }
 
-type Hist = Family<RouteLabels, Histogram, fn() -> Histogram>;
+type Hist = Family<RouteLabels, Histogram, Buckets>;
 
-/// Every metric the server records.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
+/// The buckets of a per-route histogram: `count` of them, from `start`,
+/// each `factor` times the last.
+#[derive(Clone, Debug)]
+pub(crate) struct Buckets {
+    start: f64,
+    factor: f64,
+    count: u16,
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, self.factor, self.count))
+    }
+}
+
+/// A per-route histogram of `count` buckets from `start`, each `factor`
+/// times the last.
+fn per_route(start: f64, factor: f64, count: u16) -> Hist {
+    Family::new_with_constructor(Buckets {
+        start,
+        factor,
+        count,
+    })
+}
+
+/// Declares every metric once: its field (doc, visibility, type), how it
+/// is made, and the name and help text it is registered under.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $vis:vis $field:ident: $ty:ty = $make:expr, $name:literal, $help:literal;)*) => {
+        /// Every metric the server records.
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$doc])* $vis $field: $ty,)*
+        }
+
+        impl Metrics {
+            /// Creates and registers every metric.
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("wasm_run");
+                $(
+                    let $field: $ty = $make;
+                    registry.register($name, $help, $field.clone());
+                )*
+                Metrics { registry, $($field,)* }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Requests finished, by route, status and outcome.
-    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter> = Default::default(), "requests", "HTTP requests handled, by route, status and outcome";
     /// Requests being handled right now.
-    pub(crate) in_flight: Gauge,
+    pub(crate) in_flight: Gauge = Default::default(), "requests_in_flight", "Requests being handled";
     /// Wall time per request, in seconds.
-    pub(crate) wall_seconds: Hist,
+    pub(crate) wall_seconds: Hist = per_route(0.0001, 2.0, 20), "request_wall_seconds", "Wall time of a request, from instantiation to the guest's end";
     /// Fuel consumed per request.
-    pub(crate) fuel: Hist,
+    pub(crate) fuel: Hist = per_route(1000.0, 4.0, 16), "request_fuel", "Fuel consumed by a request";
     /// CPU time per request (wasm and host calls, not waiting), in seconds.
-    pub(crate) cpu_seconds: Hist,
+    pub(crate) cpu_seconds: Hist = per_route(0.00001, 2.0, 20), "request_cpu_seconds", "CPU time of a request: wasm and host calls, not waiting";
     /// Peak memory (linear memory and tables) per request, in bytes.
-    pub(crate) peak_memory: Hist,
+    pub(crate) peak_memory: Hist = per_route(65536.0, 2.0, 16), "request_peak_memory_bytes", "Peak total memory (linear memory and tables) of a request";
     /// Peak host memory charged to a request (its account), in bytes.
-    pub(crate) host_memory: Hist,
+    pub(crate) host_memory: Hist = per_route(16384.0, 2.0, 18), "request_host_memory_peak_bytes", "Peak host memory charged to a request (instance state, resources, buffers)";
     /// Memory budget: the sum, over admitted requests, of each one's memory
     /// cap plus its guest's host allowance, in bytes.
-    pub(crate) budget_in_use: Gauge,
+    pub(crate) budget_in_use: Gauge = Default::default(), "memory_budget_in_use_bytes", "Memory budget held by admitted requests: each one's memory cap plus its guest's host allowance";
     /// Requests waiting for memory budget.
-    pub(crate) queue_length: Gauge,
+    pub(crate) queue_length: Gauge = Default::default(), "admission_queue_length", "Requests waiting for memory budget";
     /// Time requests waited for memory budget, in seconds.
-    pub(crate) queue_wait_seconds: Histogram,
+    pub(crate) queue_wait_seconds: Histogram = Histogram::new(exponential_buckets(0.0001, 2.0, 18)), "admission_queue_wait_seconds", "Time requests waited for memory budget";
     /// Requests turned away (503), by reason.
-    pub(crate) rejected: Family<ReasonLabels, Counter>,
+    pub(crate) rejected: Family<ReasonLabels, Counter> = Default::default(), "admission_rejected", "Requests turned away with 503 because the memory budget was full";
     /// Configuration reloads (SIGHUP), by result (`ok` or `failed`).
-    reloads: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter> = Default::default(), "reloads", "Configuration reloads (SIGHUP), by result; on failure the old routes keep serving";
     /// Client connections open right now.
-    pub(crate) open_connections: Gauge,
+    pub(crate) open_connections: Gauge = Default::default(), "open_connections", "Client connections open (at most --max-connections)";
     /// Request bodies that the client did not send in time (408), before
     /// or after admission.
-    pub(crate) body_timeouts: Counter,
+    pub(crate) body_timeouts: Counter = Default::default(), "request_body_timeouts", "Request bodies the client did not send within --body-timeout";
     /// Per tenant: budget its admitted requests hold, in bytes.
-    tenant_budget_in_use: Family<TenantLabels, Gauge>,
+    tenant_budget_in_use: Family<TenantLabels, Gauge> = Default::default(), "tenant_budget_in_use_bytes", "Memory budget held by a tenant's admitted requests";
     /// Per tenant: its requests waiting for budget.
-    tenant_queue_length: Family<TenantLabels, Gauge>,
+    tenant_queue_length: Family<TenantLabels, Gauge> = Default::default(), "tenant_queue_length", "A tenant's requests waiting for memory budget";
     /// Per tenant: requests admitted.
-    tenant_admitted: Family<TenantLabels, Counter>,
+    tenant_admitted: Family<TenantLabels, Counter> = Default::default(), "tenant_admitted", "A tenant's requests admitted";
     /// Per tenant: requests turned away, by reason.
-    tenant_rejected: Family<TenantReasonLabels, Counter>,
+    tenant_rejected: Family<TenantReasonLabels, Counter> = Default::default(), "tenant_rejected", "A tenant's requests turned away (503), by reason";
     /// Per tenant: requests finished, by outcome.
-    tenant_requests: Family<TenantOutcomeLabels, Counter>,
+    tenant_requests: Family<TenantOutcomeLabels, Counter> = Default::default(), "tenant_requests", "A tenant's requests finished, by outcome";
 }
 
 /// Labels of the per-tenant outcome counts.
@@ -126,149 +173,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric. (One registration per metric,
-    /// each beside its name and help text: long, but one list to read.)
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wasm_run");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests handled, by route, status and outcome",
-            requests.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "requests_in_flight",
-            "Requests being handled",
-            in_flight.clone(),
-        );
-        let wall_seconds: Hist =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
-        registry.register(
-            "request_wall_seconds",
-            "Wall time of a request, from instantiation to the guest's end",
-            wall_seconds.clone(),
-        );
-        let fuel: Hist =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1000.0, 4.0, 16)));
-        registry.register("request_fuel", "Fuel consumed by a request", fuel.clone());
-        let cpu_seconds: Hist =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 20)));
-        registry.register(
-            "request_cpu_seconds",
-            "CPU time of a request: wasm and host calls, not waiting",
-            cpu_seconds.clone(),
-        );
-        let peak_memory: Hist =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(65536.0, 2.0, 16)));
-        registry.register(
-            "request_peak_memory_bytes",
-            "Peak total memory (linear memory and tables) of a request",
-            peak_memory.clone(),
-        );
-        let host_memory: Hist =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(16384.0, 2.0, 18)));
-        registry.register(
-            "request_host_memory_peak_bytes",
-            "Peak host memory charged to a request (instance state, resources, buffers)",
-            host_memory.clone(),
-        );
-        let budget_in_use = Gauge::default();
-        registry.register(
-            "memory_budget_in_use_bytes",
-            "Memory budget held by admitted requests: each one's memory cap plus its guest's host allowance",
-            budget_in_use.clone(),
-        );
-        let queue_length = Gauge::default();
-        registry.register(
-            "admission_queue_length",
-            "Requests waiting for memory budget",
-            queue_length.clone(),
-        );
-        let queue_wait_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        registry.register(
-            "admission_queue_wait_seconds",
-            "Time requests waited for memory budget",
-            queue_wait_seconds.clone(),
-        );
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "admission_rejected",
-            "Requests turned away with 503 because the memory budget was full",
-            rejected.clone(),
-        );
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "reloads",
-            "Configuration reloads (SIGHUP), by result; on failure the old routes keep serving",
-            reloads.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections open (at most --max-connections)",
-            open_connections.clone(),
-        );
-        let body_timeouts = Counter::default();
-        registry.register(
-            "request_body_timeouts",
-            "Request bodies the client did not send within --body-timeout",
-            body_timeouts.clone(),
-        );
-        let tenant_budget_in_use = Family::<TenantLabels, Gauge>::default();
-        registry.register(
-            "tenant_budget_in_use_bytes",
-            "Memory budget held by a tenant's admitted requests",
-            tenant_budget_in_use.clone(),
-        );
-        let tenant_queue_length = Family::<TenantLabels, Gauge>::default();
-        registry.register(
-            "tenant_queue_length",
-            "A tenant's requests waiting for memory budget",
-            tenant_queue_length.clone(),
-        );
-        let tenant_admitted = Family::<TenantLabels, Counter>::default();
-        registry.register(
-            "tenant_admitted",
-            "A tenant's requests admitted",
-            tenant_admitted.clone(),
-        );
-        let tenant_rejected = Family::<TenantReasonLabels, Counter>::default();
-        registry.register(
-            "tenant_rejected",
-            "A tenant's requests turned away (503), by reason",
-            tenant_rejected.clone(),
-        );
-        let tenant_requests = Family::<TenantOutcomeLabels, Counter>::default();
-        registry.register(
-            "tenant_requests",
-            "A tenant's requests finished, by outcome",
-            tenant_requests.clone(),
-        );
-        Metrics {
-            registry,
-            tenant_budget_in_use,
-            tenant_queue_length,
-            tenant_admitted,
-            tenant_rejected,
-            tenant_requests,
-            reloads,
-            open_connections,
-            body_timeouts,
-            budget_in_use,
-            queue_length,
-            queue_wait_seconds,
-            rejected,
-            requests,
-            in_flight,
-            wall_seconds,
-            fuel,
-            cpu_seconds,
-            peak_memory,
-            host_memory,
-        }
-    }
-
     /// Counts a finished request by route, status, outcome and trap reason, and, for one
     /// whose guest ran, records its usage and wall time.
     pub(crate) fn finished(

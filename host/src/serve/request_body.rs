@@ -307,8 +307,12 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    /// A body yielding the given chunks, one frame each.
-    struct Chunks(std::collections::VecDeque<&'static [u8]>);
+    /// A body yielding the given chunks, one frame each, then its end
+    /// (or, if it `stalls`, nothing ever again).
+    struct Chunks {
+        left: std::collections::VecDeque<&'static [u8]>,
+        stalls: bool,
+    }
 
     impl HttpBody for Chunks {
         type Data = Bytes;
@@ -317,16 +321,27 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
-            )
+            match self.left.pop_front() {
+                Some(c) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(c))))),
+                None if self.stalls => Poll::Pending,
+                None => Poll::Ready(None),
+            }
         }
     }
 
     fn chunks(parts: &[&'static [u8]]) -> Chunks {
-        Chunks(parts.iter().copied().collect())
+        Chunks {
+            left: parts.iter().copied().collect(),
+            stalls: false,
+        }
+    }
+
+    /// A body that sends one chunk and then nothing, forever.
+    fn stalls() -> Chunks {
+        Chunks {
+            stalls: true,
+            ..chunks(&[b"x"])
+        }
     }
 
     const IDLE: Duration = Duration::from_secs(10);
@@ -378,28 +393,10 @@ mod tests {
         assert_eq!(flag.fault(), Some(BodyFault::TooLarge));
     }
 
-    /// A body that sends one chunk and then nothing, forever.
-    struct Stalls(bool);
-
-    impl HttpBody for Stalls {
-        type Data = Bytes;
-        type Error = std::io::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            if std::mem::replace(&mut self.0, true) {
-                Poll::Pending
-            } else {
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out_before_admission() {
         let flag = BodyFlag::default();
-        let mut body = LimitedBody::new(Stalls(false), 100, IDLE, flag.clone());
+        let mut body = LimitedBody::new(stalls(), 100, IDLE, flag.clone());
         let started = Instant::now();
         assert_eq!(
             body.prebuffer(64, Duration::from_secs(3)).await,
@@ -412,7 +409,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out_while_streaming() {
         let flag = BodyFlag::default();
-        let mut body = LimitedBody::new(Stalls(false), 100, IDLE, flag.clone());
+        let mut body = LimitedBody::new(stalls(), 100, IDLE, flag.clone());
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "x");
         let started = Instant::now();

@@ -140,6 +140,8 @@ pub type Verdict = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// task to finish and turns the end into an error if the guest was killed,
 /// so that hyper aborts the response instead of ending it cleanly.
 pub struct GuardedBody<B> {
+    /// Frames already read from `inner` (while coalescing), sent first.
+    prefix: std::collections::VecDeque<Frame<Bytes>>,
     inner: B,
     verdict: Option<Verdict>,
     /// Bytes still to come when the response declares a Content-Length:
@@ -163,11 +165,18 @@ impl<B> GuardedBody<B> {
     /// `content_length` is the response's declared length, if any.
     pub fn new(inner: B, verdict: Verdict, content_length: Option<u64>) -> Self {
         GuardedBody {
+            prefix: std::collections::VecDeque::new(),
             inner,
             verdict: Some(verdict),
             remaining: content_length,
             held: None,
         }
+    }
+
+    /// Sends `frames` (already read from `inner`) before the rest of it.
+    pub fn prefixed(mut self, frames: impl IntoIterator<Item = Frame<Bytes>>) -> Self {
+        self.prefix.extend(frames);
+        self
     }
 }
 
@@ -277,39 +286,8 @@ where
         }
     }
     let length = content_length(&parts.headers);
-    let body = Prefixed {
-        prefix: frames.into(),
-        inner: body,
-    };
-    let guarded = GuardedBody::new(body, verdict, length);
+    let guarded = GuardedBody::new(body, verdict, length).prefixed(frames);
     Coalesced::Streaming(Response::from_parts(parts, guarded.boxed_unsync()))
-}
-
-/// A body that yields some frames already read, then the rest of `inner`.
-struct Prefixed<B> {
-    prefix: std::collections::VecDeque<Frame<Bytes>>,
-    inner: B,
-}
-
-impl<B> HttpBody for Prefixed<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(frame) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(Into::into)))
-    }
 }
 
 /// The declared Content-Length of a response head, if valid.
@@ -338,7 +316,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.held.is_none() {
-            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            let next = match self.prefix.pop_front() {
+                Some(frame) => Some(Ok(frame)),
+                None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
+            };
+            match next {
                 Some(Ok(frame)) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     match self.remaining {
@@ -435,15 +417,14 @@ mod tests {
         (tx, Box::pin(async move { rx.await.unwrap_or(false) }))
     }
 
-    /// A body of `chunks`, then its end.
-    fn chunks(chunks: &[&'static [u8]]) -> Prefixed<http_body_util::Empty<Bytes>> {
-        Prefixed {
-            prefix: chunks
-                .iter()
-                .map(|c| Frame::data(Bytes::from_static(c)))
-                .collect(),
-            inner: http_body_util::Empty::new(),
-        }
+    /// A guarded body of `chunks`, then its end.
+    fn chunks(
+        chunks: &[&'static [u8]],
+        verdict: Verdict,
+        length: Option<u64>,
+    ) -> GuardedBody<http_body_util::Empty<Bytes>> {
+        GuardedBody::new(http_body_util::Empty::new(), verdict, length)
+            .prefixed(chunks.iter().map(|c| Frame::data(Bytes::from_static(c))))
     }
 
     /// What one poll of a body gives when it is ready.
@@ -462,7 +443,7 @@ mod tests {
     fn the_frame_that_completes_a_declared_length_waits_for_the_verdict() {
         for clean in [true, false] {
             let (tx, verdict) = verdict_channel();
-            let mut body = GuardedBody::new(chunks(&[b"abcd", b"efghij"]), verdict, Some(10));
+            let mut body = chunks(&[b"abcd", b"efghij"], verdict, Some(10));
             // The first frame leaves 6 bytes to come: it goes out at once.
             let first = poll_once(&mut body).unwrap().unwrap().unwrap();
             assert_eq!(first.into_data().unwrap(), "abcd");
@@ -484,7 +465,7 @@ mod tests {
     #[test]
     fn without_a_declared_length_frames_flow_and_the_end_waits() {
         let (tx, verdict) = verdict_channel();
-        let mut body = GuardedBody::new(chunks(&[b"ab", b"cd"]), verdict, None);
+        let mut body = chunks(&[b"ab", b"cd"], verdict, None);
         assert!(poll_once(&mut body).unwrap().is_some());
         assert!(poll_once(&mut body).unwrap().is_some());
         assert!(
