@@ -341,6 +341,13 @@ struct Waiter {
     grant: oneshot::Sender<()>,
 }
 
+/// How a request joined: admitted at once (its budget is held), or in its
+/// tenant's line with a ticket and the channel its grant comes by.
+enum Joined {
+    Now(TenantId),
+    Waiting(TenantId, u64, oneshot::Receiver<()>),
+}
+
 /// Cleans up after an `admit` future dropped while queued.
 struct QueueGuard<'a> {
     admission: &'a Arc<Admission>,
@@ -527,36 +534,9 @@ impl Admission {
         if need.bytes > self.config.budget {
             return Err(Rejected::TooLarge);
         }
-        let (tenant, ticket, mut granted) = {
-            let mut s = self.lock();
-            // A tenant of another controller is this one's default.
-            let t = if tenant.0 < s.tenants.len() {
-                tenant.0
-            } else {
-                0
-            };
-            let tenant = TenantId(t);
-            // Nobody waits and it fits: no one to be fair to.
-            if s.queued == 0 && self.fits(&s, need) && s.tenants[t].within_share(need.bytes) {
-                s.hold(tenant, need);
-                return Ok((self.permit(tenant, need), Duration::ZERO));
-            }
-            if s.tenants[t].queue.len() >= s.tenants[t].max_queue {
-                s.tenants[t].rejected_queue_full += 1;
-                return Err(Rejected::QueueFull);
-            }
-            let (tx, rx) = oneshot::channel();
-            s.next_ticket += 1;
-            let ticket = s.next_ticket;
-            s.tenants[t].queue.push_back(Waiter {
-                ticket,
-                need,
-                grant: tx,
-            });
-            s.queued += 1;
-            // It may be this tenant's turn already.
-            self.grant_waiters(&mut s);
-            (tenant, ticket, rx)
+        let (tenant, ticket, mut granted) = match self.join(tenant, need)? {
+            Joined::Now(tenant) => return Ok((self.permit(tenant, need), Duration::ZERO)),
+            Joined::Waiting(tenant, ticket, granted) => (tenant, ticket, granted),
         };
         // If this future is dropped while waiting (the client went away),
         // the guard takes the waiter out of the line, or gives back a grant
@@ -588,6 +568,40 @@ impl Admission {
         };
         guard.armed = false;
         result
+    }
+
+    /// Admits a request of `tenant` at once if nobody waits and it fits,
+    /// or puts it in its tenant's line (unless that line is full).
+    fn join(&self, tenant: TenantId, need: Need) -> Result<Joined, Rejected> {
+        let mut s = self.lock();
+        // A tenant of another controller is this one's default.
+        let t = if tenant.0 < s.tenants.len() {
+            tenant.0
+        } else {
+            0
+        };
+        let tenant = TenantId(t);
+        // Nobody waits and it fits: no one to be fair to.
+        if s.queued == 0 && self.fits(&s, need) && s.tenants[t].within_share(need.bytes) {
+            s.hold(tenant, need);
+            return Ok(Joined::Now(tenant));
+        }
+        if s.tenants[t].queue.len() >= s.tenants[t].max_queue {
+            s.tenants[t].rejected_queue_full += 1;
+            return Err(Rejected::QueueFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        s.next_ticket += 1;
+        let ticket = s.next_ticket;
+        s.tenants[t].queue.push_back(Waiter {
+            ticket,
+            need,
+            grant: tx,
+        });
+        s.queued += 1;
+        // It may be this tenant's turn already.
+        self.grant_waiters(&mut s);
+        Ok(Joined::Waiting(tenant, ticket, rx))
     }
 
     fn permit(self: &Arc<Self>, tenant: TenantId, amount: Need) -> Permit {
@@ -724,13 +738,20 @@ mod tests {
         }
     }
 
+    /// A request for `bytes` that has joined the line.
+    async fn waiter(a: &Arc<Admission>, bytes: u64) -> tokio::task::JoinHandle<()> {
+        let a2 = a.clone();
+        let queued = a.queued();
+        let waiting = tokio::spawn(async move { drop(a2.admit(bytes).await) });
+        until_queued(a, queued + 1).await;
+        waiting
+    }
+
     #[tokio::test]
     async fn a_waiter_that_gives_up_leaves_no_trace() {
         let a = admission(10, 10, 5_000);
         let (held, _) = a.admit(10).await.unwrap();
-        let a2 = a.clone();
-        let waiting = tokio::spawn(async move { a2.admit(10).await.map(|_| ()) });
-        until_queued(&a, 1).await;
+        let waiting = waiter(&a, 10).await;
         waiting.abort();
         let _ = waiting.await;
         assert_eq!(a.queued(), 0);
@@ -745,9 +766,7 @@ mod tests {
     async fn a_full_queue_rejects_at_once() {
         let a = admission(10, 1, 5_000);
         let (_held, _) = a.admit(10).await.unwrap();
-        let a2 = a.clone();
-        let waiting = tokio::spawn(async move { a2.admit(5).await.map(|_| ()) });
-        until_queued(&a, 1).await;
+        let waiting = waiter(&a, 5).await;
         assert!(a.saturated());
         assert_eq!(a.admit(5).await.unwrap_err(), Rejected::QueueFull);
         waiting.abort();

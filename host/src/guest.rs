@@ -330,13 +330,10 @@ fn link_core(name: &str, module: Module) -> Result<Pre> {
     Ok(Pre::Core(pre))
 }
 
-/// Links a component; also says whether it imports wasi:http.
-fn link_component(name: &str, component: Component) -> Result<(Pre, bool)> {
-    let wt = component.engine().clone();
-    let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(&wt).map(|(n, _)| n.to_string()).collect();
+/// What a component is, by what it exports.
+fn component_kind(name: &str, exports: &[String]) -> Result<GuestKind> {
     let exports_any = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
-    let kind = if exports_any("wasi:http/incoming-handler@0.2") {
+    Ok(if exports_any("wasi:http/incoming-handler@0.2") {
         GuestKind::HttpComponent
     } else if exports_any("wasi:http/handler@0.3") {
         GuestKind::HttpComponentP3
@@ -358,7 +355,15 @@ fn link_component(name: &str, component: Component) -> Result<(Pre, bool)> {
                  handler); its exports: {shown}"
             ),
         });
-    };
+    })
+}
+
+/// Links a component; also says whether it imports wasi:http.
+fn link_component(name: &str, component: Component) -> Result<(Pre, bool)> {
+    let wt = component.engine().clone();
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(&wt).map(|(n, _)| n.to_string()).collect();
+    let kind = component_kind(name, &exports)?;
     let uses_http = kind.is_http() || ty.imports(&wt).any(|(n, _)| n.starts_with("wasi:http/"));
     let mut linker: ComponentLinker<StoreState> = ComponentLinker::new(&wt);
     // The whole wasi:cli world for every component: real components

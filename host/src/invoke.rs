@@ -195,23 +195,7 @@ impl Guest {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        if request.uri().authority().is_none()
-            && !request.headers().contains_key(http::header::HOST)
-        {
-            request.headers_mut().insert(
-                http::header::HOST,
-                http::HeaderValue::from_static("localhost"),
-            );
-        }
-        if let Some(host) = request.headers().get(http::header::HOST)
-            && request.uri().authority().is_none()
-            && host.to_str().is_err()
-        {
-            return Err(Error::BadRequest {
-                name: self.name().to_string(),
-                message: "the Host header is not text".into(),
-            });
-        }
+        self.name_the_authority(&mut request)?;
         if !self.kind().is_http() {
             return Err(Error::WrongShape {
                 name: self.name().to_string(),
@@ -229,11 +213,11 @@ impl Guest {
         let entry = if self.kind().is_p3() {
             let (request, body_result) =
                 wasmtime_wasi_http::p3::Request::from_http(prepared.state.http().hooks, request);
-            Entry::HttpP3 {
+            Entry::HttpP3(P3Call {
                 request,
                 body_result: Box::pin(body_result),
                 response_tx,
-            }
+            })
         } else {
             let setup = |e: wasmtime::Error| Error::Setup {
                 name: self.name().to_string(),
@@ -259,6 +243,26 @@ impl Guest {
             response,
             run: Box::pin(run),
         })
+    }
+
+    /// Gives a request without an authority one: its Host header (which
+    /// must be text), or `localhost` where it has none.
+    fn name_the_authority<B>(&self, request: &mut http::Request<B>) -> Result<()> {
+        if request.uri().authority().is_some() {
+            return Ok(());
+        }
+        match request.headers().get(http::header::HOST) {
+            Some(host) if host.to_str().is_err() => Err(Error::BadRequest {
+                name: self.name().to_string(),
+                message: "the Host header is not text".into(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let localhost = http::HeaderValue::from_static("localhost");
+                request.headers_mut().insert(http::header::HOST, localhost);
+                Ok(())
+            }
+        }
     }
 
     /// Everything an invocation needs before its store exists: the WASI
@@ -364,15 +368,47 @@ enum Entry {
         incoming: Resource<HostIncomingRequest>,
         outparam: Resource<HostResponseOutparam>,
     },
-    /// `wasi:http/handler.handle` (WASI 0.3) with this request; the
-    /// response (or error code) goes to `response_tx`.
-    HttpP3 {
-        request: wasmtime_wasi_http::p3::Request,
-        /// Resolves when the host has read the request body (or failed to):
-        /// what the guest learns from the response's transmit future.
-        body_result: BodyResult,
-        response_tx: ResponseSender,
-    },
+    /// `wasi:http/handler.handle` (WASI 0.3) with this request.
+    HttpP3(P3Call),
+}
+
+/// A WASI 0.3 request for `wasi:http/handler.handle`; the response (or
+/// error code) goes to `response_tx`.
+struct P3Call {
+    request: wasmtime_wasi_http::p3::Request,
+    /// Resolves when the host has read the request body (or failed to):
+    /// what the guest learns from the response's transmit future.
+    body_result: BodyResult,
+    response_tx: ResponseSender,
+}
+
+impl P3Call {
+    /// Calls `handle` inside the store's event loop, sends its response as
+    /// soon as it returns, and keeps the store until the guest's last task
+    /// exits (so a body written after the return streams out).
+    async fn call(
+        self,
+        store: &mut Store<StoreState>,
+        service: wasmtime_wasi_http::p3::bindings::Service,
+    ) -> wasmtime::Result<()> {
+        let P3Call {
+            request,
+            body_result,
+            response_tx,
+        } = self;
+        store
+            .run_concurrent(async |store| {
+                let response = match service.handle(store, request).await? {
+                    Ok(response) => Ok(store.with(|s| response.into_http(s, body_result))?),
+                    Err(code) => Err(HttpErrorCode::from(code)),
+                };
+                // A receiver gone (the host stopped waiting) is no error.
+                let _ = response_tx.send(response);
+                std::future::poll_fn(|cx| store.poll_no_interesting_tasks(cx)).await;
+                wasmtime::Result::<()>::Ok(())
+            })
+            .await?
+    }
 }
 
 type BodyResult = std::pin::Pin<
@@ -631,94 +667,59 @@ enum Failure {
     Cpu,
 }
 
+/// Instantiates a guest from its pre-instance in `store`: a failure here
+/// is [`Failure::Instantiating`].
+macro_rules! instantiate {
+    ($pre:expr, $store:expr) => {
+        $pre.instantiate_async(&mut *$store)
+            .await
+            .map_err(Failure::Instantiating)?
+    };
+}
+
 /// Instantiates and calls the entry point; `Ok(code)` is the exit code.
 async fn call_entry(
     pre: &Pre,
     store: &mut Store<StoreState>,
     entry: Entry,
 ) -> Result<i32, Failure> {
-    match (pre, entry) {
+    let ended = match (pre, entry) {
         (Pre::Core(pre), Entry::Command) => {
-            let instance = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(Failure::Instantiating)?;
+            let instance = instantiate!(pre, store);
             let start = instance
                 .get_typed_func::<(), ()>(&mut *store, "_start")
                 .map_err(Failure::Instantiating)?;
-            start
-                .call_async(&mut *store, ())
-                .await
-                .map_err(Failure::Running)?;
-            Ok(0)
+            start.call_async(&mut *store, ()).await.map(|()| Ok(()))
         }
         (Pre::Command(pre), Entry::Command) => {
-            let command = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(Failure::Instantiating)?;
-            let status = command
-                .wasi_cli_run()
-                .call_run(&mut *store)
-                .await
-                .map_err(Failure::Running)?;
-            Ok(if status.is_ok() { 0 } else { 1 })
+            let command = instantiate!(pre, store);
+            command.wasi_cli_run().call_run(&mut *store).await
         }
         (Pre::Http(pre), Entry::Http { incoming, outparam }) => {
-            let proxy = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(Failure::Instantiating)?;
-            proxy
-                .wasi_http_incoming_handler()
+            let proxy = instantiate!(pre, store);
+            let handler = proxy.wasi_http_incoming_handler();
+            handler
                 .call_handle(&mut *store, incoming, outparam)
                 .await
-                .map_err(Failure::Running)?;
-            Ok(0)
+                .map(Ok)
         }
         (Pre::CommandP3(pre), Entry::Command) => {
-            let command = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(Failure::Instantiating)?;
-            let status = store
+            let command = instantiate!(pre, store);
+            store
                 .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
                 .await
                 .and_then(|status| status)
-                .map_err(Failure::Running)?;
-            Ok(if status.is_ok() { 0 } else { 1 })
         }
-        (
-            Pre::HttpP3(pre),
-            Entry::HttpP3 {
-                request,
-                body_result,
-                response_tx,
-            },
-        ) => {
-            let service = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(Failure::Instantiating)?;
-            store
-                .run_concurrent(async |store| {
-                    let response = match service.handle(store, request).await? {
-                        Ok(response) => Ok(store.with(|s| response.into_http(s, body_result))?),
-                        Err(code) => Err(HttpErrorCode::from(code)),
-                    };
-                    // A receiver gone (the host stopped waiting) is no error.
-                    let _ = response_tx.send(response);
-                    // The guest goes on (writing the body, say) until its
-                    // last task exits; its store lives until then.
-                    std::future::poll_fn(|cx| store.poll_no_interesting_tasks(cx)).await;
-                    wasmtime::Result::<()>::Ok(())
-                })
-                .await
-                .and_then(|done| done)
-                .map_err(Failure::Running)?;
-            Ok(0)
+        (Pre::HttpP3(pre), Entry::HttpP3(call)) => {
+            let service = instantiate!(pre, store);
+            call.call(store, service).await.map(Ok)
         }
         _ => unreachable!("`run` and `handle_http` check the guest's kind before calling"),
+    };
+    // `Err(())` is a command's `wasi:cli/run` failing: exit code 1.
+    match ended.map_err(Failure::Running)? {
+        Ok(()) => Ok(0),
+        Err(()) => Ok(1),
     }
 }
 

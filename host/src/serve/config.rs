@@ -384,70 +384,75 @@ pub fn resolve_routes(
     defaults: &Limits,
 ) -> Result<Vec<RouteSpec>, ConfigError> {
     let base_dir = path.parent().unwrap_or(Path::new("."));
-    let err = |message: String| ConfigError {
-        file: path.to_path_buf(),
-        message,
-    };
-    let mut routes = Vec::new();
+    let mut routes: Vec<RouteSpec> = Vec::new();
     for (i, r) in file.route.iter().enumerate() {
-        let prefix = normalise_prefix(&r.path).ok_or_else(|| {
-            err(format!(
-                "route {}: path `{}` must start with `/` (for example \"/api\")",
-                i + 1,
-                r.path
-            ))
-        })?;
-        if routes.iter().any(|x: &RouteSpec| x.prefix == prefix) {
-            return Err(err(format!(
-                "route {}: path `{prefix}` is routed twice",
-                i + 1
-            )));
-        }
-        let dirs = r
-            .dirs
-            .iter()
-            .map(|d| {
-                let mut m = DirMapping::parse_with_default(d, true);
-                if m.host.is_relative() {
-                    m.host = base_dir.join(&m.host);
+        let route = resolve_route(file, r, base_dir, defaults)
+            .and_then(|route| {
+                if routes.iter().any(|x| x.prefix == route.prefix) {
+                    Err(format!("path `{}` is routed twice", route.prefix))
+                } else {
+                    Ok(route)
                 }
-                m
             })
-            .collect();
-        let max_outgoing = match r.max_outgoing_requests {
-            Some(0) => {
-                return Err(err(format!(
-                    "route {}: max-outgoing-requests must be at least 1",
-                    i + 1
-                )));
-            }
-            Some(n) => n,
-            None => crate::outbound::DEFAULT_MAX_OUTGOING,
-        };
-        let outbound = OutboundPolicy::new(&r.allowed_outbound_hosts)
-            .map_err(|e| err(format!("route {}: {e}", i + 1)))?
-            .with_max_outgoing(max_outgoing);
-        let tenant = match &r.tenant {
-            Some(name) if file.tenant.iter().any(|t| &t.name == name) => name.clone(),
-            Some(name) => {
-                return Err(err(format!(
-                    "route {}: tenant `{name}` is not declared in a [[tenant]] section",
-                    i + 1
-                )));
-            }
-            None => prefix.clone(),
-        };
-        routes.push(RouteSpec {
-            prefix,
-            module: ModuleSource::File(base_dir.join(&r.module)),
-            limits: r.limits.apply(defaults),
-            env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            dirs,
-            outbound,
-            tenant,
-        });
+            .map_err(|message| ConfigError {
+                file: path.to_path_buf(),
+                message: format!("route {}: {message}", i + 1),
+            })?;
+        routes.push(route);
     }
     Ok(routes)
+}
+
+/// Resolves one `[[route]]` section; the error says what is wrong in it.
+fn resolve_route(
+    file: &ConfigFile,
+    r: &RouteSection,
+    base_dir: &Path,
+    defaults: &Limits,
+) -> Result<RouteSpec, String> {
+    let prefix = normalise_prefix(&r.path).ok_or_else(|| {
+        format!(
+            "path `{}` must start with `/` (for example \"/api\")",
+            r.path
+        )
+    })?;
+    let dirs = r
+        .dirs
+        .iter()
+        .map(|d| {
+            let mut m = DirMapping::parse_with_default(d, true);
+            if m.host.is_relative() {
+                m.host = base_dir.join(&m.host);
+            }
+            m
+        })
+        .collect();
+    let max_outgoing = match r.max_outgoing_requests {
+        Some(0) => return Err("max-outgoing-requests must be at least 1".into()),
+        Some(n) => n,
+        None => crate::outbound::DEFAULT_MAX_OUTGOING,
+    };
+    let outbound = OutboundPolicy::new(&r.allowed_outbound_hosts)
+        .map_err(|e| e.to_string())?
+        .with_max_outgoing(max_outgoing);
+    let tenant = match &r.tenant {
+        Some(name) if file.tenant.iter().any(|t| &t.name == name) => name.clone(),
+        Some(name) => {
+            return Err(format!(
+                "tenant `{name}` is not declared in a [[tenant]] section"
+            ));
+        }
+        None => prefix.clone(),
+    };
+    Ok(RouteSpec {
+        prefix,
+        module: ModuleSource::File(base_dir.join(&r.module)),
+        limits: r.limits.apply(defaults),
+        env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        dirs,
+        outbound,
+        tenant,
+    })
 }
 
 /// Resolves the `[[tenant]]` sections of `file` (read from `path`).

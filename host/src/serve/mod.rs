@@ -630,6 +630,43 @@ fn http1_builder(header_timeout: Duration) -> http1::Builder {
     builder
 }
 
+/// How a guest of `kind` is served, for the log.
+fn served_as(kind: GuestKind) -> &'static str {
+    match kind {
+        GuestKind::HttpComponent => "wasi:http",
+        GuestKind::HttpComponentP3 => "wasi:http 0.3",
+        GuestKind::CoreCommand | GuestKind::ComponentCommand => "cgi",
+        GuestKind::ComponentCommandP3 => "cgi (wasi 0.3)",
+    }
+}
+
+/// Refuses a route whose requests could never be admitted: one request's
+/// need (its memory cap plus its guest's host allowance) is more than the
+/// whole budget.
+fn fits_the_budget(spec: &RouteSpec, guest: &Guest, budget: u64) -> Result<(), LoadError> {
+    let need = spec
+        .limits
+        .max_memory
+        .saturating_add(guest.host_allowance());
+    if need <= budget {
+        return Ok(());
+    }
+    Err(LoadError {
+        prefix: spec.prefix.clone(),
+        error: crate::Error::Setup {
+            name: guest.name().to_string(),
+            message: format!(
+                "a request on this route needs {need} bytes of the memory budget (its \
+                 memory cap of {} bytes plus the guest's host allowance of {} bytes), \
+                 more than the whole budget of {budget} bytes, so no request could ever be \
+                 admitted",
+                spec.limits.max_memory,
+                guest.host_allowance(),
+            ),
+        },
+    })
+}
+
 fn load_table(
     engine: &Engine,
     config: &ServeConfig,
@@ -656,36 +693,11 @@ fn load_table(
             }
         };
         let outbound = spec.outbound.clone();
-        let need = spec
-            .limits
-            .max_memory
-            .saturating_add(guest.host_allowance());
-        if need > config.memory_budget {
-            return Err(LoadError {
-                prefix: spec.prefix.clone(),
-                error: crate::Error::Setup {
-                    name: guest.name().to_string(),
-                    message: format!(
-                        "a request on this route needs {need} bytes of the memory budget (its \
-                         memory cap of {} bytes plus the guest's host allowance of {} bytes), \
-                         more than the whole budget of {} bytes, so no request could ever be \
-                         admitted",
-                        spec.limits.max_memory,
-                        guest.host_allowance(),
-                        config.memory_budget
-                    ),
-                },
-            });
-        }
+        fits_the_budget(spec, &guest, config.memory_budget)?;
         tracing::info!(
             route = %spec.prefix,
             guest = guest.name(),
-            kind = match guest.kind() {
-                GuestKind::HttpComponent => "wasi:http",
-                GuestKind::HttpComponentP3 => "wasi:http 0.3",
-                GuestKind::CoreCommand | GuestKind::ComponentCommand => "cgi",
-                GuestKind::ComponentCommandP3 => "cgi (wasi 0.3)",
-            },
+            kind = served_as(guest.kind()),
             "route loaded"
         );
         // A declared tenant's settings, or a tenant of the route's own.
