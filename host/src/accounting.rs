@@ -282,34 +282,35 @@ unsafe fn tag(base: *mut u8, header: usize, full: usize) -> *mut u8 {
     user
 }
 
+/// Allocates a system block of `layout`'s padded layout with `system` and
+/// tags it; null if that fails.
+///
+/// # Safety
+/// `system` must return null or a fresh block of the layout it is given.
+unsafe fn alloc_tagged(layout: Layout, system: impl FnOnce(Layout) -> *mut u8) -> *mut u8 {
+    let Some((header, full)) = padded(layout) else {
+        return ptr::null_mut();
+    };
+    let base = system(full);
+    if base.is_null() {
+        return base;
+    }
+    // SAFETY: a fresh block of `full`.
+    unsafe { tag(base, header, full.size()) }
+}
+
 // SAFETY: every block is a system block of the padded layout; the pointer
 // handed out is `header` bytes into it and aligned as asked, and the tag in
 // front of it is read back only by these functions.
 unsafe impl GlobalAlloc for Accounting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((header, full)) = padded(layout) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: `full` has a non-zero size.
-        let base = unsafe { System.alloc(full) };
-        if base.is_null() {
-            return base;
-        }
-        // SAFETY: a fresh block of `full`.
-        unsafe { tag(base, header, full.size()) }
+        // SAFETY: `System.alloc` is given the non-zero-sized padded layout.
+        unsafe { alloc_tagged(layout, |full| System.alloc(full)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some((header, full)) = padded(layout) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: `full` has a non-zero size.
-        let base = unsafe { System.alloc_zeroed(full) };
-        if base.is_null() {
-            return base;
-        }
-        // SAFETY: a fresh block of `full`.
-        unsafe { tag(base, header, full.size()) }
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_tagged(layout, |full| System.alloc_zeroed(full)) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -583,6 +584,15 @@ impl<F> Drop for Scoped<F> {
 }
 
 #[cfg(test)]
+impl Account {
+    /// `n` bytes allocated (and written) while charged to this account.
+    pub(crate) fn hold(&self, n: usize) -> Vec<u8> {
+        let _in = self.enter();
+        vec![1u8; n]
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! The host's unit tests run with [`Accounting`] installed (lib.rs).
     use super::*;
@@ -595,10 +605,7 @@ mod tests {
     #[test]
     fn blocks_are_charged_while_entered_and_credited_when_freed() {
         let account = Account::new(u64::MAX);
-        let block = {
-            let _in = account.enter();
-            vec![1u8; 1 << 20]
-        };
+        let block = account.hold(1 << 20);
         assert!(account.bytes() >= 1 << 20, "{account:?}");
         // Allocations outside the scope are not charged.
         let other = std::hint::black_box(vec![0u8; 1 << 20]);
@@ -612,10 +619,7 @@ mod tests {
     #[test]
     fn a_block_freed_on_another_thread_is_credited_to_its_own_account() {
         let account = Account::new(u64::MAX);
-        let block = {
-            let _in = account.enter();
-            vec![1u8; 100_000]
-        };
+        let block = account.hold(100_000);
         assert!(account.bytes() >= 100_000);
         let elsewhere = Account::new(u64::MAX);
         std::thread::spawn(move || {
@@ -651,22 +655,13 @@ mod tests {
     #[test]
     fn passing_the_limit_raises_the_flag_and_a_lower_limit_does_too() {
         let account = Account::new(64 << 10);
-        let small = {
-            let _in = account.enter();
-            vec![0u8; 1024]
-        };
+        let small = account.hold(1024);
         assert!(!account.exceeded());
-        let big = {
-            let _in = account.enter();
-            vec![0u8; 100 << 10]
-        };
+        let big = account.hold(100 << 10);
         assert!(account.exceeded());
         drop((small, big));
         let later = Account::new(u64::MAX);
-        let _kept = {
-            let _in = later.enter();
-            vec![0u8; 4096]
-        };
+        let _kept = later.hold(4096);
         assert!(!later.exceeded());
         later.set_limit(1024);
         assert!(later.exceeded());
@@ -724,10 +719,7 @@ mod tests {
     #[test]
     fn blocks_outliving_every_handle_keep_the_account_alive() {
         let account = Account::new(u64::MAX);
-        let block = {
-            let _in = account.enter();
-            vec![7u8; 4096]
-        };
+        let block = account.hold(4096);
         drop(account);
         // The account's state is freed by this drop, not before: reading
         // the tag must still find it (run under a sanitizer to see it).

@@ -738,6 +738,12 @@ mod tests {
         }
     }
 
+    /// Admits a request for `bytes`, which must not wait.
+    async fn admitted_at_once(a: &Arc<Admission>, bytes: u64) {
+        let (_permit, waited) = a.admit(bytes).await.unwrap();
+        assert_eq!(waited, Duration::ZERO);
+    }
+
     /// A request for `bytes` that has joined the line.
     async fn waiter(a: &Arc<Admission>, bytes: u64) -> tokio::task::JoinHandle<()> {
         let a2 = a.clone();
@@ -758,8 +764,7 @@ mod tests {
         drop(held);
         assert_eq!(a.in_use(), 0);
         // The whole budget is available again.
-        let (_p, waited) = a.admit(10).await.unwrap();
-        assert_eq!(waited, Duration::ZERO);
+        admitted_at_once(&a, 10).await;
     }
 
     #[tokio::test]
@@ -781,8 +786,7 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(a.queued(), 0);
         // It holds no one up: a request that fits is admitted at once.
-        let (_p, waited) = a.admit(10).await.unwrap();
-        assert_eq!(waited, Duration::ZERO);
+        admitted_at_once(&a, 10).await;
     }
 
     #[tokio::test]

@@ -609,36 +609,46 @@ mod tests {
         p.check_url(&url.parse().unwrap()).is_ok()
     }
 
+    /// Checks that `entries` allow every URL of `allowed` and deny every
+    /// URL of `denied`.
+    fn admits(entries: &[&str], allowed: &[&str], denied: &[&str]) {
+        let p = policy(entries);
+        for url in allowed {
+            assert!(url_ok(&p, url), "{entries:?} must allow {url}");
+        }
+        for url in denied {
+            assert!(!url_ok(&p, url), "{entries:?} must deny {url}");
+        }
+    }
+
     #[test]
     fn denies_by_default_and_allows_listed_hosts() {
         assert!(!url_ok(&OutboundPolicy::default(), "http://example.com/x"));
-        assert!(url_ok(&policy(&["Example.COM"]), "http://example.com/x"));
-        assert!(url_ok(&policy(&["example.com"]), "https://example.com/x"));
-        assert!(!url_ok(&policy(&["other.com"]), "http://example.com/x"));
-        assert!(url_ok(&policy(&["*"]), "http://example.com/x"));
+        let url = "http://example.com/x";
+        admits(&["Example.COM"], &[url, "https://example.com/x"], &[]);
+        admits(&["other.com"], &[], &[url]);
+        admits(&["*"], &[url], &[]);
     }
 
     #[test]
     fn the_effective_port_must_match() {
-        let p = policy(&["example.com"]);
-        assert!(url_ok(&p, "http://example.com:80/"));
-        assert!(url_ok(&p, "https://example.com/"));
-        assert!(!url_ok(&p, "http://example.com:22/"));
-        assert!(!url_ok(&p, "https://example.com:8443/"));
-        let p = policy(&["example.com:8443"]);
-        assert!(url_ok(&p, "https://example.com:8443/"));
-        assert!(!url_ok(&p, "https://example.com/"));
-        assert!(!url_ok(&policy(&["*"]), "http://example.com:6379/"));
-        assert!(url_ok(&policy(&["*:8080"]), "http://example.com:8080/"));
+        let (on_80, on_443) = ("http://example.com:80/", "https://example.com/");
+        let elsewhere = ["http://example.com:22/", "https://example.com:8443/"];
+        admits(&["example.com"], &[on_80, on_443], &elsewhere);
+        admits(&["example.com:8443"], &[elsewhere[1]], &[on_443]);
+        admits(&["*"], &[], &["http://example.com:6379/"]);
+        admits(&["*:8080"], &["http://example.com:8080/"], &[]);
     }
 
     #[test]
     fn the_scheme_must_match_when_given() {
-        let p = policy(&["https://api.example.com"]);
-        assert!(url_ok(&p, "https://api.example.com/"));
-        assert!(!url_ok(&p, "http://api.example.com/"));
-        assert!(!url_ok(&p, "http://api.example.com:443/"));
-        assert!(!url_ok(&policy(&["*"]), "ftp://example.com/"));
+        let denied = ["http://api.example.com/", "http://api.example.com:443/"];
+        admits(
+            &["https://api.example.com"],
+            &["https://api.example.com/"],
+            &denied,
+        );
+        admits(&["*"], &[], &["ftp://example.com/"]);
     }
 
     #[test]
@@ -684,6 +694,11 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         SocketAddr::new(s.parse().unwrap(), 80)
+    }
+
+    /// The address chosen from DNS answers `addrs`.
+    fn chosen(addrs: &[&str], reach: Reach) -> Result<SocketAddr, Denied> {
+        choose_address(&addrs.iter().map(|a| addr(a)).collect::<Vec<_>>(), reach)
     }
 
     #[test]
@@ -736,22 +751,16 @@ mod tests {
     fn wildcard_never_reaches_non_public_addresses() {
         // `*` matched: only public addresses may be dialled, in DNS order.
         assert_eq!(
-            choose_address(&[addr("127.0.0.1"), addr("10.0.0.1")], Reach::Public),
+            chosen(&["127.0.0.1", "10.0.0.1"], Reach::Public),
             Err(Denied::NonPublic)
         );
         assert_eq!(
-            choose_address(
-                &[addr("169.254.169.254"), addr("93.184.216.34")],
-                Reach::Public
-            ),
+            chosen(&["169.254.169.254", "93.184.216.34"], Reach::Public),
             Ok(addr("93.184.216.34"))
         );
         // An explicit entry may name a private host.
-        assert_eq!(
-            choose_address(&[addr("127.0.0.1")], Reach::Any),
-            Ok(addr("127.0.0.1"))
-        );
-        assert_eq!(choose_address(&[], Reach::Any), Err(Denied::Unresolved));
+        assert_eq!(chosen(&["127.0.0.1"], Reach::Any), Ok(addr("127.0.0.1")));
+        assert_eq!(chosen(&[], Reach::Any), Err(Denied::Unresolved));
     }
 
     #[test]
@@ -770,7 +779,7 @@ mod tests {
             .explicit;
         assert!(!explicit);
         assert_eq!(
-            choose_address(&[addr("127.0.0.1")], Reach::Public),
+            chosen(&["127.0.0.1"], Reach::Public),
             Err(Denied::NonPublic)
         );
     }
@@ -792,19 +801,16 @@ mod tests {
             );
         }
         assert_eq!(
-            choose_address(
-                &[addr("169.254.169.254"), addr("10.0.0.7")],
-                Reach::NotLinkLocal
-            ),
+            chosen(&["169.254.169.254", "10.0.0.7"], Reach::NotLinkLocal),
             Ok(addr("10.0.0.7"))
         );
         assert_eq!(
-            choose_address(&[addr("127.0.0.1")], Reach::NotLinkLocal),
+            chosen(&["127.0.0.1"], Reach::NotLinkLocal),
             Ok(addr("127.0.0.1"))
         );
         // Only an entry that is the address itself reaches it.
         assert_eq!(
-            choose_address(&[addr("169.254.169.254")], Reach::Any),
+            chosen(&["169.254.169.254"], Reach::Any),
             Ok(addr("169.254.169.254"))
         );
     }

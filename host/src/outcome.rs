@@ -412,26 +412,15 @@ mod tests {
             OutcomeKind::Trapped(trap) => trap.reason,
             other => panic!("{other:?}"),
         };
-        assert_eq!(
-            reason(WasmTrap::StackOverflow.into()),
-            TrapReason::StackOverflow
-        );
-        assert_eq!(
-            reason(WasmTrap::UnreachableCodeReached.into()),
-            TrapReason::Unreachable
-        );
-        assert_eq!(
-            reason(WasmTrap::MemoryOutOfBounds.into()),
-            TrapReason::OutOfBounds
-        );
-        assert_eq!(
-            reason(WasmTrap::IntegerDivisionByZero.into()),
-            TrapReason::Arithmetic
-        );
-        assert_eq!(
-            reason(WasmTrap::IndirectCallToNull.into()),
-            TrapReason::BadReference
-        );
+        for (trap, expected) in [
+            (WasmTrap::StackOverflow, TrapReason::StackOverflow),
+            (WasmTrap::UnreachableCodeReached, TrapReason::Unreachable),
+            (WasmTrap::MemoryOutOfBounds, TrapReason::OutOfBounds),
+            (WasmTrap::IntegerDivisionByZero, TrapReason::Arithmetic),
+            (WasmTrap::IndirectCallToNull, TrapReason::BadReference),
+        ] {
+            assert_eq!(reason(trap.into()), expected, "{trap:?}");
+        }
         let cap = wasmtime::Error::from(OutputCapExceeded::new(8))
             .context("error while executing at wasm backtrace:\n    0: 0x1 - <unknown>");
         match c(cap) {

@@ -353,6 +353,18 @@ mod tests {
         std::thread::current().name().map(str::to_string)
     }
 
+    /// Runs a [`guest`] under `s` on a fake clock: the thread that
+    /// finished it and the CPU time the scheduler counted.
+    async fn run_guest(
+        s: &Scheduler,
+        per_poll: Duration,
+        polls: u32,
+    ) -> (Option<String>, Duration) {
+        let clock = FakeClock::default();
+        let work = guest(clock.clone(), per_poll, polls);
+        s.run_with_clock(work, clock).await
+    }
+
     #[test]
     fn the_meter_demotes_once_the_share_is_used() {
         let mut m = Meter::new(Duration::from_millis(1));
@@ -367,9 +379,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_invocation_stays_and_never_starts_the_pool() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
-        let clock = FakeClock::default();
-        let work = guest(clock.clone(), Duration::from_micros(100), 3);
-        let (thread, used) = s.run_with_clock(work, clock).await;
+        let (thread, used) = run_guest(&s, Duration::from_micros(100), 3).await;
         assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(used, Duration::from_micros(400));
         assert!(
@@ -381,9 +391,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_invocation_moves_to_the_low_priority_pool() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
-        let clock = FakeClock::default();
-        let work = guest(clock.clone(), Duration::from_micros(300), 10);
-        let (thread, used) = s.run_with_clock(work, clock).await;
+        let (thread, used) = run_guest(&s, Duration::from_micros(300), 10).await;
         assert_eq!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(
             used,
@@ -395,10 +403,8 @@ mod tests {
     #[tokio::test]
     async fn waiting_is_not_cpu() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
-        let clock = FakeClock::default();
         // Many polls, each using nothing (a guest blocked in host calls).
-        let work = guest(clock.clone(), Duration::ZERO, 50);
-        let (thread, used) = s.run_with_clock(work, clock).await;
+        let (thread, used) = run_guest(&s, Duration::ZERO, 50).await;
         assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(used, Duration::ZERO);
     }

@@ -470,9 +470,10 @@ mod tests {
     }
 
     #[test]
-    fn limiter_leaves_the_memorys_own_maximum_to_the_guest() {
+    fn limiter_leaves_a_memorys_or_tables_own_maximum_to_the_guest() {
         let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX), false);
         assert!(!l.memory_growing(10, 20, Some(15)).unwrap());
+        assert!(!l.table_growing(10, 20, Some(15)).unwrap());
         assert!(!l.killed);
     }
 
@@ -488,20 +489,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tables_own_maximum_is_the_guests_business() {
-        let mut l = MemoryLimiter::new(1000, Account::new(u64::MAX), false);
-        assert!(!l.table_growing(10, 20, Some(15)).unwrap());
-        assert!(!l.killed);
-    }
-
-    #[test]
     fn host_memory_counts_against_the_same_cap() {
         let account = Account::new(u64::MAX);
         let mut l = MemoryLimiter::new(1 << 20, account.clone(), false);
-        let held = {
-            let _in = account.enter();
-            vec![0u8; (600 << 10) + HOST_BASE as usize]
-        };
+        let held = account.hold((600 << 10) + HOST_BASE as usize);
         // 600 KiB held by the host past its base leave room for 300 KiB of
         // linear memory, not 500 KiB.
         assert!(l.memory_growing(0, 300 << 10, None).unwrap());
@@ -509,10 +500,7 @@ mod tests {
         assert!(l.killed);
         // And linear memory lowers what the host may hold before the flag.
         assert!(!account.exceeded());
-        let more = {
-            let _in = account.enter();
-            vec![0u8; 200 << 10]
-        };
+        let more = account.hold(200 << 10);
         assert!(account.exceeded());
         drop((held, more));
     }
@@ -523,10 +511,7 @@ mod tests {
         // the host holds no more than the base for it.
         let account = Account::new(u64::MAX);
         let mut l = MemoryLimiter::new(64 << 10, account.clone(), false);
-        let held = {
-            let _in = account.enter();
-            vec![0u8; 32 << 10]
-        };
+        let held = account.hold(32 << 10);
         assert!(l.memory_growing(0, 64 << 10, None).unwrap());
         assert!(!account.exceeded());
         assert_eq!(l.in_use(), 64 << 10);
