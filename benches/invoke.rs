@@ -18,11 +18,7 @@ fn invoke(c: &mut Criterion) {
         .expect("runtime");
     let mut group = c.benchmark_group("invoke-hello");
     for fuel in [true, false] {
-        let engine = Engine::new(EngineConfig {
-            fuel,
-            ..EngineConfig::default()
-        })
-        .expect("engine");
+        let engine = engine(fuel);
         for (kind, target) in [("core", Target::P1), ("component", Target::P2)] {
             let hello = Guest::from_file(&engine, guest("hello", target)).expect("loads");
             let label = format!("{kind}/{}", if fuel { "fuel" } else { "no-fuel" });
@@ -38,11 +34,7 @@ fn invoke(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("invoke-http-hello");
     for fuel in [true, false] {
-        let engine = Engine::new(EngineConfig {
-            fuel,
-            ..EngineConfig::default()
-        })
-        .expect("engine");
+        let engine = engine(fuel);
         let guest = Guest::from_file(&engine, wasm_run_tests::http_guest()).expect("loads");
         let label = if fuel { "fuel" } else { "no-fuel" };
         group.bench_function(label, |b| b.iter(|| http_hello(&rt, &guest, 36)));
@@ -94,6 +86,15 @@ fn http_hello(rt: &tokio::runtime::Runtime, guest: &Guest, body_len: usize) {
         );
         assert_eq!(body.len(), body_len);
     })
+}
+
+/// An engine with fuel metering on or off.
+fn engine(fuel: bool) -> Engine {
+    Engine::new(EngineConfig {
+        fuel,
+        ..EngineConfig::default()
+    })
+    .expect("engine")
 }
 
 criterion_group!(benches, invoke);

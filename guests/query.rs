@@ -10,6 +10,12 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
+/// The value of `key` parsed as a `T`; `None` if absent or if it does not
+/// parse.
+pub fn query_parsed<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
+    query_param(query, key).and_then(|value| value.parse().ok())
+}
+
 /// Decodes `+` to a space and `%XX` to its byte; malformed escapes are kept.
 pub fn decode(text: &str) -> String {
     let bytes = text.as_bytes();

@@ -83,6 +83,7 @@ fn main() {
         "Cargo.lock",
         "nested_cargo.rs",
         "query.rs",
+        "args.rs",
         "hogs.rs",
         "p3_streams.rs",
         "cli/Cargo.toml",

@@ -173,14 +173,8 @@ fn an_unknown_budget_import_is_named() {
 #[tokio::test]
 async fn served_as_cgi_a_search_says_its_result_is_partial() {
     for target in Target::ALL {
-        let module = guest("search", target);
-        let server = ServeGuard::start(&[
-            "--fuel",
-            "300000000",
-            "--timeout",
-            "10s",
-            module.to_str().unwrap(),
-        ]);
+        let budget = ["--fuel", "300000000", "--timeout", "10s"];
+        let server = ServeGuard::serving(&guest("search", target), &budget);
         let partial = get(server.addr, "/10000000").await;
         assert_eq!(partial.status, 200, "{target:?}: {:?}", partial.body);
         assert_eq!(partial.headers["x-partial-result"], "true");

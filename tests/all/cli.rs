@@ -35,6 +35,20 @@ pub(crate) fn run_report(
     (out.status.code().expect("exited"), stdout, stderr, report)
 }
 
+/// Runs `module` with `--report -`; returns (status, report).
+pub(crate) fn status_and_report(flags: &[&str], module: &Path, args: &[&str]) -> (i32, Value) {
+    let module = module.to_str().expect("module path is UTF-8");
+    let (status, _, _, report) = run_report(flags, module, args);
+    (status, report)
+}
+
+/// Asserts that a run exited with `code` and reported `outcome`.
+#[track_caller]
+pub(crate) fn assert_ended(status: i32, report: &Value, code: i32, outcome: &str) {
+    assert_eq!(status, code, "{report}");
+    assert_eq!(report["outcome"], outcome, "{report}");
+}
+
 #[test]
 fn hello_exits_zero_and_reports_every_field() {
     for target in Target::ALL {
@@ -78,9 +92,8 @@ fn guest_exit_code_passes_through() {
         let (status, _, _, report) = run_report(&[], &path("exit-code", target), &["42"]);
         // wasi:cli 0.2's `exit` carries only success or failure.
         let expected = if target == Target::P1 { 42 } else { 1 };
-        assert_eq!(status, expected);
+        assert_ended(status, &report, expected, "exited");
         assert_eq!(report["exit_code"], expected);
-        assert_eq!(report["outcome"], "exited");
     }
 }
 
@@ -89,8 +102,7 @@ fn memory_bomb_exits_137_within_the_cap() {
     for target in Target::ALL {
         let (status, _, stderr, report) =
             run_report(&["--max-memory", "32MiB"], &path("bomb", target), &[]);
-        assert_eq!(status, 137, "{stderr}");
-        assert_eq!(report["outcome"], "memory_exceeded");
+        assert_ended(status, &report, 137, "memory_exceeded");
         assert!(report["exit_code"].is_null());
         assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 32 * MIB);
         assert!(report["message"].as_str().unwrap().contains("memory"));
@@ -99,19 +111,17 @@ fn memory_bomb_exits_137_within_the_cap() {
 
         let (status, stdout, _, report) =
             run_report(&["--max-memory", "64MiB"], &path("alloc", target), &["16"]);
-        assert_eq!(status, 0);
+        assert_ended(status, &report, 0, "exited");
         assert!(stdout.contains("allocated 16 MiB"), "{stdout}");
-        assert_eq!(report["outcome"], "exited");
     }
 }
 
 #[test]
 fn spin_with_fuel_exits_152_within_the_budget() {
     for target in Target::ALL {
-        let (status, _, _, report) =
-            run_report(&["--fuel", "10000000"], &path("spin", target), &[]);
-        assert_eq!(status, 152);
-        assert_eq!(report["outcome"], "fuel_exhausted");
+        let spin = path("spin", target);
+        let (status, _, _, report) = run_report(&["--fuel", "10000000"], &spin, &[]);
+        assert_ended(status, &report, 152, "fuel_exhausted");
         assert!(report["fuel_consumed"].as_u64().unwrap() <= 10_000_000);
     }
 }
@@ -138,8 +148,7 @@ fn spin_and_sleeper_exit_124_at_the_deadline() {
 fn trap_exits_134_with_a_message() {
     for target in Target::ALL {
         let (status, _, stderr, report) = run_report(&[], &path("recurse", target), &[]);
-        assert_eq!(status, 134);
-        assert_eq!(report["outcome"], "trapped");
+        assert_ended(status, &report, 134, "trapped");
         assert!(
             report["message"].as_str().unwrap().contains("stack"),
             "{report}"

@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasm_run::{Invocation, Limits, OutcomeKind};
 use wasm_run_tests::{Target, guest, http_guest};
 
+use crate::cli::{assert_ended, status_and_report};
 use crate::serve::{ServeGuard, assert_killed, get};
 use crate::{load, wasm_run};
 
@@ -16,9 +17,7 @@ fn run_report(
     target: Target,
     args: &[&str],
 ) -> (i32, serde_json::Value) {
-    let module = guest(name, target);
-    let (status, _, _, report) = crate::cli::run_report(flags, module.to_str().unwrap(), args);
-    (status, report)
+    status_and_report(flags, &guest(name, target), args)
 }
 
 #[test]
@@ -101,14 +100,7 @@ async fn under_contention_the_verdict_is_cpu_not_the_deadline() {
 
 #[tokio::test]
 async fn serve_answers_500_cpu_exceeded() {
-    let module = http_guest();
-    let server = ServeGuard::start(&[
-        "--timeout",
-        "30s",
-        "--max-cpu",
-        "100ms",
-        module.to_str().unwrap(),
-    ]);
+    let server = ServeGuard::serving(&http_guest(), &["--timeout", "30s", "--max-cpu", "100ms"]);
     assert_killed(&get(server.addr, "/spin").await, 500, "cpu_exceeded");
     // Sleeping is not CPU: the same route's sleeper answers.
     assert_eq!(get(server.addr, "/sleep?s=0.3").await.status, 200);
@@ -159,6 +151,5 @@ fn a_guest_that_reads_its_cpu_left_stops_in_time() {
         heedless.to_str().unwrap(),
         &[],
     );
-    assert_eq!(status, 152, "{report}");
-    assert_eq!(report["outcome"], "cpu_exceeded");
+    assert_ended(status, &report, 152, "cpu_exceeded");
 }

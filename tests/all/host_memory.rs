@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use wasm_run_tests::http_guest;
 
-use crate::host_limits::rss_of;
-use crate::serve::{ServeGuard, assert_killed, get};
+use crate::cli::{assert_ended, status_and_report};
+use crate::serve::{
+    ServeGuard, assert_all_killed, assert_killed, assert_served, eventually, fds_of, flags, get,
+};
 use crate::{MIB, wat_file};
 
 /// A `wasi:cli/run` command component that instantiates a core module
@@ -36,20 +38,12 @@ fn instance_state_component(globals: usize, instances: usize) -> String {
     wat
 }
 
-/// Open descriptors of process `pid`.
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("proc fd")
-        .count()
-}
-
 #[test]
 fn instance_state_counts_against_the_cap_and_a_bomb_is_never_allocated() {
     // ~250k globals: about 4 MiB of instance state per instance.
     const GLOBALS: usize = 250_000;
     let once = wat_file("state-once", &instance_state_component(GLOBALS, 1));
-    let (status, _, _, report) =
-        crate::cli::run_report(&["--max-memory", "16MiB"], once.to_str().unwrap(), &[]);
+    let (status, report) = status_and_report(&["--max-memory", "16MiB"], &once, &[]);
     assert_eq!(status, 0, "{report}");
     let host = report["host_memory_peak_bytes"].as_u64().unwrap();
     assert!(
@@ -61,10 +55,8 @@ fn instance_state_counts_against_the_cap_and_a_bomb_is_never_allocated() {
     // 62 instances would hold ~250 MiB of host memory: refused before any
     // of it is allocated, as memory, and the process never holds it.
     let bomb = wat_file("state-bomb", &instance_state_component(GLOBALS, 62));
-    let (status, _, _, report) =
-        crate::cli::run_report(&["--max-memory", "64MiB"], bomb.to_str().unwrap(), &[]);
-    assert_eq!(status, 137, "{report}");
-    assert_eq!(report["outcome"], "memory_exceeded");
+    let (status, report) = status_and_report(&["--max-memory", "64MiB"], &bomb, &[]);
+    assert_ended(status, &report, 137, "memory_exceeded");
     let rss = report["host_peak_rss_bytes"].as_u64().unwrap();
     assert!(
         rss < base + 64 * MIB,
@@ -76,41 +68,23 @@ fn instance_state_counts_against_the_cap_and_a_bomb_is_never_allocated() {
 
 #[tokio::test]
 async fn outgoing_bodies_kept_unsent_count_against_the_request() {
-    let module = http_guest();
-    let server = ServeGuard::start(&[
-        "--timeout",
-        "30s",
-        "--max-memory",
-        "16MiB",
-        "--memory-budget",
-        "1GiB",
-        module.to_str().unwrap(),
-    ]);
+    let limits = flags("--timeout 30s --max-memory 16MiB --memory-budget 1GiB");
+    let server = ServeGuard::serving(&http_guest(), &limits);
     let a = server.addr;
     // Obeyed: four bodies of 1 MiB fit a 16 MiB cap.
-    let ok = get(a, "/keep-bodies?n=4&kib=1024").await;
-    assert_eq!(ok.status, 200, "{:?}", ok.body);
-    assert_eq!(ok.text(), "kept 4 bodies\n");
-    let (before, _) = rss_of(server.pid());
+    assert_served(
+        &get(a, "/keep-bodies?n=4&kib=1024").await,
+        "kept 4 bodies\n",
+    );
+    let before = server.rss();
 
     // Violated: four requests that each keep 1,000 bodies of 2 MiB (2 GB
     // each without the bound) are killed as memory, well before their
     // deadline, and the server holds at most their caps.
     let started = Instant::now();
-    let bombs: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(get(a, "/keep-bodies?n=1000&kib=2048")))
-        .collect();
-    for bomb in bombs {
-        assert_killed(&bomb.await.unwrap(), 500, "memory_exceeded");
-    }
+    assert_all_killed(a, "/keep-bodies?n=1000&kib=2048", 4, 500, "memory_exceeded").await;
     assert!(started.elapsed() < Duration::from_secs(20));
-    let (_, peak) = rss_of(server.pid());
-    assert!(
-        peak < before + 4 * 16 * MIB + 64 * MIB,
-        "server peaked at {} MiB, {} MiB before",
-        peak >> 20,
-        before >> 20
-    );
+    server.assert_peak_under(before, 4 * 16 * MIB + 64 * MIB);
     assert_eq!(get(a, "/hello").await.status, 200);
 }
 
@@ -132,17 +106,8 @@ async fn outgoing_requests_are_bounded_per_request() {
             }
         }
     });
-    let module = http_guest();
-    let allow = upstream.to_string();
-    let server = ServeGuard::start(&[
-        "--timeout",
-        "5s",
-        "--max-memory",
-        "32MiB",
-        "--allow-outbound",
-        &allow,
-        module.to_str().unwrap(),
-    ]);
+    let limits = format!("--timeout 5s --max-memory 32MiB --allow-outbound {upstream}");
+    let server = ServeGuard::serving(&http_guest(), &flags(&limits));
     let a = server.addr;
     let fds_before = fds_of(server.pid());
     let url = format!("http://{upstream}/");
@@ -155,7 +120,7 @@ async fn outgoing_requests_are_bounded_per_request() {
         })
         .collect();
     // Wait until the listener has seen what the floods may open.
-    crate::serve::eventually(Duration::from_secs(10), "outgoing connections", || {
+    eventually(Duration::from_secs(10), "outgoing connections", || {
         let accepted = accepted.clone();
         async move {
             accepted.load(std::sync::atomic::Ordering::Relaxed)
@@ -189,21 +154,16 @@ fn a_guest_whose_memory_is_exactly_its_cap_still_runs() {
     // The empty store and WASI context are the host's own base, not the
     // guest's: one page of linear memory under a one-page cap runs, and
     // one page more is killed.
-    let one = wat_file(
-        "exactly-one-page",
-        r#"(module (memory 1) (func (export "_start")))"#,
-    );
-    let (status, _, _, report) =
-        crate::cli::run_report(&["--max-memory", "64KiB"], one.to_str().unwrap(), &[]);
+    let run = |name: &str, text: &str| {
+        status_and_report(&["--max-memory", "64KiB"], &wat_file(name, text), &[])
+    };
+    let one_page = r#"(module (memory 1) (func (export "_start")))"#;
+    let (status, report) = run("exactly-one-page", one_page);
     assert_eq!(status, 0, "{report}");
-    let two = wat_file(
-        "one-page-more",
-        r#"(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 1)))))"#,
-    );
-    let (status, _, _, report) =
-        crate::cli::run_report(&["--max-memory", "64KiB"], two.to_str().unwrap(), &[]);
-    assert_eq!(status, 137, "{report}");
-    assert_eq!(report["outcome"], "memory_exceeded");
+    let one_more =
+        r#"(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 1)))))"#;
+    let (status, report) = run("one-page-more", one_more);
+    assert_ended(status, &report, 137, "memory_exceeded");
 }
 
 #[test]
@@ -229,31 +189,15 @@ fn memory_caps_past_the_ceiling_are_usage_errors() {
 /// admitted.
 #[tokio::test]
 async fn a_huge_host_call_argument_is_charged_to_the_request() {
-    let module = http_guest();
-    let server = ServeGuard::start(&[
-        "--max-memory",
-        "64MiB",
-        "--memory-budget",
-        "1GiB",
-        module.to_str().unwrap(),
-    ]);
-    let a = server.addr;
-    let small = get(a, "/big-write?mib=1").await;
-    assert_killed(&small, 500, "trapped");
-    let (before, _) = rss_of(server.pid());
-    let bombs: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(get(a, "/big-write?mib=40")))
-        .collect();
-    for bomb in bombs {
-        assert_killed(&bomb.await.unwrap(), 500, "memory_exceeded");
-    }
-    let (_, peak) = rss_of(server.pid());
-    // Each request: at most its cap in linear memory plus a copy of it.
-    assert!(
-        peak < before + 4 * 2 * 64 * MIB + 32 * MIB,
-        "server peaked at {} MiB, {} MiB before",
-        peak >> 20,
-        before >> 20
+    let server = ServeGuard::serving(
+        &http_guest(),
+        &["--max-memory", "64MiB", "--memory-budget", "1GiB"],
     );
+    let a = server.addr;
+    assert_killed(&get(a, "/big-write?mib=1").await, 500, "trapped");
+    let before = server.rss();
+    assert_all_killed(a, "/big-write?mib=40", 4, 500, "memory_exceeded").await;
+    // Each request: at most its cap in linear memory plus a copy of it.
+    server.assert_peak_under(before, 4 * 2 * 64 * MIB + 32 * MIB);
     assert_eq!(get(a, "/hello").await.status, 200);
 }

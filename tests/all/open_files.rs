@@ -11,6 +11,7 @@ use std::process::Stdio;
 use wasm_run::MAX_OPEN_FILES;
 use wasm_run_tests::{Target, guest};
 
+use crate::serve::fds_of;
 use crate::wasm_run;
 
 /// A directory holding one small file, `f`.
@@ -78,13 +79,6 @@ fn a_guest_opens_at_most_the_cap_of_files_then_gets_an_error() {
     }
 }
 
-/// Open descriptors of process `pid`.
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("proc fd")
-        .count()
-}
-
 /// Descriptors a `wasm-run run` process holds while its guest, having
 /// tried to open `count` files, sleeps.
 fn fds_while_holding(dir: &Path, count: &str) -> usize {
@@ -126,7 +120,7 @@ fn the_host_holds_at_most_the_cap_of_descriptors_for_a_guest() {
 /// descriptors the server needs to accept connections.
 #[tokio::test]
 async fn admission_counts_the_descriptors_requests_may_hold() {
-    use crate::serve::{ServeGuard, eventually, get, metric};
+    use crate::serve::{ServeGuard, flags, get, wait_for_metric};
     use std::time::Duration;
 
     let dir = data_dir("open-files-serve");
@@ -134,33 +128,18 @@ async fn admission_counts_the_descriptors_requests_may_hold() {
     let http = wasm_run_tests::http_guest();
     // 556 descriptors: 256 for the host, 100 connections, 200 for guests,
     // three requests' worth (each may hold MAX_OPEN_FILES).
-    let server = ServeGuard::start_with_ulimit(
-        "-n 556",
-        &[
-            "--max-connections",
-            "100",
-            "--queue-timeout",
-            "60s",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--dir",
-            &mapping,
-            http.to_str().unwrap(),
-        ],
-    );
-    let admin = server.admin.unwrap();
+    let mut limits = flags("--max-connections 100 --queue-timeout 60s --admin-addr 127.0.0.1:0");
+    limits.extend(["--dir", &mapping]);
+    let server = ServeGuard::serving_with_ulimit("-n 556", &http, &limits);
+    let admin = server.admin();
     let base = fds_of(server.pid());
     let addr = server.addr;
     let hostile: Vec<_> = (0..8)
         .map(|_| tokio::spawn(async move { get(addr, "/open-files?n=1000&s=1").await }))
         .collect();
     // Some wait for descriptors (the memory budget is far from full).
-    eventually(
-        Duration::from_secs(30),
-        "requests queued for descriptors",
-        || async { metric(admin, "wasm_run_admission_queue_length").await >= 1 },
-    )
-    .await;
+    let queued = "wasm_run_admission_queue_length";
+    wait_for_metric(admin, queued, |n| n >= 1, Duration::from_secs(30)).await;
     let mut peak = 0;
     let mut done = false;
     while !done {

@@ -3,22 +3,23 @@
 //! guest, each invocation in a fresh store under its limits, including
 //! what their concurrent subtasks do.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasm_run::{Guest, GuestKind, Invocation, Limits, OutcomeKind, Output, TrapReason};
 use wasm_run_tests::{p3_cli_guest, p3_http_guest};
 
-use crate::serve::{ServeGuard, assert_killed, eventually, get, metric, request, send};
+use crate::serve::{
+    ServeGuard, assert_a_late_kill_truncates, assert_answers, assert_killed,
+    assert_killed_at_deadline, assert_outbound_denied, assert_spin_bomb_and_crash_are_killed, echo,
+    flags, frames_body, get, serve_beside_an_allowed_upstream, wait_for_metric,
+};
 use crate::{MIB, engine, wasm_run};
 
 fn p3_server(extra: &[&str]) -> ServeGuard {
-    let module = p3_http_guest().to_str().unwrap().to_string();
-    let mut args = vec!["--timeout", "5s", "--max-memory", "32MiB"];
-    args.extend_from_slice(extra);
-    args.push(&module);
-    ServeGuard::start(&args)
+    let limits = ["--timeout", "5s", "--max-memory", "32MiB"];
+    ServeGuard::serving(&p3_http_guest(), &[&limits, extra].concat())
 }
 
 #[test]
@@ -35,29 +36,16 @@ fn p3_components_load_as_their_own_kinds() {
 async fn p3_status_table() {
     let server = p3_server(&["--fuel", "1000000000"]);
     let a = server.addr;
-    let hello = get(a, "/hello").await;
-    assert_eq!(hello.status, 200);
-    assert_eq!(hello.text(), "Hello from wasm-run over WASI 0.3!\n");
-    assert!(hello.outcome().is_none());
-    assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
-    assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
-    assert_killed(&get(a, "/crash").await, 500, "trapped");
-    let start = Instant::now();
-    assert_killed(&get(a, "/sleep?ms=10000").await, 504, "deadline_exceeded");
-    assert!(start.elapsed() < Duration::from_secs(8));
+    assert_answers(a, "/hello", "Hello from wasm-run over WASI 0.3!\n").await;
+    assert_spin_bomb_and_crash_are_killed(a).await;
+    assert_killed_at_deadline(a, "/sleep?ms=10000").await;
     // An error code instead of a response is the guest's failure: 502.
     assert_killed(&get(a, "/error-code").await, 502, "bad_gateway");
     let missing = get(a, "/nothing").await;
     assert_eq!(missing.status, 404);
     assert!(missing.outcome().is_none());
     // Killed after its head: the status stands, the body is cut off.
-    let late = get(a, "/late-crash").await;
-    assert_eq!(late.status, 200);
-    assert!(
-        late.body.is_err(),
-        "a late kill must truncate: {:?}",
-        late.body
-    );
+    assert_a_late_kill_truncates(a).await;
     // The server serves on after all of that.
     assert_eq!(get(a, "/hello").await.status, 200);
 }
@@ -68,34 +56,23 @@ async fn p3_bodies_stream_both_ways_and_outbound_is_denied() {
     let a = server.addr;
     // 1 MB through the guest, read and written chunk by chunk.
     let body = "0123456789".repeat(100_000);
-    let reply = send(a, request("POST", a, "/echo", Bytes::from(body.clone()))).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.text().len(), body.len());
-    assert!(reply.text() == body);
+    let echoed = echo(a, &body).await;
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body);
     let stream = get(a, "/stream?n=300").await;
     assert_eq!(stream.text().lines().count(), 300);
     assert!(stream.text().ends_with("line 299\n"));
     // wasi:http/client.send goes through the route's allow-list (empty).
-    let outbound = get(a, "/outbound?url=http://example.com/").await;
+    let outbound = assert_outbound_denied(a, "http://example.com/").await;
     assert_eq!(outbound.status, 502, "{}", outbound.text());
-    assert!(
-        outbound.text().contains("HttpRequestDenied"),
-        "{}",
-        outbound.text()
-    );
 }
 
 #[tokio::test]
 async fn limits_cover_every_subtask_of_the_store() {
-    let server = p3_server(&[
-        "--max-cpu",
-        "300ms",
-        "--fuel",
-        "100000000000",
-        "--admin-addr",
-        "127.0.0.1:0",
-    ]);
-    let (a, admin) = (server.addr, server.admin.unwrap());
+    let server = p3_server(&flags(
+        "--max-cpu 300ms --fuel 100000000000 --admin-addr 127.0.0.1:0",
+    ));
+    let (a, admin) = (server.addr, server.admin());
     // Eight subtasks spin after the handler has started waiting: CPU time
     // is the store's, whoever spends it.
     assert_killed(&get(a, "/subtasks?n=8").await, 500, "cpu_exceeded");
@@ -109,12 +86,8 @@ async fn limits_cover_every_subtask_of_the_store() {
     let spinners: Vec<_> = (0..4)
         .map(|_| tokio::spawn(get(a, "/subtasks?n=4")))
         .collect();
-    eventually(
-        Duration::from_secs(5),
-        "four requests in flight",
-        || async { metric(admin, "wasm_run_requests_in_flight").await >= 4 },
-    )
-    .await;
+    let in_flight = "wasm_run_requests_in_flight";
+    wait_for_metric(admin, in_flight, |n| n >= 4, Duration::from_secs(5)).await;
     let hello = get(a, "/hello").await;
     assert_eq!(hello.status, 200);
     for s in spinners {
@@ -266,13 +239,10 @@ async fn p3_trailers_pass_through() {
     tokio::spawn(conn);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc123".parse().unwrap());
-    let body = Frames(
-        [
-            http_body::Frame::data(Bytes::from_static(b"with trailers")),
-            http_body::Frame::trailers(trailers),
-        ]
-        .into(),
-    );
+    let body = frames_body(vec![
+        http_body::Frame::data(Bytes::from_static(b"with trailers")),
+        http_body::Frame::trailers(trailers),
+    ]);
     let request = http::Request::post("/echo")
         .header("host", server.addr.to_string())
         .header("te", "trailers")
@@ -286,21 +256,6 @@ async fn p3_trailers_pass_through() {
     assert_eq!(collected.to_bytes(), "with trailers");
     let trailers = trailers.expect("the response carries the request's trailers");
     assert_eq!(trailers["x-checksum"], "abc123");
-}
-
-/// A request body of the given frames (data and trailers), sent chunked.
-struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(Ok))
-    }
 }
 
 /// Streams and futures are state the host holds for the store (the
@@ -342,26 +297,14 @@ async fn streams_and_futures_are_charged_to_the_request() {
 /// `outgoing-handler`: an allowed destination is reached, the rest denied.
 #[tokio::test]
 async fn p3_outbound_reaches_only_allowed_destinations() {
-    let upstream = ServeGuard::start(&[wasm_run_tests::guest("demo", wasm_run_tests::Target::P1)
-        .to_str()
-        .unwrap()]);
-    let up = upstream.addr;
-    let allowed = format!("127.0.0.1:{}", up.port());
-    let server = p3_server(&["--allow-outbound", &allowed, "--allow-outbound", "*"]);
-    let a = server.addr;
-    let ok = get(a, &format!("/outbound?url=http://{up}/hello")).await;
-    assert_eq!(ok.text(), "outbound ok: 200\n");
+    let (server, upstream) = serve_beside_an_allowed_upstream(p3_server).await;
+    let (a, up) = (server.addr, upstream.addr);
     for url in [
         format!("http://127.0.0.1:{}/hello", up.port() ^ 1),
         "http://169.254.169.254/latest/meta-data/".to_string(),
         "http://10.0.0.1/".to_string(),
     ] {
-        let denied = get(a, &format!("/outbound?url={url}")).await;
-        assert!(
-            denied.text().contains("HttpRequestDenied"),
-            "{url}: {}",
-            denied.text()
-        );
+        assert_outbound_denied(a, &url).await;
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
-use proptest::sample::Index;
+use proptest::sample::{Index, select};
 use wasm_run::Limits;
 use wasm_run::limits::{ByteSize, MAX_DURATION, parse_duration, parse_size};
 use wasm_run::serve::cgi::{
@@ -331,21 +331,25 @@ fn chunks<'a>(data: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
 /// Stdout-like bytes: arbitrary bytes, and concatenations of head
 /// fragments (header lines, line ends, colons, blank lines) with noise.
 fn stdout_bytes() -> impl Strategy<Value = Vec<u8>> {
+    // Each fixed fragment is drawn as often as the noise.
+    const FRAGMENTS: [&[u8]; 13] = [
+        b"Status: 200",
+        b"Status: 404 Not Found",
+        b"status:99",
+        b"Content-Type: text/plain",
+        b"Location: /x",
+        b"X-A: 1",
+        b"Bad Name: 1",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\n\n",
+        b":",
+        b" \t",
+    ];
     let fragment = prop_oneof![
-        Just(b"Status: 200".to_vec()),
-        Just(b"Status: 404 Not Found".to_vec()),
-        Just(b"status:99".to_vec()),
-        Just(b"Content-Type: text/plain".to_vec()),
-        Just(b"Location: /x".to_vec()),
-        Just(b"X-A: 1".to_vec()),
-        Just(b"Bad Name: 1".to_vec()),
-        Just(b"\r\n".to_vec()),
-        Just(b"\n".to_vec()),
-        Just(b"\r".to_vec()),
-        Just(b"\n\n".to_vec()),
-        Just(b":".to_vec()),
-        Just(b" \t".to_vec()),
-        vec(any::<u8>(), 0..8),
+        FRAGMENTS.len() as u32 => select(FRAGMENTS.to_vec()).prop_map(<[u8]>::to_vec),
+        1 => vec(any::<u8>(), 0..8),
     ];
     prop_oneof![
         vec(any::<u8>(), 0..300),

@@ -10,9 +10,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use wasm_run_tests::{Target, guest, http_guest};
+
+/// The flags of a command line `line`, split on whitespace (so no value
+/// may hold a space).
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
 
 /// A running `wasm-run serve`, killed on drop (its stderr is printed then,
 /// to explain failures).
@@ -30,16 +39,29 @@ impl ServeGuard {
         ServeGuard::spawn(Command::new(env!("CARGO_BIN_EXE_wasm-run")), args)
     }
 
-    /// As [`ServeGuard::start`], after `ulimit ULIMIT` (e.g. `-Sn 256`: a
+    /// Starts `wasm-run serve FLAGS... MODULE`.
+    pub fn serving(module: &Path, flags: &[&str]) -> ServeGuard {
+        let module = module.to_str().expect("module path is UTF-8");
+        ServeGuard::start(&[flags, &[module]].concat())
+    }
+
+    /// Starts `wasm-run serve --config CONFIG FLAGS...`.
+    pub fn with_config(config: &Path, flags: &[&str]) -> ServeGuard {
+        let config = config.to_str().expect("config path is UTF-8");
+        ServeGuard::start(&[&["--config", config], flags].concat())
+    }
+
+    /// As [`ServeGuard::serving`], after `ulimit ULIMIT` (e.g. `-Sn 256`: a
     /// lower soft limit on open files, as a login shell's default would be).
-    pub fn start_with_ulimit(ulimit: &str, args: &[&str]) -> ServeGuard {
+    pub fn serving_with_ulimit(ulimit: &str, module: &Path, flags: &[&str]) -> ServeGuard {
+        let module = module.to_str().expect("module path is UTF-8");
         let mut sh = Command::new("sh");
         sh.args([
             "-c",
             &format!("ulimit {ulimit} && exec \"$0\" \"$@\""),
             env!("CARGO_BIN_EXE_wasm-run"),
         ]);
-        ServeGuard::spawn(sh, args)
+        ServeGuard::spawn(sh, &[flags, &[module]].concat())
     }
 
     fn spawn(mut command: Command, args: &[&str]) -> ServeGuard {
@@ -93,6 +115,39 @@ impl ServeGuard {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The admin address; the server must have been started with
+    /// `--admin-addr`.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .expect("the server was started with --admin-addr")
+    }
+
+    /// The server's resident memory now (VmRSS), to measure a peak from.
+    pub fn rss(&self) -> u64 {
+        rss_of(self.pid()).0
+    }
+
+    /// Asserts that the server's peak resident memory (VmHWM) stayed under
+    /// `before + allowance` bytes.
+    pub fn assert_peak_under(&self, before: u64, allowance: u64) {
+        let (_, peak) = rss_of(self.pid());
+        assert!(
+            peak < before + allowance,
+            "server peaked at {} MiB, {} MiB before",
+            peak >> 20,
+            before >> 20
+        );
+    }
+
+    /// Sends SIGTERM, waits (at most `within`) for the server to exit and
+    /// returns its status code and stderr.
+    pub async fn terminate(self, within: Duration) -> (Option<i32>, String) {
+        self.signal("TERM");
+        tokio::task::spawn_blocking(move || self.wait(within))
+            .await
+            .unwrap()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -155,6 +210,10 @@ impl Reply {
             .map(|v| v.to_str().unwrap())
     }
 
+    pub fn request_id(&self) -> String {
+        self.headers["x-request-id"].to_str().unwrap().to_string()
+    }
+
     pub fn text(&self) -> &str {
         self.body
             .as_deref()
@@ -184,6 +243,19 @@ pub async fn send(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> Reply {
 
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, request("GET", addr, path, Bytes::new())).await
+}
+
+/// POSTs `body` to `path` on a fresh connection.
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    send(addr, request("POST", addr, path, body.into())).await
+}
+
+/// POSTs `body` to the guest's `/echo` route, asserts a 200 and returns
+/// the reply's body.
+pub async fn echo(addr: SocketAddr, body: &str) -> String {
+    let reply = post(addr, "/echo", body.to_string()).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.text().to_string()
 }
 
 pub fn request(
@@ -235,6 +307,138 @@ where
     }
 }
 
+/// Waits (at most `within`) until the server's metric `name` satisfies
+/// `holds`.
+pub async fn wait_for_metric(
+    admin: SocketAddr,
+    name: &str,
+    holds: impl Fn(u64) -> bool,
+    within: Duration,
+) {
+    let start = Instant::now();
+    loop {
+        let value = metric(admin, name).await;
+        if holds(value) {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting on {name} (now {value})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `count` requests for `path` at once and asserts that each is
+/// killed with `status` and `outcome`.
+pub async fn assert_all_killed(
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    status: u16,
+    outcome: &str,
+) {
+    let requests: Vec<_> = (0..count)
+        .map(|_| {
+            let path = path.to_string();
+            tokio::spawn(async move { get(addr, &path).await })
+        })
+        .collect();
+    for request in requests {
+        assert_killed(&request.await.unwrap(), status, outcome);
+    }
+}
+
+/// Asserts the kills every guest kind answers alike: `/spin` out of fuel,
+/// `/bomb` past its memory cap and `/crash` trapped, each a 500.
+pub async fn assert_spin_bomb_and_crash_are_killed(addr: SocketAddr) {
+    assert_killed(&get(addr, "/spin").await, 500, "fuel_exhausted");
+    assert_killed(&get(addr, "/bomb").await, 500, "memory_exceeded");
+    assert_killed(&get(addr, "/crash").await, 500, "trapped");
+}
+
+/// Asserts that `path`, which sleeps past the deadline, is killed at it
+/// (504), well before the guest would have finished.
+pub async fn assert_killed_at_deadline(addr: SocketAddr, path: &str) {
+    let start = Instant::now();
+    assert_killed(&get(addr, path).await, 504, "deadline_exceeded");
+    assert!(start.elapsed() < Duration::from_secs(8), "{path}");
+}
+
+/// Starts a demo server on loopback as an upstream, then the server `start`
+/// makes with `--allow-outbound` flags that list the upstream explicitly
+/// and `*`, and asserts that the guest's `/outbound` reaches the upstream.
+/// Returns the server and the upstream (which serves while it lives).
+pub async fn serve_beside_an_allowed_upstream(
+    start: impl FnOnce(&[&str]) -> ServeGuard,
+) -> (ServeGuard, ServeGuard) {
+    let upstream = ServeGuard::serving(&guest("demo", Target::P1), &[]);
+    let up = upstream.addr;
+    let explicit = format!("127.0.0.1:{}", up.port());
+    let server = start(&["--allow-outbound", &explicit, "--allow-outbound", "*"]);
+    // Listed explicitly: sent, to the address that was checked.
+    let ok = get(server.addr, &format!("/outbound?url=http://{up}/hello")).await;
+    assert_eq!(ok.text(), "outbound ok: 200\n");
+    (server, upstream)
+}
+
+/// Asks the guest's `/outbound` route to fetch `url` and asserts that the
+/// host denied the request; returns the guest's reply.
+pub async fn assert_outbound_denied(addr: SocketAddr, url: &str) -> Reply {
+    let denied = get(addr, &format!("/outbound?url={url}")).await;
+    assert!(
+        denied.text().contains("HttpRequestDenied"),
+        "{url}: {}",
+        denied.text()
+    );
+    denied
+}
+
+/// Opens `count` raw connections to `addr` and writes `bytes` on each.
+pub async fn connect_all(addr: SocketAddr, count: usize, bytes: &[u8]) -> Vec<TcpStream> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut connection = TcpStream::connect(addr).await.expect("connect");
+        connection.write_all(bytes).await.expect("write");
+        connections.push(connection);
+    }
+    connections
+}
+
+/// Reads what the server sends on `connection` until it closes it, for at
+/// most `within`.
+pub async fn read_reply(connection: &mut TcpStream, within: Duration) -> String {
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(within, connection.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Waits until the server holds `cap` open connections, then checks that it
+/// holds no more for a while.
+pub async fn assert_connections_capped_at(admin: SocketAddr, cap: u64) {
+    let open = "wasm_run_open_connections";
+    wait_for_metric(admin, open, |n| n == cap, Duration::from_secs(5)).await;
+    for _ in 0..10 {
+        assert!(metric(admin, open).await <= cap);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that `reply` is a 200 with body `text`.
+pub fn assert_served(reply: &Reply, text: &str) {
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.text(), text);
+}
+
+/// GETs `path`, asserts that the guest answered it in full with `text`
+/// (a 200 with no kill outcome), and returns the reply.
+pub async fn assert_answers(addr: SocketAddr, path: &str, text: &str) -> Reply {
+    let reply = get(addr, path).await;
+    assert_served(&reply, text);
+    assert!(reply.outcome().is_none(), "{path}: {:?}", reply.outcome());
+    reply
+}
+
 /// A labelled counter's value (e.g. `wasm_run_reloads_total{result="ok"}`),
 /// 0 while the series does not exist yet.
 pub async fn counter(admin: std::net::SocketAddr, series: &str) -> u64 {
@@ -253,6 +457,43 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Writes config `name`: the `[server]` table `server` (TOML lines, may be
+/// empty), then a route of the demo guest (P1) at each `(path, lines)` of
+/// `routes`, with the route's extra TOML lines.
+pub fn demo_config(name: &str, server: &str, routes: &[(&str, &str)]) -> PathBuf {
+    let demo = guest("demo", Target::P1);
+    let mut text = String::from(server);
+    for (path, lines) in routes {
+        text.push_str(&format!(
+            "\n[[route]]\npath = \"{path}\"\nmodule = \"{}\"\n{lines}\n",
+            demo.display()
+        ));
+    }
+    write_config(name, &text)
+}
+
+/// `/proc/PID/status`'s `(VmRSS, VmHWM)` of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Open descriptors of process `pid`.
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
 #[tokio::test]
 async fn the_builtin_demo_serves_every_route_as_its_index_says() {
     let server = ServeGuard::start(&[]);
@@ -261,39 +502,23 @@ async fn the_builtin_demo_serves_every_route_as_its_index_says() {
     for route in ["/hello", "/spin", "/bomb", "/sleep"] {
         assert!(index.text().contains(route), "index lacks {route}");
     }
-    let hello = get(server.addr, "/hello").await;
-    assert_eq!(hello.status, 200);
-    assert_eq!(hello.text(), "Hello from wasm-run!\n");
-    assert!(hello.outcome().is_none());
+    let hello = assert_answers(server.addr, "/hello", "Hello from wasm-run!\n").await;
     assert!(hello.headers.contains_key("x-request-id"));
     // A small response that finished at once goes out whole, with its length.
     assert_eq!(hello.headers["content-length"], "21");
 
     assert_killed(&get(server.addr, "/spin").await, 500, "fuel_exhausted");
     assert_killed(&get(server.addr, "/bomb").await, 500, "memory_exceeded");
-    let start = Instant::now();
-    assert_killed(&get(server.addr, "/sleep").await, 504, "deadline_exceeded");
-    assert!(start.elapsed() < Duration::from_secs(8));
+    assert_killed_at_deadline(server.addr, "/sleep").await;
 }
 
 /// Both CGI guest kinds: the demo as a core module and as a component.
 pub fn cgi_server(target: Target, extra: &[&str]) -> ServeGuard {
-    let module = guest("demo", target);
     // Deadlines generous against the fuel budget: guests past their first
     // 1 ms run at a low kernel priority, slow on a machine busy with other
     // tests.
-    let mut args = vec![
-        "--timeout",
-        "5s",
-        "--fuel",
-        "300000000",
-        "--max-memory",
-        "32MiB",
-    ];
-    args.extend_from_slice(extra);
-    let module = module.to_str().unwrap().to_string();
-    args.push(&module);
-    ServeGuard::start(&args)
+    let limits = flags("--timeout 5s --fuel 300000000 --max-memory 32MiB");
+    ServeGuard::serving(&guest("demo", target), &[&limits, extra].concat())
 }
 
 #[tokio::test]
@@ -301,9 +526,7 @@ async fn cgi_status_table_for_core_modules_and_components() {
     for target in Target::ALL {
         let server = cgi_server(target, &[]);
         let a = server.addr;
-        assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
-        assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
-        assert_killed(&get(a, "/crash").await, 500, "trapped");
+        assert_spin_bomb_and_crash_are_killed(a).await;
         assert_killed(&get(a, "/sleep").await, 504, "deadline_exceeded");
         let nohead = get(a, "/nohead").await;
         assert_killed(&nohead, 502, "bad_gateway");
@@ -356,7 +579,7 @@ async fn cgi_streams_the_response_and_aborts_on_a_late_kill() {
 
 /// A guest killed after its response head: the status stands, the body is
 /// aborted (never ends cleanly).
-async fn assert_a_late_kill_truncates(addr: SocketAddr) {
+pub async fn assert_a_late_kill_truncates(addr: SocketAddr) {
     let late = get(addr, "/late-crash").await;
     assert_eq!(late.status, 200);
     assert!(
@@ -369,17 +592,9 @@ async fn assert_a_late_kill_truncates(addr: SocketAddr) {
 #[tokio::test]
 async fn oversize_bodies_get_413_both_ways() {
     let server = cgi_server(Target::P1, &["--max-body", "1KiB"]);
-    let declared = send(
-        server.addr,
-        request("POST", server.addr, "/echo", Bytes::from(vec![b'x'; 2048])),
-    )
-    .await;
+    let declared = post(server.addr, "/echo", vec![b'x'; 2048]).await;
     assert_killed(&declared, 413, "body_too_large");
-    let fits = send(
-        server.addr,
-        request("POST", server.addr, "/echo", Bytes::from(vec![b'x'; 1000])),
-    )
-    .await;
+    let fits = post(server.addr, "/echo", vec![b'x'; 1000]).await;
     assert_eq!(fits.status, 200);
 
     // A chunked body with no declared length that grows past the limit.
@@ -398,7 +613,8 @@ async fn oversize_bodies_get_413_both_ways() {
     // server answers and closes.
     let feeder = tokio::spawn(async move {
         for _ in 0..3 {
-            tx.send(Bytes::from(vec![b'y'; 512])).await.unwrap();
+            let chunk = Frame::data(Bytes::from(vec![b'y'; 512]));
+            tx.send(chunk).await.unwrap();
         }
         tx
     });
@@ -415,12 +631,23 @@ async fn oversize_bodies_get_413_both_ways() {
 }
 
 /// A streaming request body fed from a channel (chunked, no length).
-fn mpsc_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+fn mpsc_body() -> (tokio::sync::mpsc::Sender<Frame<Bytes>>, ChannelBody) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     (tx, ChannelBody(rx))
 }
 
-pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A request body of the given frames (data and trailers), sent chunked.
+pub fn frames_body(frames: Vec<Frame<Bytes>>) -> ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(frames.len().max(1));
+    for frame in frames {
+        tx.try_send(frame).expect("the channel holds every frame");
+    }
+    ChannelBody(rx)
+}
+
+/// A request body whose frames come from a channel; it ends once the
+/// channel is closed and empty.
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
@@ -428,36 +655,24 @@ impl http_body::Body for ChannelBody {
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
     }
 }
 
 pub fn http_server(extra: &[&str]) -> ServeGuard {
-    let module = http_guest().to_str().unwrap().to_string();
-    let mut args = vec!["--timeout", "5s", "--max-memory", "32MiB"];
-    args.extend_from_slice(extra);
-    args.push(&module);
-    ServeGuard::start(&args)
+    let limits = ["--timeout", "5s", "--max-memory", "32MiB"];
+    ServeGuard::serving(&http_guest(), &[&limits, extra].concat())
 }
 
 #[tokio::test]
 async fn wasi_http_status_table() {
     let server = http_server(&["--fuel", "1000000000"]);
     let a = server.addr;
-    let hello = get(a, "/").await;
-    assert_eq!(hello.status, 200);
-    assert_eq!(hello.text(), "Hello from wasm-run over wasi:http!\n");
-    assert!(hello.outcome().is_none());
+    let hello = assert_answers(a, "/", "Hello from wasm-run over wasi:http!\n").await;
     assert_eq!(hello.headers["content-length"], "36");
-    assert_killed(&get(a, "/spin").await, 500, "fuel_exhausted");
-    assert_killed(&get(a, "/bomb").await, 500, "memory_exceeded");
-    assert_killed(&get(a, "/crash").await, 500, "trapped");
-    let start = Instant::now();
-    assert_killed(&get(a, "/sleep?s=10").await, 504, "deadline_exceeded");
-    assert!(start.elapsed() < Duration::from_secs(8));
+    assert_spin_bomb_and_crash_are_killed(a).await;
+    assert_killed_at_deadline(a, "/sleep?s=10").await;
     let missing = get(a, "/status/404").await;
     assert_eq!(missing.status, 404);
     assert!(missing.outcome().is_none());
@@ -471,38 +686,22 @@ async fn wasi_http_streams_bodies_both_ways_and_denies_outbound() {
     let server = http_server(&[]);
     let a = server.addr;
     let body = "0123456789".repeat(10_000);
-    let reply = send(a, request("POST", a, "/echo", Bytes::from(body.clone()))).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.text().ends_with(&body));
+    assert!(echo(a, &body).await.ends_with(&body));
     let stream = get(a, "/stream?n=300").await;
     assert_eq!(stream.text().lines().count(), 300);
-    let outbound = get(a, "/outbound?url=http://example.com/").await;
-    assert!(
-        outbound.text().contains("HttpRequestDenied"),
-        "{}",
-        outbound.text()
-    );
+    assert_outbound_denied(a, "http://example.com/").await;
 }
 
 #[tokio::test]
 async fn hello_is_answered_promptly_while_other_requests_spin() {
     let server = cgi_server(
         Target::P1,
-        &[
-            "--timeout",
-            "4s",
-            "--fuel",
-            "100000000000",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
+        &flags("--timeout 4s --fuel 100000000000 --admin-addr 127.0.0.1:0"),
     );
-    let (a, admin) = (server.addr, server.admin.unwrap());
+    let (a, admin) = (server.addr, server.admin());
     let spinners: Vec<_> = (0..6).map(|_| tokio::spawn(get(a, "/spin"))).collect();
-    eventually(Duration::from_secs(5), "six spinners in flight", || async {
-        metric(admin, "wasm_run_requests_in_flight").await >= 6
-    })
-    .await;
+    let in_flight = "wasm_run_requests_in_flight";
+    wait_for_metric(admin, in_flight, |n| n >= 6, Duration::from_secs(5)).await;
     let start = Instant::now();
     let hello = get(a, "/hello").await;
     let took = start.elapsed();
@@ -518,18 +717,11 @@ async fn hello_is_answered_promptly_while_other_requests_spin() {
 
 #[tokio::test]
 async fn sigterm_drains_a_slow_request_then_exits_zero() {
-    let server = cgi_server(
-        Target::P1,
-        &["--timeout", "5s", "--admin-addr", "127.0.0.1:0"],
-    );
-    let (a, admin) = (server.addr, server.admin.unwrap());
+    let server = cgi_server(Target::P1, &flags("--timeout 5s --admin-addr 127.0.0.1:0"));
+    let (a, admin) = (server.addr, server.admin());
     let slow = tokio::spawn(get(a, "/sleep?s=1"));
-    eventually(
-        Duration::from_secs(5),
-        "the slow request in flight",
-        || async { metric(admin, "wasm_run_requests_in_flight").await >= 1 },
-    )
-    .await;
+    let in_flight = "wasm_run_requests_in_flight";
+    wait_for_metric(admin, in_flight, |n| n >= 1, Duration::from_secs(5)).await;
     server.signal("TERM");
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200);
@@ -542,18 +734,9 @@ async fn sigterm_drains_a_slow_request_then_exits_zero() {
 
 #[tokio::test]
 async fn sighup_reloads_good_config_and_keeps_serving_on_bad() {
-    let demo = guest("demo", Target::P1);
-    let config = write_config(
-        "reload.toml",
-        &format!("[[route]]\npath = \"/\"\nmodule = \"{}\"\n", demo.display()),
-    );
-    let server = ServeGuard::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--admin-addr",
-        "127.0.0.1:0",
-    ]);
-    let (a, admin) = (server.addr, server.admin.unwrap());
+    let config = demo_config("reload.toml", "", &[("/", "")]);
+    let server = ServeGuard::with_config(&config, &["--admin-addr", "127.0.0.1:0"]);
+    let (a, admin) = (server.addr, server.admin());
     assert_eq!(get(a, "/hello").await.text(), "Hello from wasm-run!\n");
     let failed = r#"wasm_run_reloads_total{result="failed"}"#;
     let ok = r#"wasm_run_reloads_total{result="ok"}"#;
@@ -573,15 +756,7 @@ async fn sighup_reloads_good_config_and_keeps_serving_on_bad() {
     assert_eq!(get(a, "/hello").await.text(), "Hello from wasm-run!\n");
 
     // A good config with a new route.
-    std::fs::write(
-        &config,
-        format!(
-            "[[route]]\npath = \"/\"\nmodule = \"{}\"\n[[route]]\npath = \"/other\"\nmodule = \"{}\"\n",
-            demo.display(),
-            demo.display()
-        ),
-    )
-    .unwrap();
+    demo_config("reload.toml", "", &[("/", ""), ("/other", "")]);
     server.signal("HUP");
     eventually(Duration::from_secs(10), "the good reload", || async {
         counter(admin, ok).await == 1
@@ -675,11 +850,8 @@ async fn wasi_http_guest_output_goes_to_the_log_with_the_request_id() {
     let server = http_server(&[]);
     let reply = get(server.addr, "/stdout").await;
     assert_eq!(reply.status, 200);
-    let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
-    server.signal("TERM");
-    let (code, stderr) = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let id = reply.request_id();
+    let (code, stderr) = server.terminate(Duration::from_secs(5)).await;
     assert_eq!(code, Some(0));
     let line = stderr
         .lines()
@@ -695,9 +867,8 @@ async fn wasi_http_guest_output_goes_to_the_log_with_the_request_id() {
 
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_do_not_block_others() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = cgi_server(Target::P1, &["--header-timeout", "500ms"]);
-    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
@@ -710,54 +881,35 @@ async fn slow_clients_are_cut_off_and_do_not_block_others() {
     assert!(start.elapsed() < Duration::from_secs(8));
 }
 
-fn budget_config(name: &str) -> PathBuf {
-    let demo = guest("demo", Target::P1);
-    write_config(
+/// A server of the demo guest at `/` (a 4 MiB cap) and `/slow` (32 MiB, 5 s),
+/// with a memory budget of 80 MiB and a queue of one, after `flags`.
+fn budget_server(name: &str, flags: &[&str]) -> ServeGuard {
+    let config = demo_config(
         name,
-        &format!(
-            r#"
-[server]
-memory-budget = "80MiB"
-max-queue = 1
-queue-timeout = "400ms"
-
-[[route]]
-path = "/"
-module = "{demo}"
-limits = {{ max-memory = "4MiB" }}
-
-[[route]]
-path = "/slow"
-module = "{demo}"
-limits = {{ max-memory = "32MiB", timeout = "5s" }}
-"#,
-            demo = demo.display()
-        ),
-    )
+        "[server]\nmemory-budget = \"80MiB\"\nmax-queue = 1\nqueue-timeout = \"400ms\"\n",
+        &[
+            ("/", r#"limits = { max-memory = "4MiB" }"#),
+            (
+                "/slow",
+                r#"limits = { max-memory = "32MiB", timeout = "5s" }"#,
+            ),
+        ],
+    );
+    ServeGuard::with_config(&config, flags)
 }
 
 #[tokio::test]
 async fn admission_queues_then_turns_away_with_503_and_retry_after() {
-    let config = budget_config("budget-queue.toml");
-    let server = ServeGuard::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--admin-addr",
-        "127.0.0.1:0",
-    ]);
-    let (a, admin) = (server.addr, server.admin.unwrap());
+    let server = budget_server("budget-queue.toml", &["--admin-addr", "127.0.0.1:0"]);
+    let (a, admin) = (server.addr, server.admin());
     // Two slow requests fill 64.5 of the 80 MiB budget (each: a 32 MiB cap,
     // which covers the host memory it causes, plus the 256 KiB the host
     // holds for it outside its account); a third would not fit.
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(get(a, "/slow/sleep?s=1.5")))
         .collect();
-    eventually(
-        Duration::from_secs(5),
-        "both slow requests admitted",
-        || async { metric(admin, "wasm_run_memory_budget_in_use_bytes").await >= 64 << 20 },
-    )
-    .await;
+    let in_use = "wasm_run_memory_budget_in_use_bytes";
+    wait_for_metric(admin, in_use, |n| n >= 64 << 20, Duration::from_secs(5)).await;
 
     // A hello on the route with the smaller cap still fits and is answered.
     let start = Instant::now();
@@ -768,12 +920,8 @@ async fn admission_queues_then_turns_away_with_503_and_retry_after() {
     // A third slow one waits in the queue (now full), so readyz says not ready
     // and a fourth is turned away at once; the third times out in the queue.
     let third = tokio::spawn(get(a, "/slow/hello"));
-    eventually(
-        Duration::from_secs(5),
-        "the third request queued",
-        || async { metric(admin, "wasm_run_admission_queue_length").await == 1 },
-    )
-    .await;
+    let queued = "wasm_run_admission_queue_length";
+    wait_for_metric(admin, queued, |n| n == 1, Duration::from_secs(5)).await;
     assert_eq!(get(admin, "/readyz").await.status, 503);
     let fourth = get(a, "/slow/hello").await;
     assert_killed(&fourth, 503, "overloaded");
@@ -803,31 +951,15 @@ async fn admission_queues_then_turns_away_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn the_budget_bounds_the_host_under_a_flood_of_memory_bombs() {
-    let config = budget_config("budget-flood.toml");
-    let server = ServeGuard::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--max-queue",
-        "100",
-        "--queue-timeout",
-        "30s",
-    ]);
+    let queue = ["--max-queue", "100", "--queue-timeout", "30s"];
+    let server = budget_server("budget-flood.toml", &queue);
     let a = server.addr;
     assert_eq!(get(a, "/hello").await.status, 200);
-    let (before, _) = crate::host_limits::rss_of(server.pid());
+    let before = server.rss();
     // Eight requests that each grow to their 32 MiB cap: the 80 MiB budget
     // admits two at a time, the rest wait their turn.
-    let flood: Vec<_> = (0..8).map(|_| tokio::spawn(get(a, "/slow/bomb"))).collect();
-    for f in flood {
-        assert_killed(&f.await.unwrap(), 500, "memory_exceeded");
-    }
-    let (_, peak) = crate::host_limits::rss_of(server.pid());
+    assert_all_killed(a, "/slow/bomb", 8, 500, "memory_exceeded").await;
     // Without admission all eight would be resident at once (256 MiB).
-    assert!(
-        peak < before + (80 << 20) + (48 << 20),
-        "server peaked at {} MiB, {} MiB before",
-        peak >> 20,
-        before >> 20
-    );
+    server.assert_peak_under(before, (80 << 20) + (48 << 20));
     assert_eq!(get(a, "/hello").await.status, 200);
 }

@@ -6,47 +6,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasm_run_tests::{Target, guest};
-
-use crate::serve::{Reply, ServeGuard, get, write_config};
+use crate::serve::{Reply, ServeGuard, demo_config, get};
 
 /// A server with `/a` (sleeps into its 1 s deadline) and `/b` (answers at
 /// once), a budget that fits four requests, and queues of 16. With
 /// `shared`, both routes are one tenant — the single FIFO queue of a host
 /// without tenants.
 fn server(name: &str, shared: bool) -> ServeGuard {
-    let demo = guest("demo", Target::P1);
-    let tenancy = if shared {
-        "[[tenant]]\nname = \"everyone\"\n"
+    let (tenancy, tenant) = if shared {
+        ("[[tenant]]\nname = \"everyone\"\n", "tenant = \"everyone\"")
     } else {
-        ""
+        ("", "")
     };
-    let tenant = if shared { "tenant = \"everyone\"" } else { "" };
-    let config = write_config(
+    let limits = format!("limits = {{ max-memory = \"16MiB\", timeout = \"1s\" }}\n{tenant}");
+    let config = demo_config(
         name,
         &format!(
-            r#"
-[server]
-memory-budget = "66MiB"
-max-queue = 16
-queue-timeout = "5s"
-{tenancy}
-[[route]]
-path = "/a"
-module = "{demo}"
-limits = {{ max-memory = "16MiB", timeout = "1s" }}
-{tenant}
-
-[[route]]
-path = "/b"
-module = "{demo}"
-limits = {{ max-memory = "16MiB", timeout = "1s" }}
-{tenant}
-"#,
-            demo = demo.display()
+            "[server]\nmemory-budget = \"66MiB\"\nmax-queue = 16\nqueue-timeout = \"5s\"\n{tenancy}"
         ),
+        &[("/a", &limits), ("/b", &limits)],
     );
-    ServeGuard::start(&["--config", config.to_str().unwrap()])
+    ServeGuard::with_config(&config, &[])
 }
 
 /// Runs 40 connections looping on `/a` while `victims` sequential requests

@@ -6,14 +6,12 @@
 //! cgi-fork PROGRAM [ADDR]    # prints "Serving HTTP on http://ADDR/"
 //! ```
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use wasm_run::serve::cgi::CgiHeadParser;
+
+#[path = "../baseline.rs"]
+mod baseline;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -24,37 +22,29 @@ async fn main() -> std::io::Result<()> {
             .into_boxed_str(),
     );
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("Serving HTTP on http://{}/", listener.local_addr()?);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = service_fn(move |_req| async move {
-                let output = tokio::process::Command::new(program)
-                    .env_clear()
-                    .env("REQUEST_METHOD", "GET")
-                    .output()
-                    .await;
-                let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                match output {
-                    Ok(out) => {
-                        let mut parser = CgiHeadParser::new();
-                        if let Ok(Some(head)) = parser.push(&out.stdout) {
-                            *response.status_mut() = head.status;
-                            *response.headers_mut() = head.headers;
-                            *response.body_mut() = Full::new(head.body_start);
-                        } else {
-                            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-                        }
-                    }
-                    Err(_) => *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR,
-                }
-                Ok::<_, Infallible>(response)
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+    baseline::serve(&addr, move || run(program)).await
+}
+
+/// Fork/execs `program` as a CGI script and answers with its output.
+async fn run(program: &str) -> hyper::Response<Full<Bytes>> {
+    let output = tokio::process::Command::new(program)
+        .env_clear()
+        .env("REQUEST_METHOD", "GET")
+        .output()
+        .await;
+    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+    match output {
+        Ok(out) => {
+            let mut parser = CgiHeadParser::new();
+            if let Ok(Some(head)) = parser.push(&out.stdout) {
+                *response.status_mut() = head.status;
+                *response.headers_mut() = head.headers;
+                *response.body_mut() = Full::new(head.body_start);
+            } else {
+                *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            }
+        }
+        Err(_) => *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR,
     }
+    response
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 #[path = "../../query.rs"]
 mod query;
-use query::query_param;
+use query::{query_param, query_parsed};
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::outgoing_handler;
@@ -199,10 +199,8 @@ fn bomb() -> ! {
 /// Makes the host hold memory for the guest: `fields` resources live in the
 /// host, not in the guest's linear memory.
 fn fields(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let kib: usize = query_param(query, "kib")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let limit: Option<usize> = query_param(query, "n").and_then(|v| v.parse().ok());
+    let kib: usize = query_parsed(query, "kib").unwrap_or(15);
+    let limit: Option<usize> = query_parsed(query, "n");
     let value = vec![b'a'; kib * 1024];
     let mut hoard = Vec::new();
     while limit.is_none_or(|n| hoard.len() < n) {
@@ -241,12 +239,8 @@ fn sleep(response_out: ResponseOutparam, query: &str) -> Outcome {
 /// holding every one, sleeps `?s=` seconds (default 0), then answers
 /// `opened K of N`: the per-invocation cap on open files.
 fn open_files(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let n = query_param(query, "n")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1000);
-    let secs = query_param(query, "s")
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let n = query_parsed::<usize>(query, "n").unwrap_or(1000);
+    let secs = query_parsed::<f64>(query, "s").unwrap_or(0.0);
     let mut files = Vec::new();
     while files.len() < n {
         match std::fs::File::open("/d/f") {
@@ -268,11 +262,7 @@ fn late_crash(response_out: ResponseOutparam) -> Outcome {
 }
 
 fn stream(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let number = |key: &str, default: u64| {
-        query_param(query, key)
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(default)
-    };
+    let number = |key: &str, default: u64| query_parsed::<u64>(query, key).unwrap_or(default);
     let (n, ms) = (number("n", 100), number("ms", 0));
     let body = Body::start(response_out, 200);
     for i in 0..n {
@@ -343,12 +333,8 @@ fn outbound(response_out: ResponseOutparam, query: &str) -> Outcome {
 }
 
 fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let n: usize = query_param(query, "n")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let kib: usize = query_param(query, "kib")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
+    let n: usize = query_parsed(query, "n").unwrap_or(1000);
+    let kib: usize = query_parsed(query, "kib").unwrap_or(2048);
     let chunk = vec![b'x'; MIB];
     let mut kept = Vec::with_capacity(n);
     for _ in 0..n {
@@ -386,9 +372,7 @@ fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
 /// written: how far it gets against a client that does not read shows what
 /// the host and the kernel buffer for a connection.
 fn blob(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let kib: usize = query_param(query, "kib")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16 << 10);
+    let kib: usize = query_parsed(query, "kib").unwrap_or(16 << 10);
     let chunk = [b'x'; 16 << 10];
     let body = Body::start(response_out, 200);
     for i in 1..=kib / 16 {
@@ -403,9 +387,7 @@ fn blob(response_out: ResponseOutparam, query: &str) -> Outcome {
 /// of an outgoing body, past any permit: the host copies the whole
 /// argument before it can refuse it.
 fn big_write(response_out: ResponseOutparam, query: &str) -> Outcome {
-    let mib: usize = query_param(query, "mib")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+    let mib: usize = query_parsed(query, "mib").unwrap_or(32);
     let data = vec![b'x'; mib * MIB];
     let request = OutgoingRequest::new(Fields::new());
     let body = request.body().expect("the body is taken once");
@@ -418,9 +400,7 @@ fn outgoing_flood(response_out: ResponseOutparam, query: &str) -> Outcome {
     let Some(url) = query_param(query, "url").filter(|url| !url.is_empty()) else {
         return respond(response_out, 400, b"missing ?url=\n");
     };
-    let n: usize = query_param(query, "n")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = query_parsed(query, "n").unwrap_or(1000);
     let mut futures = Vec::with_capacity(n);
     let mut failed = 0;
     let mut first_error = String::new();

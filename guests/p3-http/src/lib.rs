@@ -51,13 +51,13 @@ impl wasip3::exports::http::handler::Guest for Service {
             "/spin" => spin(),
             "/bomb" => bomb(),
             "/sleep" => {
-                let ms: u64 = param(&query, "ms").unwrap_or(10_000);
+                let ms: u64 = query::query_parsed(&query, "ms").unwrap_or(10_000);
                 wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
                 Ok(text(200, b"slept\n".to_vec()))
             }
             "/crash" => panic!("p3 http guest crash"),
             "/late-crash" => Ok(late_crash()),
-            "/stream" => Ok(stream(param(&query, "n").unwrap_or(100))),
+            "/stream" => Ok(stream(query::query_parsed(&query, "n").unwrap_or(100))),
             "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
             "/outbound" => Ok(outbound(&query).await),
             "/subtasks" => subtasks(&query).await,
@@ -69,10 +69,6 @@ impl wasip3::exports::http::handler::Guest for Service {
             _ => Ok(text(404, b"no route\n".to_vec())),
         }
     }
-}
-
-fn param<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
-    query::query_param(query, key).and_then(|v| v.parse().ok())
 }
 
 /// A response whose body `chunks` are written, one stream write each, by a
@@ -143,7 +139,6 @@ fn echo(request: Request) -> Response {
     response
 }
 
-
 async fn outbound(query: &str) -> Response {
     let Some(url) = query::query_param(query, "url") else {
         return text(400, b"missing url\n".to_vec());
@@ -178,7 +173,7 @@ async fn outbound(query: &str) -> Response {
 /// Spawns `n` subtasks that spin or allocate forever and waits on them:
 /// none of it is the handler's own code, all of it is the store's.
 async fn subtasks(query: &str) -> Result<Response, ErrorCode> {
-    let n: u32 = param(query, "n").unwrap_or(8);
+    let n: u32 = query::query_parsed(query, "n").unwrap_or(8);
     let bomb_them = query::query_param(query, "what").as_deref() == Some("bomb");
     for _ in 0..n {
         wasip3::spawn_local(async move {

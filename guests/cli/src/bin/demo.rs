@@ -34,7 +34,7 @@ use std::time::Duration;
 
 #[path = "../../../query.rs"]
 mod query;
-use query::query_param;
+use query::{query_param, query_parsed};
 
 const MIB: usize = 1 << 20;
 
@@ -268,12 +268,8 @@ fn sleep(out: &mut StdoutLock<'_>, query: &str) -> io::Result<()> {
 }
 
 fn stream(out: &mut StdoutLock<'_>, query: &str) -> io::Result<()> {
-    let n = query_param(query, "n")
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(100);
-    let ms = query_param(query, "ms")
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .unwrap_or(0);
+    let n = query_parsed::<u64>(query, "n").unwrap_or(100);
+    let ms = query_parsed::<u64>(query, "ms").unwrap_or(0);
     out.write_all(b"Content-Type: text/plain\n\n")?;
     out.flush()?;
     for i in 0..n {

@@ -2,13 +2,10 @@
 
 use std::process::exit;
 
+#[path = "../../../args.rs"]
+mod args;
+
 fn main() {
-    let code = match std::env::args().nth(1) {
-        None => 3,
-        Some(arg) => arg.parse::<i32>().unwrap_or_else(|_| {
-            eprintln!("exit-code: not an integer: {arg}");
-            exit(2)
-        }),
-    };
+    let code: i32 = args::first_arg_or(3, "exit-code: not an integer");
     exit(code);
 }

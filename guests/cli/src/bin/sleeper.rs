@@ -3,14 +3,11 @@
 use std::process::exit;
 use std::time::Duration;
 
+#[path = "../../../args.rs"]
+mod args;
+
 fn main() {
-    let secs = match std::env::args().nth(1) {
-        None => 60.0,
-        Some(arg) => arg.parse::<f64>().unwrap_or_else(|_| {
-            eprintln!("sleeper: not a number of seconds: {arg}");
-            exit(2)
-        }),
-    };
+    let secs: f64 = args::first_arg_or(60.0, "sleeper: not a number of seconds");
     let Ok(duration) = Duration::try_from_secs_f64(secs) else {
         eprintln!("sleeper: not a valid duration: {secs}");
         exit(2)
