@@ -59,6 +59,33 @@ fn invoke(c: &mut Criterion) {
     group.finish();
 }
 
+/// How much of each linear memory the pool keeps resident between
+/// invocations: Rust guests use a 1 MiB stack below their data and heap,
+/// so their heap pages lie just past 1 MiB.
+fn keep_resident(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("keep-resident");
+    for mib in [1, 2] {
+        let engine = Engine::new(EngineConfig {
+            keep_resident: mib << 20,
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        let http = Guest::from_file(&engine, wasm_run_tests::http_guest()).expect("loads");
+        group.bench_function(format!("http-hello/{mib}MiB"), |b| {
+            b.iter(|| http_hello(&rt, &http, 36))
+        });
+        let p3 = Guest::from_file(&engine, wasm_run_tests::p3_http_guest()).expect("loads");
+        group.bench_function(format!("p3-http-hello/{mib}MiB"), |b| {
+            b.iter(|| http_hello(&rt, &p3, 35))
+        });
+    }
+    group.finish();
+}
+
 /// One GET /hello through `Guest::handle_http`, the body read to its end.
 fn http_hello(rt: &tokio::runtime::Runtime, guest: &Guest, body_len: usize) {
     rt.block_on(async {
@@ -97,5 +124,5 @@ fn engine(fuel: bool) -> Engine {
     .expect("engine")
 }
 
-criterion_group!(benches, invoke);
+criterion_group!(benches, invoke, keep_resident);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 
     python3 benches/p3.py [--duration 15] [--rate 200] [--rounds 2]
         [--wasmtime PATH] [--wrk-duration 8] [--python]
-        [--abuse crash|sleep] [--only isolation|throughput]
+        [--abuse crash|sleep|traps] [--only isolation|throughput]
+        [--guest p3|p2] [--before PATH]
 
 The same WASI 0.3 service (`guests/p3-http`, built with the `wasip3` crate)
 under `wasm-run serve` (a fresh store per request) and under `wasmtime serve
@@ -15,6 +16,12 @@ machine; rounds interleave the systems.
      request's scheduled time), alone, then while 8 other connections loop
      over /spin, /bomb and /crash (2 s deadline, 32 MiB cap);
   2. throughput: `wrk -t2 -c64` on /hello.
+
+--abuse sleep swaps /crash for /sleep to the deadline (the WASI 0.2 mix);
+--abuse traps loops only /crash and /bomb (requests killed within ~50 ms).
+--guest p2 runs the same measurements on the WASI 0.2 service
+(`guests/http`, same routes). --before PATH adds another wasm-run binary to
+the same rounds, for a before/after comparison.
 
 --python adds a third-party WASI 0.3 component to the throughput rows: a
 Python service built with componentize-py 0.25 (installed from PyPI into a
@@ -45,7 +52,12 @@ ABUSE = {
     "crash": ["--mix", "/spin=0.34", "--mix", "/bomb=0.33", "--mix", "/crash=0.33"],
     # openloop.py's WASI 0.2 mix, for a like-for-like comparison.
     "sleep": ["--mix", "/spin=0.34", "--mix", "/bomb=0.33", "--mix", "/sleep?ms=10000=0.33"],
+    # Only requests that are killed at once (trap) or within ~50 ms (memory):
+    # ~250 killed requests a second from 8 connections, all at normal
+    # priority unless the server penalizes their connections.
+    "traps": ["--mix", "/crash=0.5", "--mix", "/bomb=0.5"],
 }
+P2_GUEST = ROOT / "target/guests/wasm32-wasip2/release/wasm_run_http_guest.wasm"
 PY_APP = ROOT / "benches/python-p3/app.py"
 PY_ENV = ROOT / "target/componentize-py"
 PY_WASM = ROOT / "target/python-p3/app.wasm"
@@ -61,10 +73,13 @@ def wasmtime_48(explicit):
     return exe if v.startswith("wasmtime 48") else None
 
 
-def commands(guest, wasmtime):
-    cmds = {"wasm-run serve (fresh store per request)": [
-        str(WASM_RUN), "serve", "--addr", "127.0.0.1:0", "--timeout", "2s",
-        "--max-memory", "32MiB", "--no-cache", str(guest)]}
+def commands(guest, wasmtime, before=None):
+    def wasm_run(exe):
+        return [str(exe), "serve", "--addr", "127.0.0.1:0", "--timeout", "2s",
+                "--max-memory", "32MiB", "--no-cache", str(guest)]
+    cmds = {"wasm-run serve (fresh store per request)": wasm_run(WASM_RUN)}
+    if before:
+        cmds[f"wasm-run serve, before ({before})"] = wasm_run(before)
     if wasmtime:
         cmds["wasmtime serve -Sp3 (instance reuse: 128 requests, 16 at once)"] = [
             wasmtime, "serve", "-Sp3", "-Scli", "--addr", "127.0.0.1:0",
@@ -112,16 +127,23 @@ def main():
     ap.add_argument("--wasmtime")
     ap.add_argument("--python", action="store_true")
     ap.add_argument("--abuse", choices=sorted(ABUSE), default="crash",
-                    help="the abusers' third request: /crash (trap) or /sleep (to the deadline)")
+                    help="what the abusers loop: crash (/spin, /bomb, /crash), sleep (/spin, "
+                         "/bomb, /sleep to the deadline) or traps (/crash, /bomb)")
     ap.add_argument("--only", choices=["isolation", "throughput"])
+    ap.add_argument("--guest", choices=["p3", "p2"], default="p3",
+                    help="the WASI 0.3 service (default) or the WASI 0.2 one, which has the "
+                         "same routes")
+    ap.add_argument("--before", help="another wasm-run binary, measured in the same rounds "
+                                     "(a before/after comparison)")
     args = ap.parse_args()
     if not 5 <= args.duration <= 120 or not 2 <= args.wrk_duration <= 60:
         sys.exit("p3: --duration must be 5..120 s and --wrk-duration 2..60 s")
-    for f in [WASM_RUN, openloop.LOAD, P3_GUEST]:
+    guest = P3_GUEST if args.guest == "p3" else P2_GUEST
+    for f in [WASM_RUN, openloop.LOAD, guest]:
         if not f.exists():
             sys.exit(f"p3: {f} is missing (see the docstring)")
     wasmtime = wasmtime_48(args.wasmtime)
-    cmds = commands(P3_GUEST, wasmtime)
+    cmds = commands(guest, wasmtime, args.before)
     py_cmds = {}
     if args.python and (py := python_guest()):
         py_cmds = {f"{name}, Python": cmd[:-1] + [str(py)]
@@ -142,9 +164,9 @@ def main():
             for name, cmd in {**cmds, **py_cmds}.items():
                 thr[name].append(throughput(name, cmd, args.wrk_duration))
 
-    third = "/crash" if args.abuse == "crash" else "/sleep"
+    looped = ", ".join(ABUSE[args.abuse][1::2])
     print(f"\n### Isolation: {args.rate:.0f} req/s of GET /hello for {args.duration} s, open loop; "
-          f"abuse: 8 connections looping /spin, /bomb, {third} (2 s deadline, 32 MiB cap)\n")
+          f"abuse: 8 connections looping {looped} (2 s deadline, 32 MiB cap)\n")
     openloop.print_table(iso, "hello failed alone / abused")
     print(f"\n### Throughput: `wrk -t2 -c64 -d{args.wrk_duration}s` on /hello\n")
     print("| system | round | req/s | p99 ms | failed |")

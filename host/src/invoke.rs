@@ -19,6 +19,7 @@ use crate::guest::{Guest, Pre};
 use crate::io::{self, Input, Output, Stream};
 use crate::outbound::OutboundPolicy;
 use crate::outcome::{CallEnd, Outcome, OutcomeKind, Usage, classify};
+use crate::scheduler::Priority;
 use crate::store::{StoreState, new_store};
 
 /// A directory of the host made visible to the guest.
@@ -85,6 +86,9 @@ pub struct Invocation {
     /// Hosts a component may send wasi:http requests to. Default: none
     /// (every outgoing request is denied).
     pub outbound: OutboundPolicy,
+    /// Where it starts: at normal priority (the default), or on the
+    /// low-priority threads from the first poll.
+    pub priority: Priority,
 }
 
 impl Guest {
@@ -303,6 +307,7 @@ impl Guest {
             stderr,
             limits,
             outbound,
+            priority,
         } = invocation;
         let mut builder = wasi_builder(self.name(), program_name.as_deref(), &args, &env, &dirs)?;
         io::set_stdin(&mut builder, stdin);
@@ -319,6 +324,7 @@ impl Guest {
             started,
             state,
             limits,
+            priority,
             stdout,
             stderr,
         })
@@ -355,6 +361,7 @@ struct Prepared {
     started: Instant,
     state: StoreState,
     limits: Limits,
+    priority: Priority,
     stdout: Option<io::CaptureBuffer>,
     stderr: Option<io::CaptureBuffer>,
 }
@@ -425,6 +432,7 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
         started,
         state,
         limits,
+        priority,
         stdout,
         stderr,
     } = prepared;
@@ -456,7 +464,10 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
     };
     // Every poll — instantiation, host calls, wasm, and the store's drop —
     // is charged to the invocation's account.
-    let (concluded, cpu_time) = engine.scheduler().run(account.scope(invocation)).await;
+    let (concluded, cpu_time) = engine
+        .scheduler()
+        .run(account.scope(invocation), priority)
+        .await;
     let (kind, mut usage) = concluded?;
     usage.cpu_time = cpu_time;
     Ok(Outcome {

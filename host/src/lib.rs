@@ -138,6 +138,7 @@ pub use limits::{
 };
 pub use outbound::OutboundPolicy;
 pub use outcome::{CapturedOutput, Outcome, OutcomeKind, Report, Trap, TrapReason, Usage};
+pub use scheduler::Priority;
 pub use store::{
     HOST_ALLOWANCE, HOST_BASE, HTTP_HOST_ALLOWANCE, MAX_FIELDS_BYTES, MAX_RANDOM_BYTES,
     MAX_RESOURCES, TABLE_ELEMENT_BYTES, UNATTRIBUTED_ALLOWANCE,

@@ -17,7 +17,12 @@
 //!   handed, between two polls, to the background pool and finishes there
 //!   (guests yield at every 1 ms epoch tick, so this happens within a tick);
 //! - an invocation that ends within its first slice never touches the pool:
-//!   the fast path pays two clock reads per poll and nothing else.
+//!   the fast path pays two clock reads per poll and nothing else;
+//! - an invocation started at [`Priority::Background`] skips the first
+//!   slice and runs on the pool from its first poll (`wasm-run serve` starts
+//!   a request so when the previous one on its connection was killed: short
+//!   requests that keep trapping never reach the 1 ms that would demote
+//!   them).
 //!
 //! The background pool has one thread per CPU, so demoted work still uses
 //! every idle core; it only loses to normal-priority work.
@@ -45,6 +50,21 @@ pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(1);
 
 /// Nice value of the background threads (see the module doc for why 10).
 const BACKGROUND_NICE: i32 = 10;
+
+/// Where an invocation starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// Where it was started, at normal priority, until it has used its
+    /// first slice of CPU; then on the low-priority pool.
+    #[default]
+    Normal,
+    /// On the low-priority pool from its first poll: it only gets the CPU
+    /// that normal-priority work leaves. `wasm-run serve` starts a request
+    /// so when the previous request on its connection was killed, so a
+    /// client that keeps sending requests that trap or exhaust their
+    /// limits competes with nobody's fresh requests.
+    Background,
+}
 
 /// The low-priority pool, created on first use.
 pub(crate) struct Scheduler {
@@ -84,17 +104,22 @@ impl Scheduler {
     }
 
     /// Runs `fut` to completion: here while it stays within its first slice
-    /// of CPU, then on the background pool. Returns its output and the CPU
-    /// time it used.
-    pub(crate) async fn run<F>(&self, fut: F) -> (F::Output, Duration)
+    /// of CPU (unless it starts at [`Priority::Background`]), then on the
+    /// background pool. Returns its output and the CPU time it used.
+    pub(crate) async fn run<F>(&self, fut: F, priority: Priority) -> (F::Output, Duration)
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.run_with_clock(fut, PollClock).await
+        self.run_with_clock(fut, PollClock, priority).await
     }
 
-    async fn run_with_clock<F, C>(&self, fut: F, clock: C) -> (F::Output, Duration)
+    async fn run_with_clock<F, C>(
+        &self,
+        fut: F,
+        clock: C,
+        priority: Priority,
+    ) -> (F::Output, Duration)
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -105,14 +130,16 @@ impl Scheduler {
             meter: Meter::new(self.demote_after),
             clock,
         };
-        let first = std::future::poll_fn(|cx| match Pin::new(&mut metered).poll(cx) {
-            Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending if metered.meter.demote() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        })
-        .await;
-        if let Some(out) = first {
-            return (out, metered.meter.used);
+        if priority == Priority::Normal {
+            let first = std::future::poll_fn(|cx| match Pin::new(&mut metered).poll(cx) {
+                Poll::Ready(out) => Poll::Ready(Some(out)),
+                Poll::Pending if metered.meter.demote() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            if let Some(out) = first {
+                return (out, metered.meter.used);
+            }
         }
         // Demoted: finish on the low-priority pool. If the caller gives up
         // (drops this future), the guest is cancelled there too.
@@ -360,9 +387,18 @@ mod tests {
         per_poll: Duration,
         polls: u32,
     ) -> (Option<String>, Duration) {
+        run_guest_at(s, per_poll, polls, Priority::Normal).await
+    }
+
+    async fn run_guest_at(
+        s: &Scheduler,
+        per_poll: Duration,
+        polls: u32,
+        priority: Priority,
+    ) -> (Option<String>, Duration) {
         let clock = FakeClock::default();
         let work = guest(clock.clone(), per_poll, polls);
-        s.run_with_clock(work, clock).await
+        s.run_with_clock(work, clock, priority).await
     }
 
     #[test]
@@ -398,6 +434,16 @@ mod tests {
             Duration::from_micros(3300),
             "CPU is counted on both sides"
         );
+    }
+
+    #[tokio::test]
+    async fn a_background_invocation_runs_on_the_pool_from_its_first_poll() {
+        let s = Scheduler::new(Duration::from_millis(1), 2);
+        // Short enough to finish in place at normal priority.
+        let (thread, used) =
+            run_guest_at(&s, Duration::from_micros(100), 3, Priority::Background).await;
+        assert_eq!(thread.as_deref(), Some("wasm-run-bg"));
+        assert_eq!(used, Duration::from_micros(400));
     }
 
     #[tokio::test]

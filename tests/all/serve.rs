@@ -963,3 +963,42 @@ async fn the_budget_bounds_the_host_under_a_flood_of_memory_bombs() {
     server.assert_peak_under(before, (80 << 20) + (48 << 20));
     assert_eq!(get(a, "/hello").await.status, 200);
 }
+
+/// A client whose request was killed has its next request on the same
+/// connection started at low priority (counted in
+/// `wasm_run_requests_penalized_total`), until one ends cleanly; other
+/// connections are untouched.
+#[tokio::test]
+async fn a_connection_whose_request_was_killed_is_penalized_until_one_ends_cleanly() {
+    let server = ServeGuard::serving(&http_guest(), &["--admin-addr", "127.0.0.1:0"]);
+    let admin = server.admin();
+    let penalized = "wasm_run_requests_penalized_total";
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut on_one_connection = async |path: &str| {
+        let req = request("GET", server.addr, path, Bytes::new());
+        let response = sender.send_request(req).await.expect("response head");
+        let status = response.status().as_u16();
+        let _ = response.into_body().collect().await;
+        status
+    };
+    assert_eq!(on_one_connection("/crash").await, 500);
+    assert_eq!(metric(admin, penalized).await, 0);
+    // Another connection's request is not penalized.
+    assert_served(
+        &get(server.addr, "/hello").await,
+        "Hello from wasm-run over wasi:http!\n",
+    );
+    assert_eq!(metric(admin, penalized).await, 0);
+    // The next one on this connection is, and still answered in full.
+    assert_eq!(on_one_connection("/hello").await, 200);
+    assert_eq!(metric(admin, penalized).await, 1);
+    // It ended cleanly: the one after starts at normal priority again.
+    assert_eq!(on_one_connection("/hello").await, 200);
+    assert_eq!(metric(admin, penalized).await, 1);
+}

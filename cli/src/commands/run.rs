@@ -207,6 +207,7 @@ impl RunCommand {
                 ..Limits::default()
             },
             outbound: OutboundPolicy::default(),
+            ..Invocation::default()
         };
         Ok(guest.run(invocation).await?)
     }

@@ -53,16 +53,12 @@ where
         ))),
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
+        priority: exchange.standing.priority(),
         ..Invocation::default()
     };
     let guest = route.guest.clone();
     let run = async move { guest.run(invocation).await };
-    let task = GuestTask::spawn(
-        run,
-        exchange.record.clone(),
-        permit,
-        exchange.body_flag.clone(),
-    );
+    let task = GuestTask::spawn(run, &exchange, permit);
 
     match read_head(&mut stdout).await {
         Ok(mut head) => {

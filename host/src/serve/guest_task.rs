@@ -24,7 +24,32 @@ use super::request_body::BodyFlag;
 use super::response::{
     Body, BodyError, Coalesced, HostAnswer, Verdict, coalesce, sanitize_guest_headers,
 };
-use crate::{Outcome, OutcomeKind};
+use crate::{Outcome, OutcomeKind, Priority};
+
+/// What a connection's last request left behind: whether its guest was
+/// killed (trapped, or ran out of fuel, memory, time or CPU). The next
+/// request on the connection then starts at [`Priority::Background`]: a
+/// client whose requests keep being killed only gets the CPU that other
+/// clients' fresh requests leave, until one of its requests ends cleanly.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Standing(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Standing {
+    /// Where the connection's next request starts.
+    pub(crate) fn priority(&self) -> Priority {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Priority::Background
+        } else {
+            Priority::Normal
+        }
+    }
+
+    fn remember(&self, finished: &Finished) {
+        let killed =
+            matches!(finished, Finished::Outcome(kind) if !matches!(kind, OutcomeKind::Exited(_)));
+        self.0.store(killed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// How a guest's task ended.
 #[derive(Debug, Clone)]
@@ -63,12 +88,12 @@ impl GuestTask {
     /// before the client has necessarily read the response.
     pub(crate) fn spawn(
         run: impl Future<Output = crate::Result<Outcome>> + Send + 'static,
-        record: Record,
+        exchange: &Exchange<'_>,
         permit: Permit,
-        body_flag: BodyFlag,
     ) -> GuestTask {
         let (done, finished) = watch::channel(None);
-        let flag = body_flag.clone();
+        let record = exchange.record.clone();
+        let standing = exchange.standing.clone();
         tokio::spawn(async move {
             let finished = match run.await {
                 Ok(outcome) => {
@@ -79,11 +104,12 @@ impl GuestTask {
                 Err(e) => Finished::HostError(e.to_string()),
             };
             drop(permit);
+            standing.remember(&finished);
             let _ = done.send(Some(finished));
         });
         GuestTask {
             finished,
-            body_flag: flag,
+            body_flag: exchange.body_flag.clone(),
         }
     }
 
@@ -115,6 +141,9 @@ pub(crate) struct Exchange<'a> {
     pub(crate) route: &'a RouteRuntime,
     pub(crate) record: Record,
     pub(crate) body_flag: BodyFlag,
+    /// The connection's standing: where this request starts, and what its
+    /// end tells the next one.
+    pub(crate) standing: Standing,
 }
 
 impl Exchange<'_> {

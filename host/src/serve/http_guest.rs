@@ -40,6 +40,7 @@ where
         stderr: log("stderr"),
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
+        priority: exchange.standing.priority(),
         ..Invocation::default()
     };
     let request = request.map(|body| body.map_err(to_wasi_http_error));
@@ -47,12 +48,7 @@ where
         Ok(call) => call,
         Err(e) => return exchange.answer(HostAnswer::HostError(e.to_string())),
     };
-    let task = GuestTask::spawn(
-        call.run,
-        exchange.record.clone(),
-        permit,
-        exchange.body_flag.clone(),
-    );
+    let task = GuestTask::spawn(call.run, &exchange, permit);
     match call.response.await {
         Ok(Ok(response)) => {
             let (head, body) = response.into_parts();

@@ -115,6 +115,9 @@ metrics! {
     /// Request bodies that the client did not send in time (408), before
     /// or after admission.
     pub(crate) body_timeouts: Counter = Default::default(), "request_body_timeouts", "Request bodies the client did not send within --body-timeout";
+    /// Requests started at low priority because the previous request on
+    /// their connection was killed.
+    pub(crate) penalized: Counter = Default::default(), "requests_penalized", "Requests started at low priority because the previous request on their connection was killed";
     /// Per tenant: budget its admitted requests hold, in bytes.
     tenant_budget_in_use: Family<TenantLabels, Gauge> = Default::default(), "tenant_budget_in_use_bytes", "Memory budget held by a tenant's admitted requests";
     /// Per tenant: its requests waiting for budget.

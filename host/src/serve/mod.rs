@@ -91,22 +91,24 @@ use tokio::net::TcpListener;
 use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots, TenantId};
 use self::config::{ModuleSource, RouteSpec, ServeConfig};
 use self::conn_io::WriteTimeout;
-use self::guest_task::Exchange;
+use self::guest_task::{Exchange, Standing};
 use self::listener::{Accepted, Listener};
 use self::metrics::Metrics;
 use self::record::RequestRecord;
 use self::request_body::{BodyFault, BodyFlag, LimitedBody};
 use self::response::{Body, HostAnswer, full};
-use crate::{Engine, Guest, GuestKind, OutboundPolicy};
+use crate::{Engine, Guest, GuestKind, OutboundPolicy, Priority};
 
 /// Header carrying the request id, also used in the guest's log lines.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Where a connection came from and arrived at (for CGI variables).
-#[derive(Debug, Clone, Copy)]
+/// Where a connection came from and arrived at (for CGI variables), and
+/// its standing (how its last request ended).
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     local: SocketAddr,
     remote: SocketAddr,
+    standing: Standing,
 }
 
 /// A route with its guest loaded.
@@ -327,10 +329,15 @@ impl Server {
             let Ok(local) = stream.local_addr() else {
                 continue;
             };
-            let conn_info = ConnInfo { local, remote };
+            let conn_info = ConnInfo {
+                local,
+                remote,
+                standing: Standing::default(),
+            };
             let shared = self.shared.clone();
             let service = service_fn(move |req| {
                 let shared = shared.clone();
+                let conn_info = conn_info.clone();
                 async move { Ok::<_, Infallible>(shared.handle(req, conn_info).await) }
             });
             let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
@@ -461,10 +468,14 @@ impl Shared {
             Err(answer) => return record.answer(answer),
         };
         let req = Request::from_parts(parts, body);
+        if conn.standing.priority() == Priority::Background {
+            self.metrics.penalized.inc();
+        }
         let exchange = Exchange {
             route,
             record,
             body_flag: flag,
+            standing: conn.standing.clone(),
         };
         if route.guest.kind().is_http() {
             http_guest::handle(exchange, req, permit).await
