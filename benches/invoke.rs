@@ -12,10 +12,7 @@ use wasm_run::{Engine, EngineConfig, Guest, Invocation};
 use wasm_run_tests::{Target, guest};
 
 fn invoke(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut group = c.benchmark_group("invoke-hello");
     for fuel in [true, false] {
         let engine = engine(fuel);
@@ -63,10 +60,7 @@ fn invoke(c: &mut Criterion) {
 /// invocations: Rust guests use a 1 MiB stack below their data and heap,
 /// so their heap pages lie just past 1 MiB.
 fn keep_resident(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut group = c.benchmark_group("keep-resident");
     for mib in [1, 2] {
         let engine = Engine::new(EngineConfig {
@@ -113,6 +107,14 @@ fn http_hello(rt: &tokio::runtime::Runtime, guest: &Guest, body_len: usize) {
         );
         assert_eq!(body.len(), body_len);
     })
+}
+
+/// The current-thread runtime each benchmark blocks on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// An engine with fuel metering on or off.

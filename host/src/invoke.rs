@@ -428,14 +428,9 @@ type ResponseSender =
 /// fresh store gets its limits; the entry is called under the deadline;
 /// the end is classified; the store is dropped before the outcome returns.
 async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outcome> {
-    let Prepared {
-        started,
-        state,
-        limits,
-        priority,
-        stdout,
-        stderr,
-    } = prepared;
+    let (state, limits) = (prepared.state, prepared.limits);
+    let (started, priority) = (prepared.started, prepared.priority);
+    let (stdout, stderr) = (prepared.stdout, prepared.stderr);
     let engine = guest.engine().clone();
     let account = state.account.clone();
     let watched: Vec<io::CaptureBuffer> = stdout.iter().chain(&stderr).cloned().collect();
