@@ -94,4 +94,3 @@ async fn echo() {
     });
     let _ = wasip3::cli::stdout::write_via_stream(rx).await;
 }
-

@@ -92,7 +92,7 @@ fn is_prime(n: u64) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -133,7 +133,7 @@ fn main() {
     let mut next = 0u64;
     let mut partial = false;
     while next < limit {
-        if heed_budget && next % 1024 == 0 && must_stop() {
+        if heed_budget && next.is_multiple_of(1024) && must_stop() {
             partial = true;
             break;
         }
