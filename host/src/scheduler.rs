@@ -380,17 +380,9 @@ mod tests {
         std::thread::current().name().map(str::to_string)
     }
 
-    /// Runs a [`guest`] under `s` on a fake clock: the thread that
+    /// Runs a [`guest`] under `s`, started at `priority`, on a fake clock: the thread that
     /// finished it and the CPU time the scheduler counted.
     async fn run_guest(
-        s: &Scheduler,
-        per_poll: Duration,
-        polls: u32,
-    ) -> (Option<String>, Duration) {
-        run_guest_at(s, per_poll, polls, Priority::Normal).await
-    }
-
-    async fn run_guest_at(
         s: &Scheduler,
         per_poll: Duration,
         polls: u32,
@@ -415,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_invocation_stays_and_never_starts_the_pool() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
-        let (thread, used) = run_guest(&s, Duration::from_micros(100), 3).await;
+        let (thread, used) = run_guest(&s, Duration::from_micros(100), 3, Priority::Normal).await;
         assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(used, Duration::from_micros(400));
         assert!(
@@ -427,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_invocation_moves_to_the_low_priority_pool() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
-        let (thread, used) = run_guest(&s, Duration::from_micros(300), 10).await;
+        let (thread, used) = run_guest(&s, Duration::from_micros(300), 10, Priority::Normal).await;
         assert_eq!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(
             used,
@@ -441,7 +433,7 @@ mod tests {
         let s = Scheduler::new(Duration::from_millis(1), 2);
         // Short enough to finish in place at normal priority.
         let (thread, used) =
-            run_guest_at(&s, Duration::from_micros(100), 3, Priority::Background).await;
+            run_guest(&s, Duration::from_micros(100), 3, Priority::Background).await;
         assert_eq!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(used, Duration::from_micros(400));
     }
@@ -450,7 +442,7 @@ mod tests {
     async fn waiting_is_not_cpu() {
         let s = Scheduler::new(Duration::from_millis(1), 2);
         // Many polls, each using nothing (a guest blocked in host calls).
-        let (thread, used) = run_guest(&s, Duration::ZERO, 50).await;
+        let (thread, used) = run_guest(&s, Duration::ZERO, 50, Priority::Normal).await;
         assert_ne!(thread.as_deref(), Some("wasm-run-bg"));
         assert_eq!(used, Duration::ZERO);
     }

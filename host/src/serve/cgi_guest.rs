@@ -53,7 +53,7 @@ where
         ))),
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
-        priority: exchange.standing.priority(),
+        priority: exchange.priority,
         ..Invocation::default()
     };
     let guest = route.guest.clone();

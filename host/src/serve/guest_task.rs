@@ -45,8 +45,9 @@ impl Standing {
     }
 
     fn remember(&self, finished: &Finished) {
-        let killed =
-            matches!(finished, Finished::Outcome(kind) if !matches!(kind, OutcomeKind::Exited(_)));
+        // Killed: it ran, but not to its own end (a host error is not the
+        // client's doing).
+        let killed = matches!(finished, Finished::Outcome(_)) && !finished.completed();
         self.0.store(killed, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -141,8 +142,9 @@ pub(crate) struct Exchange<'a> {
     pub(crate) route: &'a RouteRuntime,
     pub(crate) record: Record,
     pub(crate) body_flag: BodyFlag,
-    /// The connection's standing: where this request starts, and what its
-    /// end tells the next one.
+    /// Where this request's guest starts (from the connection's standing).
+    pub(crate) priority: Priority,
+    /// The connection's standing, which this request's end updates.
     pub(crate) standing: Standing,
 }
 

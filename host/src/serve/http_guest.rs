@@ -40,7 +40,7 @@ where
         stderr: log("stderr"),
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
-        priority: exchange.standing.priority(),
+        priority: exchange.priority,
         ..Invocation::default()
     };
     let request = request.map(|body| body.map_err(to_wasi_http_error));

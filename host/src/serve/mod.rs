@@ -468,13 +468,15 @@ impl Shared {
             Err(answer) => return record.answer(answer),
         };
         let req = Request::from_parts(parts, body);
-        if conn.standing.priority() == Priority::Background {
+        let priority = conn.standing.priority();
+        if priority == Priority::Background {
             self.metrics.penalized.inc();
         }
         let exchange = Exchange {
             route,
             record,
             body_flag: flag,
+            priority,
             standing: conn.standing.clone(),
         };
         if route.guest.kind().is_http() {
