@@ -4,7 +4,7 @@
     python3 benches/p3.py [--duration 15] [--rate 200] [--rounds 2]
         [--wasmtime PATH] [--wrk-duration 8] [--python]
         [--abuse crash|sleep|traps] [--only isolation|throughput]
-        [--guest p3|p2] [--before PATH]
+        [--guest p3|p2] [--before PATH] [--also-flags FLAGS]...
 
 The same WASI 0.3 service (`guests/p3-http`, built with the `wasip3` crate)
 under `wasm-run serve` (a fresh store per request) and under `wasmtime serve
@@ -18,10 +18,13 @@ machine; rounds interleave the systems.
   2. throughput: `wrk -t2 -c64` on /hello.
 
 --abuse sleep swaps /crash for /sleep to the deadline (the WASI 0.2 mix);
---abuse traps loops only /crash and /bomb (requests killed within ~50 ms).
+--abuse traps loops only /crash and /bomb (requests killed within ~50 ms);
+--abuse spin only /spin (8 guests spinning to their deadline at all times).
 --guest p2 runs the same measurements on the WASI 0.2 service
 (`guests/http`, same routes). --before PATH adds another wasm-run binary to
-the same rounds, for a before/after comparison.
+the same rounds, for a before/after comparison. --also-flags "FLAGS" adds
+wasm-run with these extra serve flags to the same rounds (repeatable), e.g.
+--also-flags "--background-threads 1".
 
 --python adds a third-party WASI 0.3 component to the throughput rows: a
 Python service built with componentize-py 0.25 (installed from PyPI into a
@@ -56,6 +59,9 @@ ABUSE = {
     # ~250 killed requests a second from 8 connections, all at normal
     # priority unless the server penalizes their connections.
     "traps": ["--mix", "/crash=0.5", "--mix", "/bomb=0.5"],
+    # Only requests that spin to their deadline: demoted work on every
+    # background thread all the time.
+    "spin": ["--mix", "/spin=1"],
 }
 P2_GUEST = ROOT / "target/guests/wasm32-wasip2/release/wasm_run_http_guest.wasm"
 PY_APP = ROOT / "benches/python-p3/app.py"
@@ -73,13 +79,15 @@ def wasmtime_48(explicit):
     return exe if v.startswith("wasmtime 48") else None
 
 
-def commands(guest, wasmtime, before=None):
-    def wasm_run(exe):
+def commands(guest, wasmtime, before=None, also=()):
+    def wasm_run(exe, flags=()):
         return [str(exe), "serve", "--addr", "127.0.0.1:0", "--timeout", "2s",
-                "--max-memory", "32MiB", "--no-cache", str(guest)]
+                "--max-memory", "32MiB", "--no-cache", *flags, str(guest)]
     cmds = {"wasm-run serve (fresh store per request)": wasm_run(WASM_RUN)}
     if before:
         cmds[f"wasm-run serve, before ({before})"] = wasm_run(before)
+    for flags in also:
+        cmds[f"wasm-run serve {flags}"] = wasm_run(WASM_RUN, flags.split())
     if wasmtime:
         cmds["wasmtime serve -Sp3 (instance reuse: 128 requests, 16 at once)"] = [
             wasmtime, "serve", "-Sp3", "-Scli", "--addr", "127.0.0.1:0",
@@ -128,13 +136,16 @@ def main():
     ap.add_argument("--python", action="store_true")
     ap.add_argument("--abuse", choices=sorted(ABUSE), default="crash",
                     help="what the abusers loop: crash (/spin, /bomb, /crash), sleep (/spin, "
-                         "/bomb, /sleep to the deadline) or traps (/crash, /bomb)")
+                         "/bomb, /sleep to the deadline), traps (/crash, /bomb) or spin")
     ap.add_argument("--only", choices=["isolation", "throughput"])
     ap.add_argument("--guest", choices=["p3", "p2"], default="p3",
                     help="the WASI 0.3 service (default) or the WASI 0.2 one, which has the "
                          "same routes")
     ap.add_argument("--before", help="another wasm-run binary, measured in the same rounds "
                                      "(a before/after comparison)")
+    ap.add_argument("--also-flags", action="append", default=[], metavar="FLAGS",
+                    help="wasm-run with these extra serve flags, in the same rounds "
+                         "(repeatable)")
     args = ap.parse_args()
     if not 5 <= args.duration <= 120 or not 2 <= args.wrk_duration <= 60:
         sys.exit("p3: --duration must be 5..120 s and --wrk-duration 2..60 s")
@@ -143,7 +154,7 @@ def main():
         if not f.exists():
             sys.exit(f"p3: {f} is missing (see the docstring)")
     wasmtime = wasmtime_48(args.wasmtime)
-    cmds = commands(guest, wasmtime, args.before)
+    cmds = commands(guest, wasmtime, args.before, args.also_flags)
     py_cmds = {}
     if args.python and (py := python_guest()):
         py_cmds = {f"{name}, Python": cmd[:-1] + [str(py)]

@@ -715,6 +715,30 @@ async fn hello_is_answered_promptly_while_other_requests_spin() {
     }
 }
 
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads are listed")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[tokio::test]
+async fn long_requests_finish_on_as_many_background_threads_as_configured() {
+    // Three: not the CPU count of the machines this runs on (2), so the
+    // default (one per CPU) would start a different number.
+    let server = http_server(&flags("--timeout 300ms --background-threads 3"));
+    assert_eq!(
+        threads_named(server.pid(), "wasm-run-bg"),
+        0,
+        "created on first use"
+    );
+    let spin = get(server.addr, "/spin").await;
+    assert_killed(&spin, 504, "deadline_exceeded");
+    assert_eq!(threads_named(server.pid(), "wasm-run-bg"), 3);
+}
+
 #[tokio::test]
 async fn sigterm_drains_a_slow_request_then_exits_zero() {
     let server = cgi_server(Target::P1, &flags("--timeout 5s --admin-addr 127.0.0.1:0"));
@@ -837,6 +861,22 @@ fn bad_configs_are_rejected_before_binding() {
         assert!(stderr.contains(name), "file not named: {stderr}");
         assert!(stderr.contains(needle), "{needle} missing: {stderr}");
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
+        .args([
+            "serve",
+            "--background-threads",
+            "0",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--background-threads must be between 1 and"),
+        "{stderr}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_wasm-run"))
         .args(["serve", "--addr", "127.0.0.1:0", "/no/such/module.wasm"])
         .output()

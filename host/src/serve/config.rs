@@ -94,6 +94,9 @@ pub struct TenantSpec {
     pub config: crate::admission::TenantConfig,
 }
 
+/// Most threads `background-threads` may ask for.
+pub const MAX_BACKGROUND_THREADS: usize = 1024;
+
 /// `[server]` of the configuration file, and the same settings from the
 /// command line: every field may be absent, and layers merge with
 /// [`ServerSection::over`] (flags over the file) before
@@ -132,6 +135,9 @@ pub struct ServerSection {
     /// The kernel's send buffer of each client connection (`SO_SNDBUF`).
     /// Default: the kernel's own sizing.
     pub send_buffer: Option<ByteSize>,
+    /// Low-priority threads that long-running requests finish on. Default:
+    /// one per CPU.
+    pub background_threads: Option<usize>,
 }
 
 impl ServerSection {
@@ -153,6 +159,7 @@ impl ServerSection {
             write_timeout: self.write_timeout.or(lower.write_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
             send_buffer: self.send_buffer.or(lower.send_buffer),
+            background_threads: self.background_threads.or(lower.background_threads),
         }
     }
 
@@ -168,6 +175,14 @@ impl ServerSection {
             .is_some_and(|b| b.0 < 4096 || b.0 > 1 << 30)
         {
             return Err("send-buffer must be between 4KiB and 1GiB".into());
+        }
+        if self
+            .background_threads
+            .is_some_and(|n| n == 0 || n > MAX_BACKGROUND_THREADS)
+        {
+            return Err(format!(
+                "background-threads must be between 1 and {MAX_BACKGROUND_THREADS}"
+            ));
         }
         let duration = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
         let bytes = |b: Option<ByteSize>, default: u64| b.map_or(default, |b| b.0);
@@ -189,6 +204,7 @@ impl ServerSection {
             write_timeout: duration(self.write_timeout, DEFAULT_WRITE_TIMEOUT),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             send_buffer: self.send_buffer.map(|b| b.0),
+            background_threads: self.background_threads,
             routes,
             tenants: Vec::new(),
         })
@@ -336,6 +352,15 @@ pub struct ServeConfig {
     /// leaves it to the kernel, which grows it up to `net.ipv4.tcp_wmem`'s
     /// maximum. What a client that does not read makes the kernel hold.
     pub send_buffer: Option<u64>,
+    /// Threads of the low-priority pool that requests finish on once they
+    /// have used their first slice of CPU (see [`crate::EngineConfig`]'s
+    /// `background_threads`); `None`: one per CPU. Read by `wasm-run serve`
+    /// when it builds its engine: a [`crate::serve::Server`] uses the pool
+    /// of the engine it is given, whatever this says. Fewer threads than
+    /// CPUs leave cores that long requests never take, so fresh requests
+    /// find an idle core under abuse, at the price of the long requests'
+    /// throughput (see the README).
+    pub background_threads: Option<usize>,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
     /// Named tenants (`[[tenant]]`); a route that names none is a tenant of
@@ -657,6 +682,28 @@ mod tests {
                 .unwrap_err()
                 .contains("max-connections")
         );
+    }
+
+    #[test]
+    fn background_threads_are_read_and_bounded() {
+        let f: ConfigFile = toml::from_str("[server]\nbackground-threads = 1").unwrap();
+        let config = f.server.resolve(Vec::new()).unwrap();
+        assert_eq!(config.background_threads, Some(1));
+        assert_eq!(
+            ServerSection::default()
+                .resolve(Vec::new())
+                .unwrap()
+                .background_threads,
+            None
+        );
+        for n in [0, MAX_BACKGROUND_THREADS + 1] {
+            let section = ServerSection {
+                background_threads: Some(n),
+                ..ServerSection::default()
+            };
+            let e = section.resolve(Vec::new()).unwrap_err();
+            assert!(e.contains("background-threads"), "{n}: {e}");
+        }
     }
 
     #[test]

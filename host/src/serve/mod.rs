@@ -598,6 +598,10 @@ fn fixed_settings_changed(running: &ServeConfig, new: &ServeConfig) -> Vec<&'sta
         "max-connections",
         running.max_connections != new.max_connections,
     );
+    check(
+        "background-threads",
+        running.background_threads != new.background_threads,
+    );
     changed
 }
 
@@ -612,6 +616,7 @@ fn keep_fixed_settings(running: &ServeConfig, new: &mut ServeConfig) {
     new.queue_timeout = running.queue_timeout;
     new.max_connections = running.max_connections;
     new.send_buffer = running.send_buffer;
+    new.background_threads = running.background_threads;
 }
 
 /// Most connections the admin listener serves at once.
