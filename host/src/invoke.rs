@@ -435,6 +435,8 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
     let account = state.account.clone();
     let watched: Vec<io::CaptureBuffer> = stdout.iter().chain(&stderr).cloned().collect();
     let invocation = async move {
+        // The epoch ticks that interrupt this store come while it exists.
+        let running = guest.engine().activity().enter();
         let mut store = new_store(
             guest.engine(),
             guest.wasmtime_engine(),
@@ -455,6 +457,7 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
         };
         let concluded = conclude(&guest, &store, &limits, started, result);
         drop(store);
+        drop(running);
         concluded
     };
     // Every poll — instantiation, host calls, wasm, and the store's drop —

@@ -59,7 +59,8 @@
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
-//!   and its epoch ticker thread; its second, concurrent engine for WASI 0.3.
+//!   and its epoch ticker thread (which parks while no invocation runs);
+//!   its second, concurrent engine for WASI 0.3.
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
 //!   compile once, pre-link once.
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
