@@ -162,21 +162,10 @@ impl Slots {
         })
     }
 
-    /// The slots one instantiation of `guest` takes; for a precompiled
-    /// artifact (whose footprint is unknown), the most one invocation may
-    /// take ([`crate::MAX_INSTANCES`], [`crate::MAX_MEMORIES`],
-    /// [`crate::MAX_TABLES`]).
+    /// The slots one instantiation of `guest` takes, from its footprint
+    /// (an artifact's is the one `wasm-run compile` read from its wasm).
     pub fn of(guest: &crate::Guest) -> Slots {
         let f = guest.footprint();
-        if f.core_instances == 0 {
-            return Slots {
-                invocations: 1,
-                instances: crate::MAX_INSTANCES as u64,
-                memories: crate::MAX_MEMORIES as u64,
-                tables: crate::MAX_TABLES as u64,
-                fds: 0,
-            };
-        }
         Slots {
             invocations: 1,
             instances: f.core_instances,

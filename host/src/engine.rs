@@ -20,6 +20,7 @@ use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
 use crate::scheduler::Scheduler;
+pub use crate::swap::MemoryReset;
 
 /// Default interval between epoch ticks: 1 ms. Deadlines are checked and
 /// running guests yield to other tasks at this granularity.
@@ -60,7 +61,9 @@ pub struct EngineConfig {
     /// (reserved address space, not memory, until used).
     pub max_instances: u32,
     /// Bytes of each linear memory and table kept resident between uses.
-    /// Default 1 MiB.
+    /// Default 1 MiB. Used only where slots are reset with the page-map
+    /// scan ([`MemoryReset::PagemapScan`]); where memory can be swapped out
+    /// nothing is kept resident.
     pub keep_resident: usize,
     /// Directory of the compiled-module cache, so repeated runs of the same
     /// module skip compilation. `None` (the default) disables the cache.
@@ -80,9 +83,114 @@ pub struct EngineConfig {
     /// core instead of preempting demoted work, and demoted work gets only
     /// those threads (`wasm-run serve --background-threads`).
     pub background_threads: usize,
+    /// Wasm proposals turned on beyond the set wasm-run's guests need (see
+    /// [`Proposal`]); every proposal is engine code a guest can reach, so
+    /// these are off unless asked for. Artifacts record the set they were
+    /// compiled with and load only in an engine with the same one. Default
+    /// none.
+    pub proposals: Vec<Proposal>,
+    /// How the instance pool resets a slot between invocations. `None`
+    /// (the default): decided from the system when the engine is built
+    /// ([`MemoryReset::for_this_system`]): the page-map scan only where no
+    /// page can be swapped out. `Some(MemoryReset::Decommit)` suits a host
+    /// where swap may be turned on while wasm-run runs.
+    pub memory_reset: Option<MemoryReset>,
 }
 
 pub use crate::scheduler::DEFAULT_DEMOTE_AFTER;
+
+/// A WebAssembly proposal that wasmtime supports but wasm-run leaves off
+/// unless asked for: none of the guests people build for wasm-run today
+/// (Rust for wasm32-wasip1/-wasip2 and WASI 0.3, componentize-py,
+/// componentize-js) uses it, and each is engine code — a compiler, a
+/// runtime, a garbage collector — that a hostile guest could reach. (Its
+/// advisories are the engine's: a guest aborting the host through a stale
+/// GC heap pointer needs `gc`.)
+///
+/// Always on: the WebAssembly 2.0 set (multi-value, bulk memory, reference
+/// types, SIMD, sign extension, non-trapping float-to-int), relaxed SIMD,
+/// tail calls, extended constant expressions, multiple memories, and the
+/// component model (with its async features for WASI 0.3 components).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proposal {
+    /// Garbage-collected structs and arrays (`gc`), with the typed function
+    /// references they build on: for languages compiled to Wasm GC (Kotlin,
+    /// Dart, OCaml, Java through J2Wasm).
+    Gc,
+    /// Exception handling (`try_table`, `throw`, `exnref`): for C++ built
+    /// with wasm exceptions, or `setjmp`/`longjmp` lowered to them. Needs
+    /// wasmtime's GC types, so it brings the typed function references too.
+    Exceptions,
+    /// Threads: shared memories and atomics. wasm-run gives a guest no
+    /// way to start a thread, and wasmtime's pooling allocator cannot hold
+    /// a shared memory, so only atomics on ordinary memories become usable.
+    Threads,
+    /// 64-bit memories (`memory64`).
+    Memory64,
+}
+
+impl Proposal {
+    /// Every proposal, in the order of their names.
+    pub const ALL: [Proposal; 4] = [
+        Proposal::Exceptions,
+        Proposal::Gc,
+        Proposal::Memory64,
+        Proposal::Threads,
+    ];
+
+    /// The name used on the command line and in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proposal::Gc => "gc",
+            Proposal::Exceptions => "exceptions",
+            Proposal::Threads => "threads",
+            Proposal::Memory64 => "memory64",
+        }
+    }
+}
+
+impl std::str::FromStr for Proposal {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Proposal::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Proposal::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "`{s}` is not a wasm proposal wasm-run can turn on (one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Turns the wasm proposals on or off: the always-on set as wasmtime has
+/// it, the rest of wasmtime's defaults off unless `proposals` names them.
+fn set_proposals(wt: &mut wasmtime::Config, proposals: &[Proposal]) {
+    let on = |p| proposals.contains(&p);
+    let gc = on(Proposal::Gc);
+    let exceptions = on(Proposal::Exceptions);
+    wt.wasm_gc(gc);
+    wt.wasm_exceptions(exceptions);
+    // Typed function references come with either (wasmtime's GC types
+    // carry both); alone they serve no guest of ours.
+    wt.wasm_function_references(gc || exceptions);
+    wt.wasm_threads(on(Proposal::Threads));
+    wt.wasm_memory64(on(Proposal::Memory64));
+    // Never on by default in wasmtime 48, and kept off here explicitly.
+    wt.wasm_stack_switching(false);
+    wt.wasm_wide_arithmetic(false);
+    wt.wasm_custom_page_sizes(false);
+    wt.wasm_shared_everything_threads(false);
+}
 
 fn default_background_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -100,6 +208,8 @@ impl Default for EngineConfig {
             cache_dir: None,
             demote_after: DEFAULT_DEMOTE_AFTER,
             background_threads: default_background_threads(),
+            proposals: Vec::new(),
+            memory_reset: None,
         }
     }
 }
@@ -118,6 +228,8 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     scheduler: Arc<Scheduler>,
     activity: Arc<Activity>,
+    /// How pool slots are reset, decided from the system at start.
+    reset: MemoryReset,
 }
 
 impl std::fmt::Debug for Engine {
@@ -132,10 +244,15 @@ impl Engine {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: EngineConfig) -> Result<Engine> {
         let activity = Arc::new(Activity::default());
-        let inner = build(&config, false, &activity)?;
+        let reset = config
+            .memory_reset
+            .unwrap_or_else(MemoryReset::for_this_system);
+        let inner = build(&config, false, &activity, reset)?;
+        tracing::debug!(memory_reset = reset.name(), "engine built");
         Ok(Engine {
             inner,
             activity,
+            reset,
             concurrent: Arc::new(OnceLock::new()),
             scheduler: Arc::new(Scheduler::new(
                 config.demote_after,
@@ -154,7 +271,7 @@ impl Engine {
         if let Some(engine) = self.concurrent.get() {
             return Ok(engine);
         }
-        let engine = build(&self.config, true, &self.activity)?;
+        let engine = build(&self.config, true, &self.activity, self.reset)?;
         // Two first loads at once build two; one is kept, the other (and
         // its ticker, which holds only a weak reference) goes away.
         Ok(self.concurrent.get_or_init(|| engine))
@@ -177,9 +294,12 @@ impl Engine {
     }
 
     /// Compiles a module or component (binary wasm or WAT) ahead of time
-    /// into an artifact that [`crate::Guest::from_bytes`] loads without
-    /// compiling. The artifact only loads in an engine of the same
-    /// wasm-run/wasmtime version and configuration (e.g. fuel on or off).
+    /// into an artifact that [`crate::Guest::from_bytes_allow_precompiled`]
+    /// loads without compiling. The artifact carries the guest's
+    /// [`crate::footprint::Footprint`], read from the wasm here, so limits and
+    /// admission treat it exactly like its wasm. It only loads in an engine
+    /// of the same wasm-run/wasmtime version and configuration (e.g. fuel
+    /// on or off, the same wasm proposals).
     pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
         let binary = crate::binary::to_binary(name, bytes)?;
         let compiled = if crate::binary::is_component(&binary) {
@@ -192,10 +312,16 @@ impl Engine {
         } else {
             self.inner.precompile_module(&binary)
         };
-        compiled.map_err(|e| Error::Invalid {
+        let code = compiled.map_err(|e| Error::Invalid {
             name: name.to_string(),
             message: format!("{e:#}"),
-        })
+        })?;
+        let footprint = crate::footprint::of(&binary);
+        Ok(crate::artifact::encode(
+            &artifact_version(),
+            &footprint,
+            &code,
+        ))
     }
 
     /// The wasmtime engine of WASI 0.2 and preview 1 guests, for embedders
@@ -208,6 +334,14 @@ impl Engine {
     /// The configuration this engine was built from.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// How the instance pool resets a slot between invocations: decided
+    /// when the engine was built from whether this process's memory can be
+    /// swapped out (see [`MemoryReset`]), so that no invocation can read a
+    /// byte another one wrote on any host.
+    pub fn memory_reset(&self) -> MemoryReset {
+        self.reset
     }
 
     /// What the epoch tickers watch: an invocation holds a [`Running`]
@@ -235,6 +369,7 @@ fn build(
     config: &EngineConfig,
     concurrent: bool,
     activity: &Arc<Activity>,
+    reset: MemoryReset,
 ) -> Result<wasmtime::Engine> {
     let engine_error = |e: wasmtime::Error| Error::Engine {
         message: format!("{e:#}"),
@@ -246,6 +381,7 @@ fn build(
     // Async stacks must hold the wasm stack plus host frames.
     wt.async_stack_size(config.max_wasm_stack + (1 << 20));
     wt.memory_init_cow(true);
+    set_proposals(&mut wt, &config.proposals);
     // Precompiled artifacts (and cache entries) record this, so one made
     // by another wasm-run release is refused, not trusted.
     wt.module_version(wasmtime::ModuleVersionStrategy::Custom(artifact_version()))
@@ -256,7 +392,9 @@ fn build(
     wt.concurrency_support(concurrent);
     wt.wasm_component_model_async(concurrent);
     if config.pooling {
-        wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(config)));
+        wt.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+            config, reset,
+        )));
     }
     set_up_cache(&mut wt, config);
     let engine = wasmtime::Engine::new(&wt).map_err(engine_error)?;
@@ -279,8 +417,8 @@ pub fn artifact_version() -> String {
 
 /// The pooling allocator's settings: slots for `config.max_instances`
 /// invocations, and per-component limits that keep one request from taking
-/// a large share of them.
-fn pool_config(config: &EngineConfig) -> PoolingAllocationConfig {
+/// a large share of them; slots reset as `reset` says.
+fn pool_config(config: &EngineConfig, reset: MemoryReset) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     // A component has several core instances and tables (real ones
     // 5-20), so those pools are larger than the component pool.
@@ -304,15 +442,31 @@ fn pool_config(config: &EngineConfig) -> PoolingAllocationConfig {
         .max_tables_per_component(crate::limits::MAX_TABLES as u32)
         .max_memories_per_component(crate::limits::MAX_MEMORIES as u32)
         .max_core_instance_size(16 << 20)
-        .max_component_instance_size(16 << 20)
-        .linear_memory_keep_resident(config.keep_resident)
-        .table_keep_resident(config.keep_resident)
-        .pagemap_scan(Enabled::Auto);
+        .max_component_instance_size(16 << 20);
+    match reset {
+        MemoryReset::PagemapScan => {
+            pool.linear_memory_keep_resident(config.keep_resident)
+                .table_keep_resident(config.keep_resident)
+                .pagemap_scan(Enabled::Auto);
+        }
+        // Without the scan, kept-resident bytes are rewritten on every
+        // reset, which measured slower than decommitting them.
+        MemoryReset::Decommit => {
+            pool.linear_memory_keep_resident(0)
+                .table_keep_resident(0)
+                .pagemap_scan(Enabled::No);
+        }
+    }
     pool
 }
 
 /// Turns on wasmtime's compile cache in `config.cache_dir`, if any (and if
 /// wasm-run was built with its `cache` feature).
+///
+/// The cache is trusted storage: wasmtime loads what it finds there as
+/// native code. So a directory that anyone but this user (or root) could
+/// write to, or replace, is not used (see [`check_private_dir`]): compiling
+/// without the cache only costs time.
 #[cfg_attr(not(feature = "cache"), allow(unused_variables))]
 fn set_up_cache(wt: &mut wasmtime::Config, config: &EngineConfig) {
     #[cfg(not(feature = "cache"))]
@@ -324,6 +478,15 @@ fn set_up_cache(wt: &mut wasmtime::Config, config: &EngineConfig) {
     }
     #[cfg(feature = "cache")]
     if let Some(dir) = &config.cache_dir {
+        if let Err(why) = check_private_dir(dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                why,
+                "compile cache not used: wasm-run loads its entries as native code, so only \
+                 a directory no other user can write to is trusted; compiling without it"
+            );
+            return;
+        }
         // The cache only saves time: if it cannot be set up (e.g. an
         // unwritable home directory), run without it.
         let mut cache = wasmtime::CacheConfig::new();
@@ -339,6 +502,48 @@ fn set_up_cache(wt: &mut wasmtime::Config, config: &EngineConfig) {
             ),
         }
     }
+}
+
+/// Creates `dir` (mode 0700) if it is missing, then checks that no other
+/// user can write to it or replace it: the directory is owned by this
+/// user and writable by nobody else, and every directory above it is owned
+/// by this user or root and writable by nobody else unless it has the
+/// sticky bit (as `/tmp` does, where others cannot rename what they do not
+/// own). Returns why not.
+pub fn check_private_dir(dir: &std::path::Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve it: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    for (depth, path) in dir.ancestors().enumerate() {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let owner_ok = meta.uid() == me || (depth > 0 && meta.uid() == 0);
+        if !owner_ok {
+            return Err(format!(
+                "{} is owned by user {}, not by this user ({me}){}",
+                path.display(),
+                meta.uid(),
+                if depth > 0 { " or root" } else { "" }
+            ));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !(depth > 0 && sticky) {
+            return Err(format!(
+                "{} can be written by other users (mode {:o})",
+                path.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How long a ticker keeps ticking after the last invocation ended before
@@ -477,6 +682,40 @@ impl Drop for Running<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_directory_others_can_write_to_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let base =
+            std::env::temp_dir().join(format!("wasm-run-cache-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Created private when missing, and then trusted.
+        let fresh = base.join("fresh/cache");
+        check_private_dir(&fresh).expect("a fresh private directory is trusted");
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Writable by others: refused, naming it.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = check_private_dir(&fresh).unwrap_err();
+        assert!(why.contains("can be written by other users"), "{why}");
+        // A directory above it others may write to (without the sticky bit):
+        // they could replace the cache; refused too.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(base.join("fresh"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let why = check_private_dir(&fresh).unwrap_err();
+        assert!(
+            why.contains("fresh can be written by other users (mode 777)"),
+            "{why}"
+        );
+        // With the sticky bit (as /tmp), nobody else can rename it: trusted.
+        std::fs::set_permissions(base.join("fresh"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        check_private_dir(&fresh).expect("under a sticky directory");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     /// Waits (up to 10 s) until `done` holds of `activity`.
     fn wait_until(activity: &Activity, what: &str, done: impl Fn(&Activity) -> bool) {

@@ -36,6 +36,21 @@ pub enum Error {
         /// What the validator or compiler said.
         message: String,
     },
+    /// Native code (an artifact of `wasm-run compile`, or one that looks
+    /// like it) given where only wasm is accepted. An artifact runs as the
+    /// host's own code, so it is loaded only when trusted explicitly:
+    /// `--allow-precompiled` for the `wasm-run` command (a config route:
+    /// `allow-precompiled = true`), [`crate::Guest::from_bytes_allow_precompiled`]
+    /// in the library.
+    #[error(
+        "{name}: a precompiled artifact (native code that would run inside wasm-run, not \
+         sandboxed wasm) is refused unless trusted explicitly with --allow-precompiled (a \
+         config route: `allow-precompiled = true`)"
+    )]
+    Precompiled {
+        /// The guest's name (usually its path).
+        name: String,
+    },
     /// A precompiled artifact (from `wasm-run compile`) that this engine
     /// cannot load: made by another wasm-run or wasmtime version, for
     /// another CPU, or with another engine configuration.

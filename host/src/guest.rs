@@ -76,8 +76,8 @@ struct GuestInner {
     pre: Pre,
     /// Whether the guest imports wasi:http (serves it, or may send requests).
     uses_http: bool,
-    /// What one instantiation makes the host hold (zero for a precompiled
-    /// artifact, whose wasm is no longer there to read).
+    /// What one instantiation makes the host hold, read from the wasm (for
+    /// an artifact, when `wasm-run compile` read it).
     footprint: Footprint,
 }
 
@@ -99,61 +99,74 @@ impl std::fmt::Debug for Guest {
 }
 
 impl Guest {
-    /// Reads, compiles and links the module or component at `path`.
+    /// Reads, compiles and links the module or component at `path` (binary
+    /// wasm or WAT text). A precompiled artifact is refused with
+    /// [`Error::Precompiled`]: see [`Guest::from_file_allow_precompiled`].
     pub fn from_file(engine: &Engine, path: impl AsRef<Path>) -> Result<Guest> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|cause| Error::Read {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        Guest::from_bytes(engine, path.display().to_string(), &bytes)
+        let (name, bytes) = read(path.as_ref())?;
+        load(engine, name, &bytes, Trust::WasmOnly)
     }
 
     /// Compiles and links a module or component from bytes (binary wasm or
     /// WAT text). `name` identifies the guest in errors and logs.
     ///
-    /// Also accepts an artifact made by [`Engine::precompile`] (`wasm-run
-    /// compile`), which loads without compiling; one made by another version
-    /// or engine configuration is refused with [`Error::Incompatible`].
-    /// Artifacts are native code: load only those you made or trust as you
-    /// would a binary.
+    /// Never loads native code: an artifact of [`Engine::precompile`]
+    /// (`wasm-run compile`), or any other bytes that look like one, is
+    /// refused with [`Error::Precompiled`]. Whoever made an artifact chose
+    /// the machine code the host would execute; loading one takes
+    /// [`Guest::from_bytes_allow_precompiled`].
     pub fn from_bytes(engine: &Engine, name: impl Into<String>, bytes: &[u8]) -> Result<Guest> {
-        let name = name.into();
-        let mut footprint = Footprint::default();
-        let (pre, uses_http) = match wasmtime::Engine::detect_precompiled(bytes) {
-            Some(wasmtime::Precompiled::Component) => {
-                let component = deserialize_component(engine, &name, bytes)?;
-                link_component(&name, component)?
-            }
-            Some(wasmtime::Precompiled::Module) => {
-                let module = deserialize_module(engine, &name, bytes)?;
-                (link_core(&name, module)?, false)
-            }
-            None => {
-                let binary = to_binary(&name, bytes)?;
-                footprint = crate::footprint::of(&binary);
-                let invalid = |e: wasmtime::Error| Error::Invalid {
-                    name: name.clone(),
-                    message: format!("{e:#}"),
-                };
-                if is_component(&binary) {
-                    let component = engine.compile_component(&binary).map_err(invalid)?;
-                    link_component(&name, component)?
-                } else {
-                    let module = Module::new(engine.wasmtime(), &binary).map_err(invalid)?;
-                    (link_core(&name, module)?, false)
-                }
-            }
-        };
-        Ok(Guest {
-            inner: Arc::new(GuestInner {
-                name,
-                engine: engine.clone(),
-                pre,
-                uses_http,
-                footprint,
-            }),
-        })
+        load(engine, name.into(), bytes, Trust::WasmOnly)
+    }
+
+    /// As [`Guest::from_bytes`], and also loads an artifact of
+    /// [`Engine::precompile`] (`wasm-run compile`) without compiling.
+    ///
+    /// An artifact made by another wasm-run or wasmtime version, or with
+    /// another engine configuration, is refused with
+    /// [`Error::Incompatible`]; so is a bare wasmtime artifact, which lacks
+    /// the footprint `wasm-run compile` records from the wasm (what each
+    /// instantiation makes the host hold, see [`Guest::footprint`]).
+    ///
+    /// # Safety
+    ///
+    /// An artifact is native code that the host process executes as it
+    /// stands; nothing can validate it. The caller vouches that `bytes`, if
+    /// they are an artifact, were made by [`Engine::precompile`] of this
+    /// wasm-run and have not been modified since by anyone the caller does
+    /// not trust with the process itself — as if they were a binary the
+    /// caller is about to run. (Wasm and WAT text are validated as by
+    /// [`Guest::from_bytes`] and need no such promise.)
+    #[expect(
+        unsafe_code,
+        reason = "the caller vouches for the native code it may load"
+    )]
+    pub unsafe fn from_bytes_allow_precompiled(
+        engine: &Engine,
+        name: impl Into<String>,
+        bytes: &[u8],
+    ) -> Result<Guest> {
+        load(engine, name.into(), bytes, Trust::AllowPrecompiled)
+    }
+
+    /// As [`Guest::from_file`], and also loads an artifact of `wasm-run
+    /// compile`; see [`Guest::from_bytes_allow_precompiled`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Guest::from_bytes_allow_precompiled`]: the caller vouches
+    /// that the file, if it is an artifact, is one this wasm-run made and
+    /// that nobody it does not trust with the process could have changed.
+    #[expect(
+        unsafe_code,
+        reason = "the caller vouches for the native code it may load"
+    )]
+    pub unsafe fn from_file_allow_precompiled(
+        engine: &Engine,
+        path: impl AsRef<Path>,
+    ) -> Result<Guest> {
+        let (name, bytes) = read(path.as_ref())?;
+        load(engine, name, &bytes, Trust::AllowPrecompiled)
     }
 
     /// The guest's name (its path when loaded from a file).
@@ -182,8 +195,9 @@ impl Guest {
     }
 
     /// What one instantiation of this guest creates, as known from its
-    /// bytes: estimated instance state, core instances, memories and
-    /// tables. All zero for a precompiled artifact.
+    /// wasm: estimated instance state, core instances, memories and tables.
+    /// An artifact carries the footprint `wasm-run compile` read from its
+    /// wasm, so it is the same as the wasm's.
     pub fn footprint(&self) -> Footprint {
         self.inner.footprint
     }
@@ -222,16 +236,81 @@ impl Guest {
     }
 }
 
+/// Whether loading may deserialize native code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Wasm and WAT text only: what the safe constructors load.
+    WasmOnly,
+    /// Also artifacts of `wasm-run compile`: only the `unsafe` constructors
+    /// pass this, their caller having vouched for the code.
+    AllowPrecompiled,
+}
+
+/// Reads a guest's file; its name is its path.
+fn read(path: &Path) -> Result<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|cause| Error::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    Ok((path.display().to_string(), bytes))
+}
+
+/// Loads wasm or WAT text (compiling it), or, when `trust` allows, an
+/// artifact (deserializing it).
+fn load(engine: &Engine, name: String, bytes: &[u8], trust: Trust) -> Result<Guest> {
+    let (pre, uses_http, footprint) = if crate::artifact::is_native_code(bytes) {
+        if trust != Trust::AllowPrecompiled {
+            return Err(Error::Precompiled { name });
+        }
+        let artifact = crate::artifact::decode(&name, &crate::engine::artifact_version(), bytes)?;
+        let (pre, uses_http) = match wasmtime::Engine::detect_precompiled(artifact.code) {
+            Some(wasmtime::Precompiled::Component) => {
+                link_component(&name, deserialize_component(engine, &name, artifact.code)?)?
+            }
+            _ => (
+                link_core(&name, deserialize_module(engine, &name, artifact.code)?)?,
+                false,
+            ),
+        };
+        (pre, uses_http, artifact.footprint)
+    } else {
+        let binary = to_binary(&name, bytes)?;
+        let footprint = crate::footprint::of(&binary);
+        let invalid = |e: wasmtime::Error| Error::Invalid {
+            name: name.clone(),
+            message: format!("{e:#}"),
+        };
+        let (pre, uses_http) = if is_component(&binary) {
+            let component = engine.compile_component(&binary).map_err(invalid)?;
+            link_component(&name, component)?
+        } else {
+            let module = Module::new(engine.wasmtime(), &binary).map_err(invalid)?;
+            (link_core(&name, module)?, false)
+        };
+        (pre, uses_http, footprint)
+    };
+    Ok(Guest {
+        inner: Arc::new(GuestInner {
+            name,
+            engine: engine.clone(),
+            pre,
+            uses_http,
+            footprint,
+        }),
+    })
+}
+
 /// Loads a core-module artifact of `wasm-run compile`.
 #[expect(
     unsafe_code,
-    reason = "wasmtime cannot verify native code: artifacts are trusted like binaries, and \
-              wasmtime still checks their version and engine configuration"
+    reason = "wasmtime cannot verify native code: only reached from the `unsafe` constructors, \
+              whose caller vouched for it; wasmtime still checks version and configuration"
 )]
 fn deserialize_module(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Module> {
-    // SAFETY: the artifact is native code the operator chose to run (see
-    // `Guest::from_bytes`); wasmtime refuses one from another version or
-    // configuration.
+    // SAFETY: reached only with `Trust::AllowPrecompiled`, which only the
+    // `unsafe` constructors pass: their caller vouched for the code (see
+    // `Guest::from_bytes_allow_precompiled`). wasmtime refuses one from
+    // another version or configuration.
     unsafe { Module::deserialize(engine.wasmtime(), bytes) }.map_err(|e| Error::Incompatible {
         name: name.to_string(),
         message: format!("{e:#}"),
@@ -241,8 +320,8 @@ fn deserialize_module(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Modul
 /// Loads a component artifact of `wasm-run compile`.
 #[expect(
     unsafe_code,
-    reason = "wasmtime cannot verify native code: artifacts are trusted like binaries, and \
-              wasmtime still checks their version and engine configuration"
+    reason = "wasmtime cannot verify native code: only reached from the `unsafe` constructors, \
+              whose caller vouched for it; wasmtime still checks version and configuration"
 )]
 fn deserialize_component(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component> {
     // SAFETY: as for `deserialize_module`.

@@ -66,6 +66,13 @@
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
 //!   ([`Guest::run`] for commands, [`Guest::handle_http`] for wasi:http
 //!   components).
+//! - `artifact` (private): the file format of `wasm-run compile`, wasmtime's
+//!   native code behind a header carrying the wasm's footprint; loaded only
+//!   through the `unsafe` constructors ([`Guest::from_bytes_allow_precompiled`]).
+//! - [`log_text`]: guest- and client-chosen text made safe for one log
+//!   field or message (escaped, cut to a bounded length).
+//! - `swap` (private): whether this process's memory can be swapped out,
+//!   and so how pool slots are reset ([`MemoryReset`]).
 //! - `binary` (private): guest bytes as binary wasm (WAT converted) and
 //!   whether they are a component; used by loading and by precompiling.
 //! - `store` (private): the store's host state, the memory limiter, and the
@@ -102,6 +109,7 @@
 
 pub mod accounting;
 pub mod admission;
+mod artifact;
 mod binary;
 pub mod budget;
 pub mod engine;
@@ -111,6 +119,7 @@ pub mod guest;
 pub mod invoke;
 pub mod io;
 pub mod limits;
+pub mod log_text;
 mod open_files;
 pub mod outbound;
 pub mod outcome;
@@ -118,6 +127,7 @@ pub mod scheduler;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod store;
+mod swap;
 
 pub use accounting::{Account, Accounting};
 
@@ -128,7 +138,7 @@ static ALLOC: Accounting = Accounting;
 
 /// Byte buffers in the API ([`Input::Bytes`], [`CapturedOutput`]).
 pub use bytes::Bytes;
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, MemoryReset, Proposal};
 pub use error::{Error, Result};
 pub use guest::{Guest, GuestKind};
 pub use invoke::{DirMapping, HttpCall, HttpErrorCode, HttpResponse, Invocation};

@@ -64,6 +64,31 @@ fn instance_state_counts_against_the_cap_and_a_bomb_is_never_allocated() {
         rss >> 20,
         base >> 20
     );
+
+    // The same bomb as an artifact of `wasm-run compile` (trusted): it
+    // carries the footprint read from its wasm, so it is refused the same
+    // way, not taken as needing nothing.
+    let artifact = bomb.with_extension("cwasm");
+    let o = crate::wasm_run(&[
+        "compile",
+        bomb.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let (status, report) = status_and_report(
+        &["--max-memory", "64MiB", "--allow-precompiled"],
+        &artifact,
+        &[],
+    );
+    assert_ended(status, &report, 137, "memory_exceeded");
+    let rss = report["host_peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss < base + 64 * MIB,
+        "the artifact's process peaked at {} MiB (one instance: {} MiB)",
+        rss >> 20,
+        base >> 20
+    );
 }
 
 #[tokio::test]
@@ -199,5 +224,52 @@ async fn a_huge_host_call_argument_is_charged_to_the_request() {
     assert_all_killed(a, "/big-write?mib=40", 4, 500, "memory_exceeded").await;
     // Each request: at most its cap in linear memory plus a copy of it.
     server.assert_peak_under(before, 4 * 2 * 64 * MIB + 32 * MIB);
+    assert_eq!(get(a, "/hello").await.status, 200);
+}
+
+/// Empty writes cost the guest nothing; a host that kept a record of each
+/// would grow without bound (wasmtime advisories GHSA-f8mm-ggr3-89wh for
+/// HTTP bodies, GHSA-5m8g-xhq4-4h93 for `AsyncWriteStream`). Whatever the
+/// engine does with them, a request that makes 100 million of them to its
+/// response body or its stdout ends with a
+/// documented outcome, within its memory cap and deadline, and the server
+/// stays bounded and serving.
+#[tokio::test]
+async fn empty_writes_are_contained_by_the_request() {
+    let limits = flags("--timeout 4s --max-memory 16MiB --memory-budget 1GiB");
+    let server = ServeGuard::serving(&http_guest(), &limits);
+    let a = server.addr;
+    // Obeyed: a few empty writes change nothing.
+    for (to, text) in [
+        ("response", "wrote nothing to the response\n"),
+        ("stdout", "wrote nothing to stdout\n"),
+    ] {
+        assert_served(
+            &get(a, &format!("/empty-writes?n=1000&to={to}")).await,
+            text,
+        );
+    }
+    let before = server.rss();
+    // Violated: each either finishes (the engine kept nothing) or is
+    // killed as memory, or at its deadline; never more than its cap.
+    let started = Instant::now();
+    for to in ["response", "stdout"] {
+        let reply = get(a, &format!("/empty-writes?n=100000000&to={to}")).await;
+        let contained = match reply.status {
+            200 => true,
+            500 => reply.outcome() == Some("memory_exceeded"),
+            504 => reply.outcome() == Some("deadline_exceeded"),
+            _ => false,
+        };
+        assert!(
+            contained,
+            "{to}: {} {:?} {:?}",
+            reply.status,
+            reply.outcome(),
+            reply.body
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    server.assert_peak_under(before, 16 * MIB + 64 * MIB);
     assert_eq!(get(a, "/hello").await.status, 200);
 }

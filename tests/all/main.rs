@@ -16,6 +16,7 @@ mod library;
 mod open_files;
 mod p3;
 mod properties;
+mod sandbox;
 mod serve;
 mod tenants;
 

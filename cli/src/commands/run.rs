@@ -15,7 +15,7 @@ use tokio::io::AsyncWrite;
 use wasm_run::limits::{CpuLimit, DEFAULT_MAX_MEMORY, HumanDuration, MemoryCap};
 use wasm_run::{
     DirMapping, Engine, EngineConfig, Guest, Input, Invocation, Limits, OutboundPolicy, Outcome,
-    Output,
+    Output, Proposal,
 };
 
 use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
@@ -59,11 +59,32 @@ Examples:
   wasm-run run --max-memory 32MiB --timeout 500ms --report - bomb.wasm
   wasm-run run --dir ./data::/data --env GREETING=hi app.wasm arg1 arg2";
 
+/// Loads MODULE: wasm or WAT always, an artifact of `wasm-run compile`
+/// only with `--allow-precompiled`.
+#[expect(
+    unsafe_code,
+    reason = "the user vouched for artifacts with --allow-precompiled"
+)]
+fn load(
+    engine: &Engine,
+    module: &std::path::Path,
+    allow_precompiled: bool,
+) -> wasm_run::Result<Guest> {
+    if allow_precompiled {
+        // SAFETY: `--allow-precompiled` is the user's statement that an
+        // artifact given as MODULE is one they made or trust as a binary.
+        unsafe { Guest::from_file_allow_precompiled(engine, module) }
+    } else {
+        Guest::from_file(engine, module)
+    }
+}
+
 /// Run a WASI command module or component under limits.
 ///
 /// MODULE is a wasm32-wasip1 core module with `_start`, a wasi:cli command
 /// component (WASI 0.2 `wasi:cli/run@0.2.x` or 0.3 `wasi:cli/run@0.3.x`),
-/// WebAssembly text of either, or an artifact of `wasm-run compile`. Its stdin, stdout and stderr are
+/// WebAssembly text of either, or (with --allow-precompiled) an artifact of
+/// `wasm-run compile`. Its stdin, stdout and stderr are
 /// this process's; it sees only the environment variables and directories
 /// given with --env and --dir. wasm-run's own messages go to stderr, prefixed
 /// with `wasm-run:`.
@@ -111,6 +132,21 @@ pub struct RunCommand {
     /// Write a JSON usage report to PATH, or to stderr with `-`.
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
+
+    /// Also accept MODULE as an artifact of `wasm-run compile` (native code,
+    /// loaded without compiling). Without this flag an artifact is refused
+    /// (exit 125): it runs inside wasm-run as machine code, not as sandboxed
+    /// wasm, so pass it only for artifacts you made or trust as a binary.
+    #[arg(long)]
+    allow_precompiled: bool,
+
+    /// Turn on a wasm proposal wasm-run leaves off (repeatable): `gc`,
+    /// `exceptions`, `threads` or `memory64`. None of the guests built for
+    /// wasm-run today needs one, and each is engine code a guest can reach,
+    /// so they are off by default. An artifact of `wasm-run compile` loads
+    /// only with the same set it was compiled with.
+    #[arg(long = "wasm-proposal", value_name = "NAME")]
+    proposals: Vec<Proposal>,
 
     /// Do not use the compiled-module cache (by default compiled code is
     /// cached in $WASM_RUN_CACHE_DIR, or $XDG_CACHE_HOME/wasm-run, or
@@ -187,10 +223,11 @@ impl RunCommand {
             // keeps the priority the user started wasm-run with.
             pooling: false,
             demote_after: std::time::Duration::MAX,
+            proposals: self.proposals.clone(),
             cache_dir: if self.no_cache { None } else { cache_dir() },
             ..EngineConfig::default()
         })?;
-        let guest = Guest::from_file(&engine, self.module())?;
+        let guest = load(&engine, &self.module(), self.allow_precompiled)?;
         let invocation = Invocation {
             args: self.command[1..].to_vec(),
             program_name: None,

@@ -14,7 +14,7 @@ use wasm_run::serve::config::{
     self, ConfigFile, LimitsOverlay, ModuleSource, RouteSpec, ServeConfig, ServerSection,
 };
 use wasm_run::serve::{LoadError, Server};
-use wasm_run::{DirMapping, Engine, EngineConfig, Limits};
+use wasm_run::{DirMapping, Engine, EngineConfig, Limits, Proposal};
 
 use super::{EXIT_LOAD_FAILED, LogFormat, cache_dir, parse_env};
 
@@ -195,9 +195,25 @@ pub struct ServeCommand {
     #[arg(long = "allow-outbound", value_name = "DEST")]
     allow_outbound: Vec<String>,
 
+    /// Also accept MODULE as an artifact of `wasm-run compile` (native code,
+    /// loaded without compiling); without it an artifact is refused as a
+    /// configuration error. A config route says `allow-precompiled = true`
+    /// instead. Pass it only for artifacts you made or trust as a binary:
+    /// they run inside the server as machine code, not as sandboxed wasm.
+    #[arg(long)]
+    allow_precompiled: bool,
+
     /// Log format on stderr (level from WASM_RUN_LOG or RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Turn on a wasm proposal wasm-run leaves off (repeatable): `gc`,
+    /// `exceptions`, `threads` or `memory64`. None of the guests built for
+    /// wasm-run today needs one, and each is engine code a guest can reach,
+    /// so they are off by default. An artifact of `wasm-run compile` loads
+    /// only with the same set it was compiled with.
+    #[arg(long = "wasm-proposal", value_name = "NAME")]
+    proposals: Vec<Proposal>,
 
     /// Do not use the compiled-code cache.
     #[arg(long)]
@@ -245,6 +261,7 @@ impl ServeCommand {
     async fn serve(self, config: ServeConfig) -> anyhow::Result<()> {
         let defaults = EngineConfig::default();
         let engine = Engine::new(EngineConfig {
+            proposals: self.proposals.clone(),
             cache_dir: if self.no_cache { None } else { cache_dir() },
             background_threads: config
                 .background_threads
@@ -353,9 +370,17 @@ impl ServeCommand {
                     .collect(),
                 outbound: wasm_run::OutboundPolicy::new(&self.allow_outbound)?,
                 tenant: "/".into(),
+                allow_precompiled: self.allow_precompiled,
             });
-        } else if !self.env.is_empty() || !self.dirs.is_empty() || !self.allow_outbound.is_empty() {
-            bail!("--env, --dir and --allow-outbound apply to MODULE, and no MODULE was given");
+        } else if !self.env.is_empty()
+            || !self.dirs.is_empty()
+            || !self.allow_outbound.is_empty()
+            || self.allow_precompiled
+        {
+            bail!(
+                "--env, --dir, --allow-outbound and --allow-precompiled apply to MODULE, and no \
+                 MODULE was given (a config route says `allow-precompiled = true`)"
+            );
         }
         if routes.is_empty() {
             if self.config.is_some() {
@@ -436,6 +461,7 @@ fn demo_routes(defaults: &Limits) -> Vec<RouteSpec> {
         dirs: Vec::new(),
         outbound: wasm_run::OutboundPolicy::default(),
         tenant: prefix.into(),
+        allow_precompiled: false,
     };
     vec![
         route("/", defaults.clone()),

@@ -68,6 +68,7 @@ impl Guest for Handler {
             "/status/103" => respond(response_out, 103, b"early hints cannot end a response\n"),
             "/outbound" => outbound(response_out, query),
             "/keep-bodies" => keep_bodies(response_out, query),
+            "/empty-writes" => empty_writes(response_out, query),
             "/outgoing-flood" => outgoing_flood(response_out, query),
             "/open-files" => open_files(response_out, query),
             "/big-write" => big_write(response_out, query),
@@ -365,6 +366,42 @@ fn keep_bodies(response_out: ResponseOutparam, query: &str) -> Outcome {
         200,
         format!("kept {} bodies\n", kept.len()).as_bytes(),
     )
+}
+
+/// Writes `?n=` (default 10 million) empty slices to one stream, chosen by
+/// `?to=`: `response` (this response's body) or `stdout`. Each write is free for the
+/// guest; a host that kept a record of each would grow without bound
+/// (wasmtime advisories GHSA-f8mm-ggr3-89wh and GHSA-5m8g-xhq4-4h93).
+fn empty_writes(response_out: ResponseOutparam, query: &str) -> Outcome {
+    let n: u64 = query_parsed(query, "n").unwrap_or(10_000_000);
+    let write_all = |stream: &OutputStream| {
+        for _ in 0..n {
+            // A write needs a permit, even an empty one.
+            loop {
+                match stream.check_write() {
+                    Ok(0) => stream.subscribe().block(),
+                    Ok(_) => break,
+                    Err(_) => return,
+                }
+            }
+            if stream.write(&[]).is_err() {
+                break;
+            }
+        }
+    };
+    match query_param(query, "to").as_deref().unwrap_or("response") {
+        "stdout" => {
+            write_all(&wasi::cli::stdout::get_stdout());
+            respond(response_out, 200, b"wrote nothing to stdout\n")
+        }
+        _ => {
+            let body = Body::start(response_out, 200);
+            write_all(&body.stream);
+            body.write(b"wrote nothing to the response\n")?;
+            let _ = body.finish();
+            Ok(())
+        }
+    }
 }
 
 /// Answers `?kib=` KiB (default 16,384) of `x`, written as the host's

@@ -280,6 +280,11 @@ pub struct RouteSection {
     /// own, named by its path.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Whether `module` may be an artifact of `wasm-run compile`: native
+    /// code that runs inside the server, not sandboxed wasm. Default
+    /// `false`: an artifact is refused, naming this key.
+    #[serde(default)]
+    pub allow_precompiled: bool,
 }
 
 /// Where a route's module comes from.
@@ -314,6 +319,9 @@ pub struct RouteSpec {
     /// The tenant the route's requests belong to: a name from
     /// [`ServeConfig::tenants`], or (by default) the route's own prefix.
     pub tenant: String,
+    /// Whether the module may be an artifact of `wasm-run compile` (native
+    /// code the operator vouches for); otherwise one is refused.
+    pub allow_precompiled: bool,
 }
 
 /// The whole resolved server configuration.
@@ -477,6 +485,7 @@ fn resolve_route(
         dirs,
         outbound,
         tenant,
+        allow_precompiled: r.allow_precompiled,
     })
 }
 

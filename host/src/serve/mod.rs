@@ -685,6 +685,22 @@ fn fits_the_budget(spec: &RouteSpec, guest: &Guest, budget: u64) -> Result<(), L
     })
 }
 
+/// Loads a route's guest: wasm or WAT always, an artifact of `wasm-run
+/// compile` only on a route that allows precompiled code.
+#[expect(unsafe_code, reason = "the operator vouched for the route's artifact")]
+fn load_guest(engine: &Engine, spec: &RouteSpec) -> crate::Result<Guest> {
+    match &spec.module {
+        ModuleSource::File(path) if spec.allow_precompiled => {
+            // SAFETY: `allow-precompiled` (or `--allow-precompiled` for
+            // MODULE) is the operator's statement that the route's module,
+            // if an artifact, is one they made or trust as a binary.
+            unsafe { Guest::from_file_allow_precompiled(engine, path) }
+        }
+        ModuleSource::File(path) => Guest::from_file(engine, path),
+        ModuleSource::Embedded { name, bytes } => Guest::from_bytes(engine, name, bytes),
+    }
+}
+
 fn load_table(
     engine: &Engine,
     config: &ServeConfig,
@@ -696,13 +712,7 @@ fn load_table(
         let guest = match loaded.get(&spec.module) {
             Some(g) => g.clone(),
             None => {
-                let guest = match &spec.module {
-                    ModuleSource::File(path) => Guest::from_file(engine, path),
-                    ModuleSource::Embedded { name, bytes } => {
-                        Guest::from_bytes(engine, name, bytes)
-                    }
-                }
-                .map_err(|error| LoadError {
+                let guest = load_guest(engine, spec).map_err(|error| LoadError {
                     prefix: spec.prefix.clone(),
                     error,
                 })?;
