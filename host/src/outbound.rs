@@ -38,6 +38,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log_text::LogText;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -428,12 +429,74 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 pub(crate) struct OutboundHooks {
     policy: OutboundPolicy,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Log lines this invocation's refused requests may still cause.
+    log: Arc<LogBudget>,
 }
 
 impl OutboundHooks {
     pub(crate) fn new(policy: OutboundPolicy) -> Self {
         let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_outgoing));
-        OutboundHooks { policy, slots }
+        OutboundHooks {
+            policy,
+            slots,
+            log: Arc::new(LogBudget::new(MAX_REFUSED_LOG_LINES)),
+        }
+    }
+}
+
+/// Most log lines one invocation's refused outgoing requests (denied, or
+/// over its in-flight cap) cause: 16, then one line saying the rest are
+/// not logged. A guest may make millions of refused requests; the log
+/// must not grow with them.
+pub const MAX_REFUSED_LOG_LINES: usize = 16;
+
+/// A count of log lines an invocation may still cause.
+#[derive(Debug)]
+struct LogBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl LogBudget {
+    fn new(lines: usize) -> LogBudget {
+        LogBudget {
+            left: std::sync::atomic::AtomicUsize::new(lines + 1),
+        }
+    }
+
+    /// Whether one more line may be written: `Some(true)` a normal line,
+    /// `Some(false)` the last one (which should say the rest are not
+    /// logged), `None` nothing more.
+    fn take(&self) -> Option<bool> {
+        use std::sync::atomic::Ordering;
+        let was = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        Some(was > 1)
+    }
+}
+
+/// Logs an error of an outgoing request's connection at debug level,
+/// within the invocation's budget.
+fn log_error(budget: &LogBudget, what: &'static str, err: &dyn std::fmt::Display) {
+    if budget.take().is_some() {
+        let err = err.to_string();
+        tracing::debug!(error = %LogText::new(&err), "outgoing HTTP {what} error");
+    }
+}
+
+/// Logs a refused outgoing request, within the invocation's budget.
+fn log_refused(budget: &LogBudget, uri: &http::Uri, what: &str, reason: Option<&str>) {
+    match budget.take() {
+        Some(true) => {
+            let uri = uri.to_string();
+            tracing::info!(uri = %LogText::new(&uri), reason, "{what}");
+        }
+        Some(false) => tracing::info!(
+            "further refused outgoing HTTP requests of this invocation are not logged \
+             (at most {MAX_REFUSED_LOG_LINES} lines)"
+        ),
+        None => {}
     }
 }
 
@@ -452,6 +515,64 @@ impl WasiHttpHooks for OutboundHooks {
         1
     }
 
+    // wasmtime's defaults log every hyper, connect and TLS error of a
+    // guest's requests at `warn`, without bound; these log within the
+    // invocation's budget of refused-request lines instead.
+    fn p2_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "hyper", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::HttpProtocolError
+    }
+
+    fn p2_error_from_connect(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "connect", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::ConnectionRefused
+    }
+
+    fn p2_error_from_tls(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "tls", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::TlsProtocolError
+    }
+
+    fn p3_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "hyper", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::HttpProtocolError
+    }
+
+    fn p3_error_from_connect(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "connect", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::ConnectionRefused
+    }
+
+    fn p3_error_from_tls(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "tls", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::TlsProtocolError
+    }
+
+    /// The same 64 KiB for WASI 0.3 bodies (wasmtime's default is 1 MiB),
+    /// so a slow reader of a WASI 0.3 response holds no more per frame than
+    /// one of a WASI 0.2 response.
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     /// Sends a request the policy allows. wasmtime runs the returned
     /// futures on tasks of their own: both carry the invocation's account
     /// (so what they allocate — connection, buffers, response — is charged
@@ -464,17 +585,29 @@ impl WasiHttpHooks for OutboundHooks {
         _io: IoFuture,
     ) -> SendFuture {
         let policy = self.policy.clone();
+        let log = Arc::clone(&self.log);
         let slot = Arc::clone(&self.slots).try_acquire_owned();
         let account = crate::accounting::Account::current();
         let send = async move {
             let Ok(slot) = slot else {
-                tracing::info!(uri = %request.uri(), "outgoing HTTP request over the invocation's limit");
+                log_refused(
+                    &log,
+                    request.uri(),
+                    "outgoing HTTP request over the invocation's limit",
+                    None,
+                );
                 return Err(HttpError::ConnectionLimitReached);
             };
             let vetted = match policy.vet(request.uri()).await {
                 Ok(v) => v,
                 Err(reason) => {
-                    tracing::info!(uri = %request.uri(), %reason, "outgoing HTTP request denied");
+                    let reason = reason.to_string();
+                    log_refused(
+                        &log,
+                        request.uri(),
+                        "outgoing HTTP request denied",
+                        Some(&reason),
+                    );
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
@@ -600,6 +733,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_requests_log_a_bounded_number_of_lines() {
+        let budget = LogBudget::new(3);
+        let taken: Vec<_> = (0..10).map(|_| budget.take()).collect();
+        assert_eq!(
+            taken,
+            [
+                Some(true),
+                Some(true),
+                Some(true),
+                Some(false),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+    }
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
         OutboundPolicy::new(entries).expect("valid entries")

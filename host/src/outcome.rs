@@ -49,11 +49,15 @@ pub struct Trap {
 }
 
 impl Trap {
-    /// A trap of `reason` with `message`.
+    /// A trap of `reason` with `message`, escaped and cut to
+    /// [`crate::log_text::MAX_LOGGED_BYTES`]: it goes into error bodies,
+    /// reports and log lines, and parts of it (function names) come from
+    /// the module.
     pub fn new(reason: TrapReason, message: impl Into<String>) -> Trap {
+        let message = message.into();
         Trap {
             reason,
-            message: message.into(),
+            message: crate::log_text::safe(&message, crate::log_text::MAX_LOGGED_BYTES),
         }
     }
 }
@@ -373,7 +377,10 @@ fn in_function(message: String, err: &wasmtime::Error) -> String {
                 .find_map(|f| f.func_name().map(str::to_owned))
         });
     match frame {
-        Some(func) => format!("{message} (in `{func}`)"),
+        Some(func) => format!(
+            "{message} (in `{}`)",
+            crate::log_text::LogText::with_max(&func, crate::log_text::MAX_NAME_BYTES)
+        ),
         None => message,
     }
 }

@@ -16,8 +16,11 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// The route's path prefix, or `none` when no route matched.
     pub route: String,
-    /// The HTTP status sent.
-    pub status: u16,
+    /// The HTTP status sent, from a bounded set ([`status_label`]): the
+    /// statuses of [`KNOWN_STATUSES`] as themselves, any other as its
+    /// class (`2xx`, ..., `5xx`), so a guest choosing statuses cannot
+    /// create a series per status. `0` when no response was sent.
+    pub status: String,
     /// The outcome (`exited`, `fuel_exhausted`, ..., `body_too_large`).
     pub outcome: String,
     /// For a trap, its reason (`stack_overflow`, `unreachable`, ...);
@@ -175,6 +178,25 @@ impl Default for Metrics {
     }
 }
 
+/// Statuses counted as themselves: those the host answers with, and the
+/// ones services commonly send.
+pub const KNOWN_STATUSES: [u16; 20] = [
+    0, 200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 409, 413, 429, 500, 502, 503,
+    504,
+];
+
+/// The `status` label of a request: itself if it is one of
+/// [`KNOWN_STATUSES`], else its class (`1xx` ... `5xx`). A guest picks its
+/// statuses (100-999), so counting each as its own series would let one
+/// route grow the metrics by up to 900 series.
+pub fn status_label(status: u16) -> String {
+    if KNOWN_STATUSES.contains(&status) {
+        status.to_string()
+    } else {
+        format!("{}xx", (status / 100).min(9))
+    }
+}
+
 impl Metrics {
     /// Counts a finished request by route, status, outcome and trap reason, and, for one
     /// whose guest ran, records its usage and wall time.
@@ -189,7 +211,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                status,
+                status: status_label(status),
                 outcome: outcome.to_string(),
                 trap: trap.to_string(),
             })
@@ -275,5 +297,21 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_a_bounded_set() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(504), "504");
+        assert_eq!(status_label(0), "0");
+        assert_eq!(status_label(299), "2xx");
+        assert_eq!(status_label(999), "9xx");
+        let labels: std::collections::HashSet<String> = (100..=999).map(status_label).collect();
+        assert!(labels.len() <= KNOWN_STATUSES.len() + 9, "{}", labels.len());
     }
 }

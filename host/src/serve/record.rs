@@ -123,7 +123,7 @@ impl Drop for RequestRecord {
         tracing::info!(
             request_id = %self.id,
             method = %self.method,
-            path = %self.path,
+            path = %crate::log_text::LogText::new(&self.path),
             route = %route,
             status,
             outcome,
@@ -134,8 +134,8 @@ impl Drop for RequestRecord {
             wall_us = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
             cpu_us = u64::try_from(usage.cpu_time.as_micros()).unwrap_or(u64::MAX),
             trap_reason,
-            trap = message,
-            detail,
+            trap = %crate::log_text::LogText::new(message),
+            detail = %crate::log_text::LogText::new(detail),
             "request"
         );
         if let Some(tenant) = &s.tenant {

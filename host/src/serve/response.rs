@@ -211,6 +211,19 @@ pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A guest's trailers pass the same filter as its head: no hop-by-hop
+/// fields and no `x-wasm-run-outcome`, whose presence means the host
+/// answered.
+fn sanitize_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            sanitize_guest_headers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
 /// How long a response head is held back to gather the body that follows
 /// it, so that a small response goes out in one write.
 pub const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
@@ -322,6 +335,7 @@ where
             };
             match next {
                 Some(Ok(frame)) => {
+                    let frame = sanitize_trailers(frame);
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     match self.remaining {
                         Some(left) if len > 0 && len >= left => {
@@ -360,6 +374,19 @@ where
 mod tests {
     use super::*;
     use tokio::sync::oneshot;
+
+    #[test]
+    fn a_guests_trailers_cannot_carry_the_outcome_header() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(OUTCOME_HEADER, HeaderValue::from_static("exited"));
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        let frame = sanitize_trailers(Frame::trailers(trailers));
+        let trailers = frame.into_trailers().expect("still trailers");
+        assert!(trailers.get(OUTCOME_HEADER).is_none());
+        assert_eq!(trailers["x-checksum"], "abc");
+        let data = sanitize_trailers(Frame::data(Bytes::from_static(b"x")));
+        assert_eq!(data.into_data().unwrap(), "x");
+    }
 
     #[test]
     fn statuses_and_headers_follow_the_table() {
