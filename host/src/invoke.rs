@@ -7,6 +7,7 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use http_body_util::BodyExt as _;
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -182,7 +183,6 @@ impl Guest {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        use http_body_util::BodyExt as _;
         let request = request.map(|body| body.map_err(|e| body_error(e.into())));
         self.handle_http_request(request, invocation)
     }
@@ -221,6 +221,10 @@ impl Guest {
                 request,
                 body_result: Box::pin(body_result),
                 response_tx,
+                deadline: prepared
+                    .limits
+                    .timeout
+                    .and_then(|t| prepared.started.checked_add(t)),
             })
         } else {
             let setup = |e: wasmtime::Error| Error::Setup {
@@ -387,6 +391,9 @@ struct P3Call {
     /// what the guest learns from the response's transmit future.
     body_result: BodyResult,
     response_tx: ResponseSender,
+    /// The request's deadline, which its response body keeps after the
+    /// store is gone (see [`UntilDeadline`]).
+    deadline: Option<Instant>,
 }
 
 impl P3Call {
@@ -402,11 +409,14 @@ impl P3Call {
             request,
             body_result,
             response_tx,
+            deadline,
         } = self;
         store
             .run_concurrent(async |store| {
                 let response = match service.handle(store, request).await? {
-                    Ok(response) => Ok(store.with(|s| response.into_http(s, body_result))?),
+                    Ok(response) => Ok(store
+                        .with(|s| response.into_http(s, body_result))?
+                        .map(|body| UntilDeadline::new(body, deadline).boxed_unsync())),
                     Err(code) => Err(HttpErrorCode::from(code)),
                 };
                 // A receiver gone (the host stopped waiting) is no error.
@@ -415,6 +425,75 @@ impl P3Call {
                 wasmtime::Result::<()>::Ok(())
             })
             .await?
+    }
+}
+
+/// A WASI 0.3 response body that fails once its request's deadline has
+/// passed.
+///
+/// A WASI 0.3 guest may answer with a body the host produces: the body of
+/// its own `wasi:http/client.send` response (the proxy pattern), which
+/// wasmtime streams from the upstream connection after the guest's store
+/// is gone. What the request started must not outlive it: past the
+/// deadline the body fails — the client sees a truncated response, never a
+/// false end — and is dropped, which aborts the upstream connection's task
+/// and closes its socket. A body that ends in time is untouched.
+struct UntilDeadline {
+    inner: Option<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    deadline: Option<Instant>,
+    /// Armed on the first poll (inside the runtime that streams the body).
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl UntilDeadline {
+    fn new(
+        inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+        deadline: Option<Instant>,
+    ) -> UntilDeadline {
+        UntilDeadline {
+            inner: Some(inner),
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+impl http_body::Body for UntilDeadline {
+    type Data = bytes::Bytes;
+    type Error = HttpErrorCode;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.inner.is_none() {
+            return std::task::Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline {
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            if sleep.as_mut().poll(cx).is_ready() {
+                this.inner = None;
+                return std::task::Poll::Ready(Some(Err(HttpErrorCode::ConnectionReadTimeout)));
+            }
+        }
+        let inner = this.inner.as_mut().expect("checked above");
+        std::pin::Pin::new(inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
     }
 }
 

@@ -309,7 +309,15 @@ async fn an_uncaught_exception_in_a_start_function_is_the_guests_trap() {
         "throwing-start",
         r#"(module (tag $t) (func $s (throw $t)) (start $s) (func (export "_start")))"#,
     );
-    let guest = wasm_run::Guest::from_file(crate::engine(), module).expect("loads");
+    // Exceptions are off by default: off, the module is refused as invalid.
+    let off = wasm_run::Guest::from_file(crate::engine(), &module).unwrap_err();
+    assert!(matches!(off, Error::Invalid { .. }), "{off}");
+    let engine = wasm_run::Engine::new(wasm_run::EngineConfig {
+        proposals: vec![wasm_run::Proposal::Exceptions],
+        ..wasm_run::EngineConfig::default()
+    })
+    .expect("engine");
+    let guest = wasm_run::Guest::from_file(&engine, module).expect("loads");
     let outcome = guest
         .run(wasm_run::Invocation::default())
         .await

@@ -218,7 +218,7 @@ fn a_compiled_p3_component_runs_like_its_source() {
         artifact.to_str().unwrap(),
     ]);
     assert!(compiled.status.success(), "{compiled:?}");
-    let hello = wasm_run(&["run", artifact.to_str().unwrap()]);
+    let hello = wasm_run(&["run", "--allow-precompiled", artifact.to_str().unwrap()]);
     assert_eq!(hello.status.code(), Some(0), "{hello:?}");
     assert_eq!(
         String::from_utf8_lossy(&hello.stdout),
@@ -331,4 +331,101 @@ fn p3_filesystem_offers_no_directory_and_std_reads_through_wasi_0_2() {
         String::from_utf8_lossy(&out.stdout),
         "p3 preopens: 0\nstd read: 12\n"
     );
+}
+
+/// The proxy pattern: a WASI 0.3 guest answers with the response of its own
+/// `client.send`, whose body wasmtime streams from the upstream connection
+/// after the guest's store is gone. Against an upstream that sends a head
+/// and one chunk and then goes silent, every upstream connection is closed
+/// by the server once the requests' deadline passes (without the bound they
+/// stayed open for as long as the clients did), the clients see their
+/// responses truncated, and the server's sockets come back.
+#[tokio::test]
+async fn a_proxied_body_does_not_outlive_its_requests_deadline() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a2, c2) = (accepted.clone(), closed.clone());
+    let silent = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            a2.fetch_add(1, Ordering::SeqCst);
+            let closed = c2.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                    )
+                    .await;
+                // Silent from now on; the server closing its end ends this.
+                let mut rest = [0u8; 64];
+                while matches!(conn.read(&mut rest).await, Ok(n) if n > 0) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let allow = format!("127.0.0.1:{}", upstream.port());
+    let server = ServeGuard::serving(
+        &p3_http_guest(),
+        &[
+            "--timeout",
+            "2s",
+            "--max-memory",
+            "32MiB",
+            "--allow-outbound",
+            &allow,
+        ],
+    );
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    let sockets_before = sockets_of(server.pid());
+    let url = format!("/proxy?url=http://127.0.0.1:{}/", upstream.port());
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (addr, url) = (server.addr, url.clone());
+        clients.spawn(async move { get(addr, &url).await });
+    }
+    let replies = async {
+        while let Some(reply) = clients.join_next().await {
+            let reply = reply.unwrap();
+            assert_eq!(reply.status, 200, "the upstream's head");
+            assert!(
+                reply.body.is_err(),
+                "truncated, not ended: {:?}",
+                reply.body
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), replies)
+        .await
+        .expect("every proxied body ended within 15 s of a 2 s deadline");
+    assert_eq!(accepted.load(Ordering::SeqCst), CLIENTS);
+    crate::serve::eventually(
+        Duration::from_secs(10),
+        "the upstream sockets closed",
+        || {
+            let closed = closed.load(Ordering::SeqCst);
+            async move { closed == CLIENTS }
+        },
+    )
+    .await;
+    crate::serve::eventually(Duration::from_secs(10), "the server's sockets back", || {
+        let now = sockets_of(server.pid());
+        async move { now <= sockets_before }
+    })
+    .await;
+    silent.abort();
+}
+
+/// The sockets process `pid` has open (from `/proc`).
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }

@@ -60,6 +60,7 @@ impl wasip3::exports::http::handler::Guest for Service {
             "/stream" => Ok(stream(query::query_parsed(&query, "n").unwrap_or(100))),
             "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
             "/outbound" => Ok(outbound(&query).await),
+            "/proxy" => proxy(&query).await,
             "/subtasks" => subtasks(&query).await,
             "/hoard" => hoard(),
             "/stdout" => {
@@ -139,9 +140,35 @@ fn echo(request: Request) -> Response {
     response
 }
 
+/// Sends a GET to `?url=` and says what status came back.
 async fn outbound(query: &str) -> Response {
+    let request = match outgoing(query) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match wasip3::http::client::send(request).await {
+        Ok(response) => {
+            let status = response.get_status_code();
+            text(200, format!("outbound ok: {status}\n").into_bytes())
+        }
+        Err(e) => text(502, format!("outbound error: {e:?}\n").into_bytes()),
+    }
+}
+
+/// Answers with the response of a GET to `?url=` as it comes: head and
+/// body are the upstream's, streamed by the host after this handler
+/// returned (the proxy pattern).
+async fn proxy(query: &str) -> Result<Response, ErrorCode> {
+    match outgoing(query) {
+        Ok(request) => wasip3::http::client::send(request).await,
+        Err(response) => Ok(response),
+    }
+}
+
+/// A GET request for `?url=`, or the response saying why there is none.
+fn outgoing(query: &str) -> Result<Request, Response> {
     let Some(url) = query::query_param(query, "url") else {
-        return text(400, b"missing url\n".to_vec());
+        return Err(text(400, b"missing url\n".to_vec()));
     };
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (wasip3::http::types::Scheme::Https, rest),
@@ -159,15 +186,9 @@ async fn outbound(query: &str) -> Response {
         .and_then(|()| request.set_authority(Some(authority)))
         .and_then(|()| request.set_path_with_query(Some(path)));
     if set.is_err() {
-        return text(400, b"bad url\n".to_vec());
+        return Err(text(400, b"bad url\n".to_vec()));
     }
-    match wasip3::http::client::send(request).await {
-        Ok(response) => {
-            let status = response.get_status_code();
-            text(200, format!("outbound ok: {status}\n").into_bytes())
-        }
-        Err(e) => text(502, format!("outbound error: {e:?}\n").into_bytes()),
-    }
+    Ok(request)
 }
 
 /// Spawns `n` subtasks that spin or allocate forever and waits on them:
