@@ -13,6 +13,7 @@ mod fuzz;
 mod host_limits;
 mod host_memory;
 mod library;
+mod logs;
 mod open_files;
 mod p3;
 mod properties;
