@@ -58,6 +58,8 @@
 //!   requests, for embedders that want bursts to queue instead of failing.
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
+//! - [`dns`]: the host names of outgoing requests, resolved by futures the
+//!   request owns (no thread outlives a lookup).
 //! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
 //!   and its epoch ticker thread (which parks while no invocation runs);
 //!   its second, concurrent engine for WASI 0.3.
@@ -112,6 +114,7 @@ pub mod admission;
 mod artifact;
 mod binary;
 pub mod budget;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod footprint;

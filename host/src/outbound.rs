@@ -38,6 +38,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dns::Resolver;
 use crate::log_text::LogText;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -49,9 +50,9 @@ type SendFuture =
 /// Longest a connection attempt may take when the guest sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a host name may take to resolve: 5 s. Resolution runs on
-/// Tokio's blocking threads (`getaddrinfo`), so it is also bounded in
-/// number by [`DEFAULT_MAX_OUTGOING`] per invocation.
+/// Longest a host name may take to resolve: 5 s. A lookup is a future of
+/// the request's own (see [`crate::dns`]), dropped when the request lets go
+/// of it; at most [`DEFAULT_MAX_OUTGOING`] of them per invocation.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default for [`OutboundPolicy::with_max_outgoing`]: at most 16 outgoing
@@ -71,6 +72,8 @@ pub struct OutboundPolicy {
     rules: Arc<[Rule]>,
     /// Outgoing requests one invocation may have in flight at once.
     max_outgoing: usize,
+    /// Who resolves host names; `None`: the system's ([`Resolver::system`]).
+    resolver: Option<Resolver>,
 }
 
 impl Default for OutboundPolicy {
@@ -78,6 +81,7 @@ impl Default for OutboundPolicy {
         OutboundPolicy {
             rules: Arc::new([]),
             max_outgoing: DEFAULT_MAX_OUTGOING,
+            resolver: None,
         }
     }
 }
@@ -168,7 +172,15 @@ impl OutboundPolicy {
         Ok(OutboundPolicy {
             rules: rules.into(),
             max_outgoing: DEFAULT_MAX_OUTGOING,
+            resolver: None,
         })
+    }
+
+    /// Resolves host names with `resolver` instead of the system's
+    /// configuration (see [`crate::dns`]).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 
     /// Sets how many outgoing requests one invocation may have in flight at
@@ -253,16 +265,12 @@ impl OutboundPolicy {
             https,
             explicit,
         } = self.check_url(uri)?;
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-                    .await
-                    .map_err(|_| Denied::Unresolved)?
-                    .map_err(|_| Denied::Unresolved)?
-                    .collect()
-            }
-        };
+        let resolver = self.resolver.clone().unwrap_or_else(Resolver::system);
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(DNS_TIMEOUT, resolver.lookup(&host, port))
+                .await
+                .map_err(|_| Denied::Unresolved)?
+                .ok_or(Denied::Unresolved)?;
         let reach = if !explicit {
             Reach::Public
         } else if host.parse::<IpAddr>().is_ok() || host == "localhost" {

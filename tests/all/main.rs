@@ -9,6 +9,7 @@ mod cli;
 mod compile;
 mod concurrency;
 mod cpu;
+mod dns;
 mod fuzz;
 mod host_limits;
 mod host_memory;

@@ -177,6 +177,14 @@ pub struct ServeCommand {
     #[arg(long, value_name = "N")]
     background_threads: Option<usize>,
 
+    /// Name server that resolves the host names of guests' outgoing
+    /// requests, `IP:PORT` (repeatable), instead of the system's
+    /// (/etc/resolv.conf). Names in /etc/hosts are answered from it either
+    /// way. Lookups are futures of the request that needs them, ended with
+    /// it (at most 5 s each).
+    #[arg(long = "dns-server", value_name = "IP:PORT")]
+    dns_servers: Vec<std::net::SocketAddr>,
+
     /// Environment variable for MODULE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -426,6 +434,7 @@ impl ServeCommand {
             max_connections: self.max_connections,
             send_buffer: self.send_buffer,
             background_threads: self.background_threads,
+            dns_servers: (!self.dns_servers.is_empty()).then(|| self.dns_servers.clone()),
         }
     }
 }

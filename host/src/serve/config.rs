@@ -138,6 +138,9 @@ pub struct ServerSection {
     /// Low-priority threads that long-running requests finish on. Default:
     /// one per CPU.
     pub background_threads: Option<usize>,
+    /// Name servers (`IP:PORT`) that resolve the host names of guests'
+    /// outgoing requests. Default: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Option<Vec<SocketAddr>>,
 }
 
 impl ServerSection {
@@ -160,6 +163,10 @@ impl ServerSection {
             max_connections: self.max_connections.or(lower.max_connections),
             send_buffer: self.send_buffer.or(lower.send_buffer),
             background_threads: self.background_threads.or(lower.background_threads),
+            dns_servers: self
+                .dns_servers
+                .clone()
+                .or_else(|| lower.dns_servers.clone()),
         }
     }
 
@@ -205,6 +212,7 @@ impl ServerSection {
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             send_buffer: self.send_buffer.map(|b| b.0),
             background_threads: self.background_threads,
+            dns_servers: self.dns_servers.clone().unwrap_or_default(),
             routes,
             tenants: Vec::new(),
         })
@@ -369,6 +377,9 @@ pub struct ServeConfig {
     /// find an idle core under abuse, at the price of the long requests'
     /// throughput (see the README).
     pub background_threads: Option<usize>,
+    /// Name servers that resolve the host names of guests' outgoing
+    /// requests; empty: the system's (see [`crate::dns`]).
+    pub dns_servers: Vec<SocketAddr>,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
     /// Named tenants (`[[tenant]]`); a route that names none is a tenant of

@@ -708,6 +708,8 @@ fn load_table(
 ) -> Result<RouteTable, LoadError> {
     let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
     let mut routes = Vec::new();
+    let resolver = (!config.dns_servers.is_empty())
+        .then(|| crate::dns::Resolver::with_servers(&config.dns_servers));
     for spec in &config.routes {
         let guest = match loaded.get(&spec.module) {
             Some(g) => g.clone(),
@@ -720,7 +722,10 @@ fn load_table(
                 guest
             }
         };
-        let outbound = spec.outbound.clone();
+        let outbound = match &resolver {
+            Some(resolver) => spec.outbound.clone().with_resolver(resolver.clone()),
+            None => spec.outbound.clone(),
+        };
         fits_the_budget(spec, &guest, config.memory_budget)?;
         tracing::info!(
             route = %spec.prefix,
