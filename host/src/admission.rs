@@ -43,10 +43,12 @@
 //! only its own queue. When budget frees, it goes to the waiting tenant
 //! whose budget in use, divided by its weight, is smallest (ties: the one
 //! served least recently): tenants that are waiting share the budget in
-//! proportion to their weights, a tenant that is not waiting leaves its
-//! share to the others, and a request of a victim tenant waits at most
-//! until one request of a flooding tenant ends. A tenant may also be held
-//! to a maximum share of the budget, even when the rest is idle.
+//! proportion to their weights, and a tenant that has been quiet for longer
+//! than [`RESERVE_WINDOW`] leaves its share to the others. A tenant seen
+//! within the window keeps its next request's budget from the others'
+//! floods (see [`RESERVE_WINDOW`]), so its requests are admitted at once
+//! instead of waiting for a flood's requests to end. A tenant may also be
+//! held to a maximum share of the budget, even when the rest is idle.
 //!
 //! Because each request is *killed* at its cap (never allowed past it), the
 //! budget — which counts each request's cap plus its guest's fixed host
@@ -76,6 +78,16 @@ pub enum Rejected {
     #[error("the request needs more than the whole memory budget")]
     TooLarge,
 }
+
+/// How long after its last request a tenant keeps a reserve: 5 s. While
+/// two or more tenants are recently active, each one's fair share of the
+/// budget (in proportion to the weights of the recently active tenants) is
+/// its own: a tenant past its share is admitted only if what is left still
+/// covers the next request of every other recently active tenant below its
+/// share. So a flood cannot take the budget a quiet tenant's next request
+/// needs, and a victim never waits for a flood's requests to reach their
+/// deadlines; a tenant idle for longer leaves its share to the others.
+pub const RESERVE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Settings of the admission controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +284,11 @@ struct TenantState {
     /// When this tenant was last granted budget (a grant counter), for
     /// round robin between tenants with equal shares.
     last_served: u64,
+    /// When a request of this tenant last arrived, and what it needed: a
+    /// tenant seen within [`RESERVE_WINDOW`] has its next request's budget
+    /// kept from the others' floods.
+    last_seen: Option<tokio::time::Instant>,
+    last_need: u64,
     admitted: u64,
     rejected_queue_full: u64,
     rejected_timeout: u64,
@@ -287,6 +304,8 @@ impl TenantState {
             queue: VecDeque::new(),
             in_use: 0,
             last_served: 0,
+            last_seen: None,
+            last_need: 0,
             admitted: 0,
             rejected_queue_full: 0,
             rejected_timeout: 0,
@@ -302,6 +321,16 @@ impl TenantState {
             Some(f) if f > 0.0 && f < 1.0 => (admission.budget as f64 * f) as u64,
             _ => u64::MAX,
         };
+    }
+
+    /// Whether this tenant has been active within [`RESERVE_WINDOW`] of
+    /// `now`: it holds budget, waits for it, or a request of it arrived.
+    fn recent(&self, now: tokio::time::Instant) -> bool {
+        self.in_use > 0
+            || !self.queue.is_empty()
+            || self
+                .last_seen
+                .is_some_and(|at| now.saturating_duration_since(at) < RESERVE_WINDOW)
     }
 
     /// Whether this tenant may hold `bytes` more (one request at a time
@@ -465,6 +494,37 @@ impl Admission {
         }
     }
 
+    /// Whether tenant `t` may take `bytes` more without taking what the
+    /// other recently active tenants' next requests need (see
+    /// [`RESERVE_WINDOW`]): always within its own fair share; past it, only
+    /// if the budget left covers, for every other recently active tenant
+    /// below its share, its last request's need (or what its share has
+    /// left, if less).
+    fn leaves_reserves(&self, s: &State, t: usize, bytes: u64, now: tokio::time::Instant) -> bool {
+        let budget = u128::from(self.config.budget);
+        let recent = |i: usize, u: &TenantState| i == t || u.recent(now);
+        let weights: u128 = s
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| recent(*i, u))
+            .map(|(_, u)| u128::from(u.weight))
+            .sum();
+        let fair = |u: &TenantState| (budget * u128::from(u.weight) / weights.max(1)) as u64;
+        let me = &s.tenants[t];
+        if me.in_use.saturating_add(bytes) <= fair(me) {
+            return true;
+        }
+        let reserved: u64 = s
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| *i != t && recent(*i, u))
+            .map(|(_, u)| fair(u).saturating_sub(u.in_use).min(u.last_need))
+            .sum();
+        s.in_use.saturating_add(bytes).saturating_add(reserved) <= self.config.budget
+    }
+
     /// The settings.
     pub fn config(&self) -> AdmissionConfig {
         self.config
@@ -570,8 +630,15 @@ impl Admission {
             0
         };
         let tenant = TenantId(t);
-        // Nobody waits and it fits: no one to be fair to.
-        if s.queued == 0 && self.fits(&s, need) && s.tenants[t].within_share(need.bytes) {
+        let now = tokio::time::Instant::now();
+        s.tenants[t].last_seen = Some(now);
+        s.tenants[t].last_need = need.bytes;
+        // Nobody waits and it fits (beside the other tenants' reserves).
+        if s.queued == 0
+            && self.fits(&s, need)
+            && s.tenants[t].within_share(need.bytes)
+            && self.leaves_reserves(&s, t, need.bytes, now)
+        {
             s.hold(tenant, need);
             return Ok(Joined::Now(tenant));
         }
@@ -611,9 +678,12 @@ impl Admission {
     /// head of the waiting tenant with the least budget in use per unit of
     /// weight (among those within their maximum share).
     fn grant_waiters(&self, s: &mut State) {
+        let now = tokio::time::Instant::now();
         while let Some(t) = s.next_tenant() {
             let need = s.tenants[t].queue.front().expect("a waiting tenant").need;
-            if !self.fits(s, need) {
+            // The tenant whose turn it is uses the least per unit of weight:
+            // if it may not take this, no other waiting tenant may either.
+            if !self.fits(s, need) || !self.leaves_reserves(s, t, need.bytes, now) {
                 break;
             }
             let w = s.tenants[t].queue.pop_front().expect("head exists");
@@ -919,6 +989,36 @@ mod tests {
         // The flood is still served meanwhile, in its share.
         let stats = a.tenant_stats();
         assert!(stats.iter().find(|t| &*t.name == "flood").unwrap().admitted > 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recent_tenants_next_request_is_not_handed_to_a_flood() {
+        let a = admission(4, 1_000, 3_600_000);
+        let flood = a.tenant("flood", &weighted(1));
+        let victim = a.tenant("victim", &weighted(1));
+        // The victim was here a moment ago; then the flood comes.
+        request(&a, victim, 1, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        let _flooders = Backlog::of(&a, flood, 500, Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The flood holds all but the victim's next request...
+        assert_eq!(a.in_use(), 3);
+        // ...so each victim request is admitted at once, never behind one
+        // of the flood's (2 s) requests.
+        for _ in 0..20 {
+            let waited = request(&a, victim, 1, Duration::from_millis(10))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(waited < Duration::from_millis(50), "waited {waited:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Quiet for longer than the window, the victim leaves its share to
+        // the flood: work-conserving again.
+        tokio::time::sleep(RESERVE_WINDOW + Duration::from_secs(3)).await;
+        assert_eq!(a.in_use(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,8 @@ async fn flood_beside_victims(
         let started = Instant::now();
         let reply = get(addr, "/b/hello").await;
         replies.push((reply, started.elapsed()));
+        // One victim request every 100 ms: the pace of the load, not a wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut served = 0;
@@ -82,16 +84,19 @@ async fn a_flooded_tenant_beside_a_victim() {
     );
     drop(shared);
 
-    // Obeyed: a tenant per route. Every victim request is served, and waits
-    // at most about one flood request's deadline (1 s), while the flood is
-    // still served within its share.
+    // Obeyed, with the defaults: a tenant per route. Every victim request
+    // is served. The first waits at most about one flood request's
+    // deadline (1 s): the flood held the budget before the victim came.
+    // From then on the victim's next request is kept from the flood, so
+    // each is admitted at once instead of behind a flood request.
     let server = server("tenants-own.toml", false);
-    let (replies, served) = flood_beside_victims(&server, 6).await;
-    for (reply, latency) in &replies {
+    let (replies, served) = flood_beside_victims(&server, 20).await;
+    for (i, (reply, latency)) in replies.iter().enumerate() {
         assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let bound = if i == 0 { 2_500 } else { 400 };
         assert!(
-            *latency < Duration::from_millis(2_500),
-            "victim took {latency:?}"
+            *latency < Duration::from_millis(bound),
+            "victim request {i} took {latency:?}"
         );
     }
     assert!(
