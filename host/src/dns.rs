@@ -1,7 +1,7 @@
 //! Host names of outgoing requests, resolved asynchronously.
 //!
 //! A lookup is a future on the task of the request that needs it: when the
-//! request lets go of it — its [`crate::outbound::DNS_TIMEOUT`], the guest
+//! request lets go of it — its [`DNS_TIMEOUT`], the guest
 //! dropping its outgoing request, the request being killed — the lookup is
 //! dropped and nothing of it goes on. (`getaddrinfo` on Tokio's blocking
 //! threads, which this replaces, kept a thread per lookup until the system
@@ -14,19 +14,25 @@
 //! or those the operator gives ([`Resolver::with_servers`], `wasm-run serve
 //! --dns-server`). What lookups may hold is bounded: each request has at
 //! most its outgoing-request cap of lookups in flight, each at most
-//! [`crate::outbound::DNS_TIMEOUT`]; the resolver keeps at most
+//! [`DNS_TIMEOUT`]; the resolver keeps at most
 //! [`MAX_PENDING_PER_SERVER`] queries pending on each connection to a name
 //! server (more fail at once as unresolved) and caches at most
 //! [`CACHE_ENTRIES`] answers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+
+/// Longest a host name may take to resolve: 5 s. A lookup is a future of
+/// the request's own, dropped when the request lets go of it; at most
+/// [`crate::outbound::DEFAULT_MAX_OUTGOING`] of them per invocation.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most queries pending at once on one connection to a name server: 64.
 pub const MAX_PENDING_PER_SERVER: usize = 64;
@@ -131,7 +137,7 @@ fn build(config: ResolverConfig, servers: &str) -> Resolver {
     options.use_hosts_file = ResolveHosts::Always;
     options.max_active_requests = MAX_PENDING_PER_SERVER;
     options.cache_size = CACHE_ENTRIES;
-    options.timeout = crate::outbound::DNS_TIMEOUT;
+    options.timeout = DNS_TIMEOUT;
     let built = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build();

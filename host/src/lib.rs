@@ -94,9 +94,10 @@
 //! - [`error`]: host [`Error`]s (bad module, failed set-up), as opposed to
 //!   outcomes.
 //! - `serve` (feature `serve`): the HTTP function host behind
-//!   `wasm-run serve` — configuration, listeners, admission of requests,
-//!   the CGI and wasi:http request paths, responses, metrics; its module
-//!   doc draws a request's flow.
+//!   `wasm-run serve`, in rooms by lifetime — the server and its fixed
+//!   settings, the routes a reload replaces, one request's life, the guest
+//!   paths (wasi:http, CGI), responses, admin and metrics; its module doc
+//!   names them and draws a request's flow.
 //!
 //! A call flows `Guest::run` → `scheduler` (CPU metered; moved to the
 //! low-priority pool once long-running) → `store::new_store` (limits

@@ -50,10 +50,7 @@ type SendFuture =
 /// Longest a connection attempt may take when the guest sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a host name may take to resolve: 5 s. A lookup is a future of
-/// the request's own (see [`crate::dns`]), dropped when the request lets go
-/// of it; at most [`DEFAULT_MAX_OUTGOING`] of them per invocation.
-pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::dns::DNS_TIMEOUT;
 
 /// Default for [`OutboundPolicy::with_max_outgoing`]: at most 16 outgoing
 /// requests of one invocation in flight at once (each holds a socket, a

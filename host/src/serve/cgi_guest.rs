@@ -11,13 +11,12 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, DuplexStream, ReadBuf};
 
-use super::ConnInfo;
-use super::admission::Permit;
 use super::cgi::{self, CgiHeadParser, RequestMeta};
 use super::guest_log::GuestLog;
-use super::guest_task::{Exchange, GuestTask};
+use super::guest_task::{ConnInfo, Exchange, GuestTask};
 use super::request_body::BodyReader;
 use super::response::{Body, HostAnswer};
+use crate::admission::Permit;
 use crate::{Input, Invocation, Output};
 
 /// Bytes of guest stdout buffered between the guest and the client.

@@ -387,6 +387,89 @@ pub struct ServeConfig {
     pub tenants: Vec<TenantSpec>,
 }
 
+/// The settings of a [`ServeConfig`] that a server fixes when it starts: a
+/// reload ([`crate::serve::Server::reload`]) keeps their running values and
+/// names those it was asked to change. Everything else in a `ServeConfig`
+/// — the routes, tenants, name servers and per-request settings — a reload
+/// replaces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedSettings {
+    /// HTTP listener address (bound by the caller).
+    pub addr: SocketAddr,
+    /// Admin listener address (bound by the caller).
+    pub admin_addr: Option<SocketAddr>,
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Time a response write may wait for a client that does not read.
+    pub write_timeout: Duration,
+    /// The memory budget.
+    pub memory_budget: u64,
+    /// Requests that may wait for budget.
+    pub max_queue: usize,
+    /// Longest wait for budget.
+    pub queue_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// The kernel's send buffer of each client connection.
+    pub send_buffer: Option<u64>,
+    /// Threads of the engine's low-priority pool (read by the binary).
+    pub background_threads: Option<usize>,
+}
+
+impl FixedSettings {
+    /// The fixed settings of `config`.
+    pub fn of(config: &ServeConfig) -> FixedSettings {
+        FixedSettings {
+            addr: config.addr,
+            admin_addr: config.admin_addr,
+            header_timeout: config.header_timeout,
+            write_timeout: config.write_timeout,
+            memory_budget: config.memory_budget,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
+            max_connections: config.max_connections,
+            send_buffer: config.send_buffer,
+            background_threads: config.background_threads,
+        }
+    }
+
+    /// The names (as in the configuration file) of the settings in which
+    /// `other` differs from these.
+    pub fn differences(&self, other: &FixedSettings) -> Vec<&'static str> {
+        // Destructured, so that a new field cannot be left out here.
+        let FixedSettings {
+            addr,
+            admin_addr,
+            header_timeout,
+            write_timeout,
+            memory_budget,
+            max_queue,
+            queue_timeout,
+            max_connections,
+            send_buffer,
+            background_threads,
+        } = self;
+        [
+            ("addr", *addr != other.addr),
+            ("admin-addr", *admin_addr != other.admin_addr),
+            ("header-timeout", *header_timeout != other.header_timeout),
+            ("write-timeout", *write_timeout != other.write_timeout),
+            ("memory-budget", *memory_budget != other.memory_budget),
+            ("max-queue", *max_queue != other.max_queue),
+            ("queue-timeout", *queue_timeout != other.queue_timeout),
+            ("max-connections", *max_connections != other.max_connections),
+            ("send-buffer", *send_buffer != other.send_buffer),
+            (
+                "background-threads",
+                *background_threads != other.background_threads,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+}
+
 /// A configuration problem, naming the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", file.display())]
@@ -547,6 +630,28 @@ pub fn resolve_tenants(file: &ConfigFile, path: &Path) -> Result<Vec<TenantSpec>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fixed_settings_name_what_a_reload_asked_to_change() {
+        let running = ServerSection::default().resolve(Vec::new()).unwrap();
+        let new = ServerSection {
+            max_queue: Some(3),
+            write_timeout: Some(HumanDuration(Duration::from_secs(1))),
+            send_buffer: Some(ByteSize(64 << 10)),
+            max_body: Some(ByteSize(10)),
+            ..ServerSection::default()
+        }
+        .resolve(Vec::new())
+        .unwrap();
+        let (fixed, asked) = (FixedSettings::of(&running), FixedSettings::of(&new));
+        assert_eq!(
+            fixed.differences(&asked),
+            ["write-timeout", "max-queue", "send-buffer"]
+        );
+        // What a reload may change is not among them.
+        assert_eq!(new.max_body, 10);
+        assert!(fixed.differences(&FixedSettings::of(&running)).is_empty());
+    }
 
     #[test]
     fn a_full_file_parses() {

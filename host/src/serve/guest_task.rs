@@ -16,14 +16,13 @@ use http::Response;
 use http_body::Body as HttpBody;
 use tokio::sync::watch;
 
-use super::RouteRuntime;
-use super::admission::Permit;
-use super::body_answer;
 use super::record::Record;
 use super::request_body::BodyFlag;
 use super::response::{
     Body, BodyError, Coalesced, HostAnswer, Verdict, coalesce, sanitize_guest_headers,
 };
+use super::routes::RouteRuntime;
+use crate::admission::Permit;
 use crate::{Outcome, OutcomeKind, Priority};
 
 /// What a connection's last request left behind: whether its guest was
@@ -50,6 +49,15 @@ impl Standing {
         let killed = matches!(finished, Finished::Outcome(_)) && !finished.completed();
         self.0.store(killed, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Where a connection came from and arrived at (for CGI variables), and
+/// its standing (how its last request ended).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) local: std::net::SocketAddr,
+    pub(crate) remote: std::net::SocketAddr,
+    pub(crate) standing: Standing,
 }
 
 /// How a guest's task ended.
@@ -153,7 +161,7 @@ impl Exchange<'_> {
     /// the request's end better (the guest saw its stdin or body fail).
     pub(crate) fn answer(&self, answer: HostAnswer) -> Response<Body> {
         match self.body_flag.fault() {
-            Some(fault) => self.record.answer(body_answer(self.route, fault)),
+            Some(fault) => self.record.answer(self.route.body_answer(fault)),
             None => self.record.answer(answer),
         }
     }
@@ -179,7 +187,7 @@ impl Exchange<'_> {
         B::Error: Into<BodyError>,
     {
         if let Some(fault) = self.body_flag.fault() {
-            return self.record.answer(body_answer(self.route, fault));
+            return self.record.answer(self.route.body_answer(fault));
         }
         let status = head.status;
         if status.is_informational() {

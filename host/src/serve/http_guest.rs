@@ -9,11 +9,11 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 
-use super::admission::Permit;
 use super::guest_log::GuestLog;
 use super::guest_task::{Exchange, GuestTask};
 use super::request_body::{BodyTimedOut, BodyTooLarge};
 use super::response::{Body, HostAnswer};
+use crate::admission::Permit;
 use crate::{Invocation, Output};
 
 /// Handles one request with the route's wasi:http guest.

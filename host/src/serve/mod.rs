@@ -1,25 +1,33 @@
 //! `wasm-run serve`: an HTTP function host in which every request runs in
 //! its own fresh store with its own limits.
 //!
+//! # Rooms by lifetime
+//!
+//! - this module: what lives as long as the process — [`Server`], the
+//!   settings fixed at start ([`config::FixedSettings`]), the two accept
+//!   loops (`listener`, `conn_io`), draining on shutdown;
+//! - `routes`: what a reload replaces — the route table, each route's loaded
+//!   guest, tenant and request settings, loading and validation;
+//! - `request`: one request's life from a parsed request to its answer —
+//!   id and record, routing, the body's first part, admission, the
+//!   connection's standing, dispatch by guest kind;
+//! - `http_guest` / `cgi_guest`: how a request reaches each kind of guest
+//!   and how its response head comes back; `guest_task`: what both share
+//!   (the guest's own task, its end, the answer for a guest that gave none);
+//!   `response`: the answer table, guarded and coalesced bodies;
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`.
+//!
 //! # Flow of a request
 //!
-//! The accept loop ([`Server::serve`]) hands each connection to hyper; each
-//! request gets an id and a `RequestRecord`, is matched to the
-//! route with the longest path prefix, has its declared `Content-Length`
-//! checked against `--max-body`, and goes to one of two paths by guest kind:
-//!
-//! - `http_guest`: a wasi:http component is handed the request through
-//!   [`crate::Guest::handle_http`];
-//! - `cgi_guest`: a command (core module or component) is run CGI-style
-//!   through [`crate::Guest::run`], its stdout parsed for a CGI head.
-//!
-//! The library prepares and runs both the same way (one store factory, one
-//! deadline, one classifier, as `wasm-run run`). What is common to serving
-//! them lives once, in `guest_task`: the guest runs in its own tokio task
-//! that reports one `Finished` value and releases the budget permit; the
-//! head goes out as soon as the guest produces it and the body streams
-//! while the guest runs; a guest killed before its head gets the host's
-//! answer (`response::HostAnswer`, from the one `answer_for` mapping); one
+//! accept (here) → `request` (route from `routes`, body, admission) →
+//! `http_guest` or `cgi_guest` → `guest_task` (the guest in its task, the
+//! head, the body guarded) → `response`. The library prepares and runs both
+//! kinds the same way (one store factory, one deadline, one classifier, as
+//! `wasm-run run`): a wasi:http component through
+//! [`crate::Guest::handle_http`], a command CGI-style through
+//! [`crate::Guest::run`] with its stdout parsed for a CGI head. The head
+//! goes out as soon as the guest produces it and the body streams while the
+//! guest runs; a guest killed before its head gets the host's answer, one
 //! killed after it has its body aborted.
 
 //! # Admission, and what clients may hold
@@ -57,6 +65,7 @@
 
 /// Admission by memory budget (the library's [`crate::admission`]).
 pub use crate::admission;
+mod admin;
 pub mod cgi;
 mod cgi_guest;
 pub mod config;
@@ -68,19 +77,22 @@ mod http_guest;
 mod listener;
 pub mod metrics;
 mod record;
+mod request;
 mod request_body;
 pub(crate) mod response;
+mod routes;
 
-use std::collections::HashMap;
+pub use self::admin::ADMIN_MAX_CONNECTIONS;
+pub use self::request::REQUEST_ID_HEADER;
+pub use self::routes::LoadError;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body as _;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -88,94 +100,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use self::admission::{Admission, AdmissionConfig, Need, Permit, Rejected, Slots, TenantId};
-use self::config::{ModuleSource, RouteSpec, ServeConfig};
+use self::admission::{Admission, AdmissionConfig, Slots};
+use self::config::{FixedSettings, ServeConfig};
 use self::conn_io::WriteTimeout;
-use self::guest_task::{Exchange, Standing};
+use self::guest_task::{ConnInfo, Standing};
 use self::listener::{Accepted, Listener};
 use self::metrics::Metrics;
-use self::record::RequestRecord;
-use self::request_body::{BodyFault, BodyFlag, LimitedBody};
-use self::response::{Body, HostAnswer, full};
-use crate::{Engine, Guest, GuestKind, OutboundPolicy, Priority};
-
-/// Header carrying the request id, also used in the guest's log lines.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Where a connection came from and arrived at (for CGI variables), and
-/// its standing (how its last request ended).
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    local: SocketAddr,
-    remote: SocketAddr,
-    standing: Standing,
-}
-
-/// A route with its guest loaded.
-pub(crate) struct RouteRuntime {
-    spec: RouteSpec,
-    guest: Guest,
-    outbound: OutboundPolicy,
-    /// The tenant its requests are admitted as.
-    tenant: TenantId,
-    max_body: u64,
-    /// Bytes of a request body read before the request waits for budget.
-    body_buffer: u64,
-    /// Longest wait for the (next part of the) request body.
-    body_timeout: Duration,
-    log_cap: usize,
-}
-
-impl RouteRuntime {
-    /// What one request on this route takes while admitted: its memory cap
-    /// plus its guest's host allowance ([`Guest::host_allowance`]), and the
-    /// instance-pool slots of its guest.
-    fn admission_need(&self) -> Need {
-        Need {
-            bytes: self
-                .spec
-                .limits
-                .max_memory
-                .saturating_add(self.guest.host_allowance()),
-            slots: Slots::of(&self.guest)
-                .with_fds(Slots::fds_of(self.spec.dirs.len(), &self.outbound)),
-        }
-    }
-}
-
-/// The routes of one configuration generation; replaced whole on reload,
-/// so requests in flight finish on the generation they started with.
-struct RouteTable {
-    /// Longest prefix first.
-    routes: Vec<RouteRuntime>,
-}
-
-impl RouteTable {
-    fn find(&self, path: &str) -> Option<&RouteRuntime> {
-        self.routes
-            .iter()
-            .find(|r| prefix_matches(&r.spec.prefix, path))
-    }
-}
-
-/// `/api` matches `/api` and `/api/...` but not `/apix`; `/` matches all.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
-/// A loading failure, naming the route. Its message includes the
-/// error's, which is therefore not also its `source()` (a chain printer
-/// such as anyhow's `{:#}` shows each cause once).
-#[derive(Debug, thiserror::Error)]
-#[error("route {prefix}: {error}")]
-pub struct LoadError {
-    /// The route whose module failed.
-    pub prefix: String,
-    /// Why it failed.
-    pub error: crate::Error,
-}
+use self::request::Requests;
+use self::routes::load_table;
+use crate::Engine;
 
 /// The HTTP function host.
 #[derive(Clone)]
@@ -183,17 +116,20 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// What lives as long as the server: the engine, the running
+/// configuration, and what every request goes through.
 struct Shared {
     engine: Engine,
-    admission: Arc<Admission>,
-    table: RwLock<Arc<RouteTable>>,
+    requests: Requests,
+    /// What the server fixed at start (read from here, never from
+    /// `config`, whose fixed settings a reload may have asked to change).
+    fixed: FixedSettings,
+    /// The running configuration: its routes and per-request settings.
     config: RwLock<ServeConfig>,
-    metrics: Arc<Metrics>,
     /// Client connections served at once: `max_connections`, or fewer if
     /// the open-files limit leaves less room (`descriptors`).
     connection_cap: usize,
     draining: AtomicBool,
-    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
@@ -242,13 +178,11 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,
-                admission,
-                table: RwLock::new(Arc::new(table)),
+                requests: Requests::new(admission, table, Arc::new(Metrics::new())),
+                fixed: FixedSettings::of(&config),
                 config: RwLock::new(config),
-                metrics: Arc::new(Metrics::new()),
                 connection_cap: fds.connections,
                 draining: AtomicBool::new(false),
-                next_id: AtomicU64::new(1),
             }),
         })
     }
@@ -263,30 +197,29 @@ impl Server {
     /// at start — listener addresses, `max-connections`, `header-timeout`,
     /// `write-timeout`, `memory-budget`, `max-queue`, `queue-timeout` — keeps
     /// its running value, and a reload that changes one says so in the log.
-    pub fn reload(&self, mut config: ServeConfig) -> Result<(), LoadError> {
-        let running = self.config();
-        for name in fixed_settings_changed(&running, &config) {
+    pub fn reload(&self, config: ServeConfig) -> Result<(), LoadError> {
+        for name in self.shared.fixed.differences(&FixedSettings::of(&config)) {
             tracing::warn!(
                 setting = name,
                 "a reload cannot change this setting; it keeps its value until a restart"
             );
         }
-        keep_fixed_settings(&running, &mut config);
-        let table = match load_table(&self.shared.engine, &config, &self.shared.admission) {
+        let requests = &self.shared.requests;
+        let table = match load_table(&self.shared.engine, &config, &requests.admission) {
             Ok(table) => table,
             Err(e) => {
                 self.reload_failed(&e);
                 return Err(e);
             }
         };
-        *self.shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        requests.replace_table(table);
         *self
             .shared
             .config
             .write()
             .unwrap_or_else(|e| e.into_inner()) = config;
         tracing::info!("reloaded");
-        self.shared.metrics.reloaded(true);
+        requests.metrics.reloaded(true);
         Ok(())
     }
 
@@ -295,19 +228,19 @@ impl Server {
     /// the current routes keep serving.
     pub fn reload_failed(&self, error: &dyn std::fmt::Display) {
         tracing::error!(error = %error, "reload failed; keeping the old configuration");
-        self.shared.metrics.reloaded(false);
+        self.shared.requests.metrics.reloaded(false);
     }
 
     /// The server's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.shared.requests.metrics
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then stops
     /// accepting, lets requests in flight finish (each bounded by its
     /// deadline) and returns.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let config = self.config();
+        let config = self.shared.fixed.clone();
         let graceful = GracefulShutdown::new();
         let mut listener = Listener::new(listener, "main", self.shared.connection_cap);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -338,12 +271,12 @@ impl Server {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 let conn_info = conn_info.clone();
-                async move { Ok::<_, Infallible>(shared.handle(req, conn_info).await) }
+                async move { Ok::<_, Infallible>(shared.requests.handle(req, conn_info).await) }
             });
             let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
             let conn =
                 graceful.watch(http1_builder(config.header_timeout).serve_connection(io, service));
-            let metrics = self.shared.metrics.clone();
+            let metrics = self.shared.requests.metrics.clone();
             metrics.open_connections.inc();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -371,14 +304,22 @@ impl Server {
     /// [`ADMIN_MAX_CONNECTIONS`] connections at once, each with the same
     /// head and write timeouts as the main listener.
     pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let config = self.config();
+        let config = self.shared.fixed.clone();
         let mut listener = Listener::new(listener, "admin", ADMIN_MAX_CONNECTIONS);
         let mut shutdown = std::pin::pin!(shutdown);
         while let Some(Accepted { stream, slot, .. }) = listener.accept(&mut shutdown).await {
             let shared = self.shared.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(shared.admin(req.uri().path())) }
+                let draining = shared.draining.load(Ordering::Relaxed);
+                let requests = &shared.requests;
+                let answer = admin::answer(
+                    req.uri().path(),
+                    &requests.admission,
+                    &requests.metrics,
+                    draining,
+                );
+                async move { Ok::<_, Infallible>(answer) }
             });
             let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
             let conn = http1_builder(config.header_timeout).serve_connection(io, service);
@@ -411,217 +352,6 @@ impl Server {
     }
 }
 
-impl Shared {
-    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = format!("{n:08x}").into();
-        let record = RequestRecord::start(
-            id.clone(),
-            req.method(),
-            req.uri().path(),
-            self.metrics.clone(),
-        );
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut response = match table.find(req.uri().path()) {
-            None => record.answer(HostAnswer::NotFound(format!(
-                "no route for {}",
-                req.uri().path()
-            ))),
-            Some(route) => {
-                record.set_route(&route.spec.prefix, &route.spec.tenant);
-                self.route_request(route, req, conn, record).await
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, v);
-        }
-        response
-    }
-
-    async fn route_request(
-        &self,
-        route: &RouteRuntime,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-        record: record::Record,
-    ) -> Response<Body> {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > route.max_body) {
-            return record.answer(HostAnswer::BodyTooLarge(route.max_body));
-        }
-        // Read a small body whole (a large one's head) before taking budget,
-        // so a client that dribbles its body holds no permit while it does.
-        let flag = BodyFlag::default();
-        let (parts, body) = req.into_parts();
-        let mut body = LimitedBody::new(body, route.max_body, route.body_timeout, flag.clone());
-        if !body.is_end_stream()
-            && let Err(fault) = body.prebuffer(route.body_buffer, route.body_timeout).await
-        {
-            return record.answer(body_answer(route, fault));
-        }
-        let permit = match self.admit(route).await {
-            Ok(permit) => permit,
-            Err(answer) => return record.answer(answer),
-        };
-        let req = Request::from_parts(parts, body);
-        let priority = conn.standing.priority();
-        if priority == Priority::Background {
-            self.metrics.penalized.inc();
-        }
-        let exchange = Exchange {
-            route,
-            record,
-            body_flag: flag,
-            priority,
-            standing: conn.standing.clone(),
-        };
-        if route.guest.kind().is_http() {
-            http_guest::handle(exchange, req, permit).await
-        } else {
-            cgi_guest::handle(exchange, req, conn, permit).await
-        }
-    }
-
-    /// Waits for the route's memory cap, plus the host memory its guest may
-    /// make the host hold, to fit in the budget.
-    async fn admit(&self, route: &RouteRuntime) -> Result<Permit, HostAnswer> {
-        let need = route.admission_need();
-        match self.admission.admit_as(route.tenant, need).await {
-            Ok((permit, waited)) => {
-                self.metrics
-                    .queue_wait_seconds
-                    .observe(waited.as_secs_f64());
-                Ok(permit)
-            }
-            Err(rejected) => {
-                let (reason, message) = match rejected {
-                    Rejected::QueueFull => (
-                        "queue_full",
-                        "the host's memory budget is in use and its admission queue is full",
-                    ),
-                    Rejected::Timeout => (
-                        "queue_timeout",
-                        "the host's memory budget stayed in use for longer than the queue timeout",
-                    ),
-                    // Routes that could never fit are refused when they
-                    // load; this is for completeness.
-                    Rejected::TooLarge => (
-                        "too_large",
-                        "the request needs more than the host's whole memory budget",
-                    ),
-                };
-                self.metrics
-                    .rejected
-                    .get_or_create(&metrics::ReasonLabels {
-                        reason: reason.to_string(),
-                    })
-                    .inc();
-                Err(HostAnswer::Overloaded(format!("{message}; retry later")))
-            }
-        }
-    }
-
-    fn admin(&self, path: &str) -> Response<Body> {
-        let (status, content_type, body) = match path {
-            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            "/readyz" if self.draining.load(Ordering::Relaxed) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "draining\n".to_string(),
-            ),
-            "/readyz" if self.admission.saturated() => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "saturated: the admission queue is full\n".to_string(),
-            ),
-            "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            "/metrics" => {
-                let in_use = i64::try_from(self.admission.in_use()).unwrap_or(i64::MAX);
-                self.metrics.budget_in_use.set(in_use);
-                self.metrics
-                    .queue_length
-                    .set(self.admission.queued() as i64);
-                self.metrics.tenants(&self.admission.tenant_stats());
-                (
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    self.metrics.encode(),
-                )
-            }
-            _ => (
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "admin endpoints: /healthz /readyz /metrics\n".to_string(),
-            ),
-        };
-        let mut response = Response::new(full(body));
-        *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        response
-    }
-}
-
-/// The answer to a request whose body failed, if the body is why.
-pub(crate) fn body_answer(route: &RouteRuntime, fault: BodyFault) -> HostAnswer {
-    match fault {
-        BodyFault::TooLarge => HostAnswer::BodyTooLarge(route.max_body),
-        BodyFault::TimedOut => HostAnswer::BodyTimeout(route.body_timeout),
-    }
-}
-
-/// The settings fixed at start that `new` has and `running` does not.
-fn fixed_settings_changed(running: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let mut check = |name, differs: bool| {
-        if differs {
-            changed.push(name);
-        }
-    };
-    check("addr", running.addr != new.addr);
-    check("admin-addr", running.admin_addr != new.admin_addr);
-    check(
-        "header-timeout",
-        running.header_timeout != new.header_timeout,
-    );
-    check("write-timeout", running.write_timeout != new.write_timeout);
-    check("memory-budget", running.memory_budget != new.memory_budget);
-    check("max-queue", running.max_queue != new.max_queue);
-    check("queue-timeout", running.queue_timeout != new.queue_timeout);
-    // The running cap may have been lowered to fit the open-files limit.
-    check(
-        "max-connections",
-        running.max_connections != new.max_connections,
-    );
-    check(
-        "background-threads",
-        running.background_threads != new.background_threads,
-    );
-    changed
-}
-
-/// Puts `running`'s fixed settings into `new`.
-fn keep_fixed_settings(running: &ServeConfig, new: &mut ServeConfig) {
-    new.addr = running.addr;
-    new.admin_addr = running.admin_addr;
-    new.header_timeout = running.header_timeout;
-    new.write_timeout = running.write_timeout;
-    new.memory_budget = running.memory_budget;
-    new.max_queue = running.max_queue;
-    new.queue_timeout = running.queue_timeout;
-    new.max_connections = running.max_connections;
-    new.send_buffer = running.send_buffer;
-    new.background_threads = running.background_threads;
-}
-
-/// Most connections the admin listener serves at once.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
-
 /// Largest request head (request line and headers) a client may send: 32 KiB,
 /// as nginx allows by default; larger heads are answered 431. This also
 /// bounds the incoming headers a wasi:http guest can copy into new fields.
@@ -646,150 +376,4 @@ fn http1_builder(header_timeout: Duration) -> http1::Builder {
         .max_buf_size(CONNECTION_BUFFER_BYTES)
         .keep_alive(true);
     builder
-}
-
-/// How a guest of `kind` is served, for the log.
-fn served_as(kind: GuestKind) -> &'static str {
-    match kind {
-        GuestKind::HttpComponent => "wasi:http",
-        GuestKind::HttpComponentP3 => "wasi:http 0.3",
-        GuestKind::CoreCommand | GuestKind::ComponentCommand => "cgi",
-        GuestKind::ComponentCommandP3 => "cgi (wasi 0.3)",
-    }
-}
-
-/// Refuses a route whose requests could never be admitted: one request's
-/// need (its memory cap plus its guest's host allowance) is more than the
-/// whole budget.
-fn fits_the_budget(spec: &RouteSpec, guest: &Guest, budget: u64) -> Result<(), LoadError> {
-    let need = spec
-        .limits
-        .max_memory
-        .saturating_add(guest.host_allowance());
-    if need <= budget {
-        return Ok(());
-    }
-    Err(LoadError {
-        prefix: spec.prefix.clone(),
-        error: crate::Error::Setup {
-            name: guest.name().to_string(),
-            message: format!(
-                "a request on this route needs {need} bytes of the memory budget (its \
-                 memory cap of {} bytes plus the guest's host allowance of {} bytes), \
-                 more than the whole budget of {budget} bytes, so no request could ever be \
-                 admitted",
-                spec.limits.max_memory,
-                guest.host_allowance(),
-            ),
-        },
-    })
-}
-
-/// Loads a route's guest: wasm or WAT always, an artifact of `wasm-run
-/// compile` only on a route that allows precompiled code.
-#[expect(unsafe_code, reason = "the operator vouched for the route's artifact")]
-fn load_guest(engine: &Engine, spec: &RouteSpec) -> crate::Result<Guest> {
-    match &spec.module {
-        ModuleSource::File(path) if spec.allow_precompiled => {
-            // SAFETY: `allow-precompiled` (or `--allow-precompiled` for
-            // MODULE) is the operator's statement that the route's module,
-            // if an artifact, is one they made or trust as a binary.
-            unsafe { Guest::from_file_allow_precompiled(engine, path) }
-        }
-        ModuleSource::File(path) => Guest::from_file(engine, path),
-        ModuleSource::Embedded { name, bytes } => Guest::from_bytes(engine, name, bytes),
-    }
-}
-
-fn load_table(
-    engine: &Engine,
-    config: &ServeConfig,
-    admission: &Admission,
-) -> Result<RouteTable, LoadError> {
-    let mut loaded: HashMap<&ModuleSource, Guest> = HashMap::new();
-    let mut routes = Vec::new();
-    let resolver = (!config.dns_servers.is_empty())
-        .then(|| crate::dns::Resolver::with_servers(&config.dns_servers));
-    for spec in &config.routes {
-        let guest = match loaded.get(&spec.module) {
-            Some(g) => g.clone(),
-            None => {
-                let guest = load_guest(engine, spec).map_err(|error| LoadError {
-                    prefix: spec.prefix.clone(),
-                    error,
-                })?;
-                loaded.insert(&spec.module, guest.clone());
-                guest
-            }
-        };
-        let outbound = match &resolver {
-            Some(resolver) => spec.outbound.clone().with_resolver(resolver.clone()),
-            None => spec.outbound.clone(),
-        };
-        fits_the_budget(spec, &guest, config.memory_budget)?;
-        tracing::info!(
-            route = %spec.prefix,
-            guest = guest.name(),
-            kind = served_as(guest.kind()),
-            "route loaded"
-        );
-        // A declared tenant's settings, or a tenant of the route's own.
-        let tenant = config
-            .tenants
-            .iter()
-            .find(|t| t.name == spec.tenant)
-            .map(|t| t.config.clone())
-            .unwrap_or_default();
-        routes.push(RouteRuntime {
-            spec: spec.clone(),
-            outbound,
-            tenant: admission.tenant(&spec.tenant, &tenant),
-            guest,
-            max_body: config.max_body,
-            body_buffer: config.body_buffer,
-            body_timeout: config.body_timeout,
-            log_cap: usize::try_from(config.max_log).unwrap_or(usize::MAX),
-        });
-    }
-    routes.sort_by_key(|r| std::cmp::Reverse(r.spec.prefix.len()));
-    Ok(RouteTable { routes })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{fixed_settings_changed, keep_fixed_settings, prefix_matches};
-    use crate::serve::config::ServerSection;
-    use std::time::Duration;
-
-    #[test]
-    fn a_reload_keeps_what_is_fixed_at_start_and_names_it() {
-        let running = ServerSection::default().resolve(Vec::new()).unwrap();
-        let mut new = ServerSection {
-            max_queue: Some(3),
-            write_timeout: Some(crate::limits::HumanDuration(Duration::from_secs(1))),
-            max_body: Some(crate::limits::ByteSize(10)),
-            ..ServerSection::default()
-        }
-        .resolve(Vec::new())
-        .unwrap();
-        assert_eq!(
-            fixed_settings_changed(&running, &new),
-            ["write-timeout", "max-queue"]
-        );
-        keep_fixed_settings(&running, &mut new);
-        assert_eq!(new.max_queue, running.max_queue);
-        assert_eq!(new.write_timeout, running.write_timeout);
-        // What a reload may change, it changes.
-        assert_eq!(new.max_body, 10);
-        assert!(fixed_settings_changed(&running, &new).is_empty());
-    }
-
-    #[test]
-    fn prefixes_match_at_segment_boundaries() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/api", "/api"));
-        assert!(prefix_matches("/api", "/api/x"));
-        assert!(!prefix_matches("/api", "/apix"));
-        assert!(!prefix_matches("/api", "/"));
-    }
 }
