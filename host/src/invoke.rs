@@ -590,7 +590,15 @@ async fn until_limits_exceeded(
         if let Some(cpu) = cpu {
             cpu.begin();
         }
-        let polled = call.as_mut().poll(cx);
+        // A panic while polling the guest (a bug in the engine or a host
+        // call that a guest can reach, such as wasmtime advisory
+        // GHSA-xrvr-8678-5wp8) ends this invocation as trapped, not the
+        // host: the store is dropped like that of any killed guest.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx)))
+                .unwrap_or_else(|panic| {
+                    std::task::Poll::Ready(Err(Failure::Running(host_panic(&*panic))))
+                });
         if let Some(cpu) = cpu {
             cpu.end();
         }
@@ -609,6 +617,19 @@ async fn until_limits_exceeded(
         }
     })
     .await
+}
+
+/// The error for a panic caught while running a guest: the host call it
+/// happened in failed, with the panic's message.
+fn host_panic(panic: &(dyn std::any::Any + Send)) -> wasmtime::Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    wasmtime::Error::msg(format!(
+        "the host panicked while running the guest: {message}"
+    ))
 }
 
 /// The wasi:http error a guest sees for a failed request body: hyper's
@@ -813,7 +834,24 @@ async fn call_entry(
 
 #[cfg(test)]
 mod tests {
-    use super::DirMapping;
+    use super::{DirMapping, Failure, until_limits_exceeded};
+
+    #[tokio::test]
+    async fn a_panic_while_polling_a_guest_ends_the_invocation_not_the_host() {
+        let account = crate::Account::new(u64::MAX);
+        let panicking = std::future::poll_fn(|_| -> std::task::Poll<Result<i32, Failure>> {
+            panic!("a bug the guest reached")
+        });
+        let ended = until_limits_exceeded(&account, None, || Ok(()), panicking).await;
+        match ended {
+            Err(Failure::Running(e)) => {
+                let message = e.to_string();
+                assert!(message.contains("the host panicked"), "{message}");
+                assert!(message.contains("a bug the guest reached"), "{message}");
+            }
+            _ => panic!("the panic should end the invocation as a failed host call"),
+        }
+    }
 
     #[test]
     fn dir_specs_parse_with_their_access() {
