@@ -1006,8 +1006,8 @@ async fn the_budget_bounds_the_host_under_a_flood_of_memory_bombs() {
 
 /// A client whose request was killed has its next request on the same
 /// connection started at low priority (counted in
-/// `wasm_run_requests_penalized_total`), until one ends cleanly; other
-/// connections are untouched.
+/// `wasm_run_requests_penalized_total`), until two have ended cleanly for
+/// each one killed; other connections are untouched.
 #[tokio::test]
 async fn a_connection_whose_request_was_killed_is_penalized_until_one_ends_cleanly() {
     let server = ServeGuard::serving(&http_guest(), &["--admin-addr", "127.0.0.1:0"]);
@@ -1035,10 +1035,19 @@ async fn a_connection_whose_request_was_killed_is_penalized_until_one_ends_clean
         "Hello from wasm-run over wasi:http!\n",
     );
     assert_eq!(metric(admin, penalized).await, 0);
-    // The next one on this connection is, and still answered in full.
+    // The next two on this connection are (one kill takes two clean
+    // requests to undo), and still answered in full.
     assert_eq!(on_one_connection("/hello").await, 200);
     assert_eq!(metric(admin, penalized).await, 1);
-    // It ended cleanly: the one after starts at normal priority again.
     assert_eq!(on_one_connection("/hello").await, 200);
-    assert_eq!(metric(admin, penalized).await, 1);
+    assert_eq!(metric(admin, penalized).await, 2);
+    // Both ended cleanly: the one after starts at normal priority again.
+    assert_eq!(on_one_connection("/hello").await, 200);
+    assert_eq!(metric(admin, penalized).await, 2);
+    // Alternating kills and clean requests keeps the connection penalized.
+    for round in 1..=3 {
+        assert_eq!(on_one_connection("/crash").await, 500);
+        assert_eq!(on_one_connection("/hello").await, 200);
+        assert_eq!(metric(admin, penalized).await, 2 + 2 * round - 1);
+    }
 }

@@ -25,18 +25,28 @@ use super::routes::RouteRuntime;
 use crate::admission::Permit;
 use crate::{Outcome, OutcomeKind, Priority};
 
-/// What a connection's last request left behind: whether its guest was
-/// killed (trapped, or ran out of fuel, memory, time or CPU). The next
-/// request on the connection then starts at [`Priority::Background`]: a
-/// client whose requests keep being killed only gets the CPU that other
-/// clients' fresh requests leave, until one of its requests ends cleanly.
+/// What a connection's requests left behind: strikes for killed requests
+/// (trapped, or out of fuel, memory, time or CPU). Each killed request adds
+/// [`STRIKES_PER_KILL`] (up to [`MAX_STRIKES`]), each request that ends
+/// cleanly takes one away; while any are left, the connection's requests
+/// start at [`Priority::Background`]. A client whose requests keep being
+/// killed only gets the CPU that other clients' fresh requests leave — and
+/// one that alternates killed and clean requests stays there, since two
+/// clean requests are needed to undo one kill.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Standing(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct Standing(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+/// Strikes a killed request adds to its connection's standing.
+pub(crate) const STRIKES_PER_KILL: u8 = 2;
+
+/// Most strikes a connection holds: after a run of kills, eight clean
+/// requests restore its priority.
+pub(crate) const MAX_STRIKES: u8 = 8;
 
 impl Standing {
     /// Where the connection's next request starts.
     pub(crate) fn priority(&self) -> Priority {
-        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             Priority::Background
         } else {
             Priority::Normal
@@ -45,9 +55,23 @@ impl Standing {
 
     fn remember(&self, finished: &Finished) {
         // Killed: it ran, but not to its own end (a host error is not the
-        // client's doing).
+        // client's doing, and changes nothing).
         let killed = matches!(finished, Finished::Outcome(_)) && !finished.completed();
-        self.0.store(killed, std::sync::atomic::Ordering::Relaxed);
+        let clean = finished.completed();
+        if !killed && !clean {
+            return;
+        }
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |strikes| {
+                Some(if killed {
+                    strikes.saturating_add(STRIKES_PER_KILL).min(MAX_STRIKES)
+                } else {
+                    strikes.saturating_sub(1)
+                })
+            },
+        );
     }
 }
 
@@ -249,6 +273,28 @@ fn kill_message(kind: &OutcomeKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_that_alternates_kills_and_clean_requests_stays_penalized() {
+        let standing = Standing::default();
+        let killed = Finished::Outcome(OutcomeKind::FuelExhausted);
+        let clean = Finished::Outcome(OutcomeKind::Exited(0));
+        assert_eq!(standing.priority(), Priority::Normal);
+        for _ in 0..10 {
+            standing.remember(&killed);
+            assert_eq!(standing.priority(), Priority::Background);
+            standing.remember(&clean);
+            assert_eq!(standing.priority(), Priority::Background);
+        }
+        // Capped: MAX_STRIKES clean requests restore it, whatever came before.
+        for _ in 0..MAX_STRIKES - 1 {
+            standing.remember(&clean);
+        }
+        assert_eq!(standing.priority(), Priority::Normal);
+        // A host error changes nothing.
+        standing.remember(&Finished::HostError("x".into()));
+        assert_eq!(standing.priority(), Priority::Normal);
+    }
 
     #[test]
     fn a_guest_that_completed_without_a_response_is_a_bad_gateway() {
