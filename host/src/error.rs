@@ -122,12 +122,12 @@ pub enum Error {
     /// The invocation's [`crate::Limits`] cannot be honoured (see
     /// [`crate::Limits::validate`]), or a deadline was asked for outside a
     /// Tokio runtime with timers.
-    #[error("{name}: invalid limits: {message}")]
+    #[error("{name}: invalid limits: {reason}")]
     InvalidLimits {
         /// The guest's name (usually its path).
         name: String,
-        /// What is wrong.
-        message: String,
+        /// Which limit, and why.
+        reason: crate::limits::InvalidLimits,
     },
     /// The engine could not be built.
     #[error("cannot build the wasm engine: {message}")]

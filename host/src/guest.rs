@@ -21,6 +21,7 @@ use crate::store::StoreState;
 
 /// What kind of guest a module is, detected from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GuestKind {
     /// A wasm32-wasip1 core module with a `_start` export.
     CoreCommand,

@@ -277,20 +277,13 @@ impl Guest {
     /// context (argv, environment, preopens, stdio) and the host state.
     fn prepare(&self, invocation: Invocation) -> Result<Prepared> {
         let started = Instant::now();
-        let invalid = |message: String| Error::InvalidLimits {
+        let invalid = |reason| Error::InvalidLimits {
             name: self.name().to_string(),
-            message,
+            reason,
         };
-        invocation
-            .limits
-            .validate()
-            .map_err(|e| invalid(e.to_string()))?;
+        invocation.limits.validate().map_err(invalid)?;
         if invocation.limits.timeout.is_some() && !timers_available() {
-            return Err(invalid(
-                "a timeout needs a Tokio runtime with timers enabled (`enable_time` or \
-                 `enable_all` on its builder; `#[tokio::main]` enables them)"
-                    .into(),
-            ));
+            return Err(invalid(crate::limits::InvalidLimits::NoTimers));
         }
         let account = Account::new(
             invocation

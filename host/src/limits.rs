@@ -82,10 +82,36 @@ pub struct Limits {
 /// Default cap on captured stdout/stderr: 1 MiB each.
 pub const DEFAULT_MAX_OUTPUT: u64 = MIB;
 
-/// Limits that cannot be honoured.
+/// Limits that cannot be honoured, and which one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidLimits(pub String);
+#[non_exhaustive]
+pub enum InvalidLimits {
+    /// `max_memory` is past [`MAX_MEMORY_CEILING`].
+    #[error(
+        "max_memory of {given} bytes is past the ceiling of {MAX_MEMORY_CEILING} bytes (4 GiB, \
+         all a wasm32 guest can address)"
+    )]
+    MemoryOverCeiling {
+        /// The `max_memory` asked for.
+        given: u64,
+    },
+    /// `timeout` is longer than [`MAX_DURATION`].
+    #[error("timeout is longer than 366 days")]
+    TimeoutTooLong,
+    /// `max_cpu` is longer than [`MAX_DURATION`].
+    #[error("max_cpu is longer than 366 days")]
+    CpuTooLong,
+    /// `max_cpu` is zero.
+    #[error("max_cpu must be above zero")]
+    CpuZero,
+    /// A `timeout` was asked for where no timer can enforce it: the call
+    /// is not polled in a Tokio runtime with its timers enabled.
+    #[error(
+        "a timeout needs a Tokio runtime with timers enabled (`enable_time` or `enable_all` on \
+         its builder; `#[tokio::main]` enables them)"
+    )]
+    NoTimers,
+}
 
 impl Limits {
     /// Checks what these limits can be: `max_memory` at most
@@ -95,20 +121,16 @@ impl Limits {
     /// the same rules when they parse.
     pub fn validate(&self) -> Result<(), InvalidLimits> {
         if self.max_memory > MAX_MEMORY_CEILING {
-            return Err(InvalidLimits(format!(
-                "max_memory of {} bytes is past the ceiling of {MAX_MEMORY_CEILING} bytes \
-                 (4 GiB, all a wasm32 guest can address)",
-                self.max_memory
-            )));
+            return Err(InvalidLimits::MemoryOverCeiling {
+                given: self.max_memory,
+            });
         }
         if self.timeout.is_some_and(|t| t > MAX_DURATION) {
-            return Err(InvalidLimits("timeout is longer than 366 days".into()));
+            return Err(InvalidLimits::TimeoutTooLong);
         }
         match self.max_cpu {
-            Some(cpu) if cpu > MAX_DURATION => {
-                Err(InvalidLimits("max_cpu is longer than 366 days".into()))
-            }
-            Some(cpu) if cpu.is_zero() => Err(InvalidLimits("max_cpu must be above zero".into())),
+            Some(cpu) if cpu > MAX_DURATION => Err(InvalidLimits::CpuTooLong),
+            Some(cpu) if cpu.is_zero() => Err(InvalidLimits::CpuZero),
             _ => Ok(()),
         }
     }

@@ -15,6 +15,7 @@ use wasmtime_wasi_http::FieldMapError;
 
 /// How an invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OutcomeKind {
     /// The guest returned or called `exit`; the value is its exit code
     /// (0 when `_start`/`run` returned normally, 1 when a component's `run`
