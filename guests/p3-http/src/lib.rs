@@ -13,6 +13,7 @@
 //! | `/stream?n=N` | 200: `N` lines `line i` (default 100), one stream write each |
 //! | `/error-code` | answers with the error code `internal-error` instead of a response |
 //! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/client.send`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `HttpRequestDenied`) |
+//! | `/proxy?url=URL` | answers with the response of a GET of `URL` through `wasi:http/client.send` as it is: the upstream's head and body, streamed by the host after the handler returned (the proxy pattern) |
 //! | `/subtasks?n=N&what=spin\|bomb` | spawns `N` concurrent subtasks (default 8) that spin or allocate forever, then waits (limits cover what the store runs, not just the export) |
 //! | `/hoard` | creates stream and future pairs forever, keeping every end (host state of the component model's async ABI, which the host holds for the store) |
 //! | `/stdout` | writes a line to stdout through WASI 0.3 `wasi:cli/stdout`, then 200 `logged` |
