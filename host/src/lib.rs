@@ -109,6 +109,7 @@
 //! when the store's last task does.
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod accounting;
 pub mod admission;

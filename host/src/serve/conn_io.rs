@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 
 /// `inner` with writes that fail after `timeout` without progress.
 #[derive(Debug)]
-pub struct WriteTimeout<T> {
+pub(super) struct WriteTimeout<T> {
     inner: T,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
@@ -23,7 +23,7 @@ pub struct WriteTimeout<T> {
 
 impl<T> WriteTimeout<T> {
     /// Wraps `inner`.
-    pub fn new(inner: T, timeout: Duration) -> Self {
+    pub(super) fn new(inner: T, timeout: Duration) -> Self {
         WriteTimeout {
             inner,
             timeout,

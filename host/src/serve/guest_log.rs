@@ -11,10 +11,10 @@ const MAX_LINE: usize = 4096;
 
 /// Most log events (lines) one stream of one request may produce: a guest
 /// printing empty lines cannot turn its byte cap into a flood of events.
-pub const MAX_EVENTS: usize = 256;
+pub(super) const MAX_EVENTS: usize = 256;
 
 /// An output sink that logs complete lines as `tracing` events.
-pub struct GuestLog {
+pub(super) struct GuestLog {
     request_id: Arc<str>,
     stream: &'static str,
     line: Vec<u8>,
@@ -26,7 +26,7 @@ pub struct GuestLog {
 impl GuestLog {
     /// Logs up to `cap` bytes and [`MAX_EVENTS`] lines of `stream` ("stdout" or "stderr") for the
     /// request `request_id`; the rest is dropped with one notice.
-    pub fn new(request_id: Arc<str>, stream: &'static str, cap: usize) -> Self {
+    pub(super) fn new(request_id: Arc<str>, stream: &'static str, cap: usize) -> Self {
         GuestLog {
             request_id,
             stream,

@@ -15,11 +15,11 @@ use super::response::{Body, HostAnswer};
 use crate::{OutcomeKind, Usage};
 
 /// Shared handle to a request's record.
-pub type Record = Arc<RequestRecord>;
+pub(super) type Record = Arc<RequestRecord>;
 
 /// What is known about one request.
 #[derive(Debug)]
-pub struct RequestRecord {
+pub(super) struct RequestRecord {
     /// The request id, also given to the guest's log lines.
     pub id: Arc<str>,
     method: String,
@@ -42,7 +42,12 @@ struct State {
 
 impl RequestRecord {
     /// Starts the record of a request and counts it in flight.
-    pub fn start(id: Arc<str>, method: &http::Method, path: &str, metrics: Arc<Metrics>) -> Record {
+    pub(super) fn start(
+        id: Arc<str>,
+        method: &http::Method,
+        path: &str,
+        metrics: Arc<Metrics>,
+    ) -> Record {
         metrics.in_flight.inc();
         Arc::new(RequestRecord {
             id,
@@ -59,7 +64,7 @@ impl RequestRecord {
     }
 
     /// The route that matched.
-    pub fn set_route(&self, route: &str, tenant: &str) {
+    pub(super) fn set_route(&self, route: &str, tenant: &str) {
         self.with(|s| {
             s.route = Some(route.to_string());
             s.tenant = Some(tenant.to_string());
@@ -67,13 +72,13 @@ impl RequestRecord {
     }
 
     /// The guest sent a response head with this status.
-    pub fn set_status(&self, status: StatusCode) {
+    pub(super) fn set_status(&self, status: StatusCode) {
         self.with(|s| s.status = Some(status));
     }
 
     /// The host answers instead of the guest: records the answer (its detail
     /// goes to the log only) and returns the response.
-    pub fn answer(&self, answer: HostAnswer) -> Response<Body> {
+    pub(super) fn answer(&self, answer: HostAnswer) -> Response<Body> {
         if matches!(answer, HostAnswer::BodyTimeout(_)) {
             self.metrics.body_timeouts.inc();
         }
@@ -86,7 +91,7 @@ impl RequestRecord {
     }
 
     /// The guest's task finished.
-    pub fn set_outcome(&self, kind: OutcomeKind, usage: Usage) {
+    pub(super) fn set_outcome(&self, kind: OutcomeKind, usage: Usage) {
         self.with(|s| {
             s.kind = Some(kind);
             s.usage = Some(usage);

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 /// What went wrong with a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFault {
+pub(super) enum BodyFault {
     /// More than `--max-body` bytes.
     TooLarge,
     /// The client did not send the next part within `--body-timeout`.
@@ -40,11 +40,11 @@ pub enum BodyFault {
 /// Shared record of a request body's fault, if any: set by the body, read
 /// by the response path to answer 413 or 408.
 #[derive(Debug, Clone, Default)]
-pub struct BodyFlag(Arc<AtomicU8>);
+pub(super) struct BodyFlag(Arc<AtomicU8>);
 
 impl BodyFlag {
     /// The fault, if the body failed.
-    pub fn fault(&self) -> Option<BodyFault> {
+    pub(super) fn fault(&self) -> Option<BodyFault> {
         match self.0.load(Ordering::Relaxed) {
             1 => Some(BodyFault::TooLarge),
             2 => Some(BodyFault::TimedOut),
@@ -53,7 +53,7 @@ impl BodyFlag {
     }
 
     /// Whether the body failed.
-    pub fn is_set(&self) -> bool {
+    pub(super) fn is_set(&self) -> bool {
         self.fault().is_some()
     }
 
@@ -71,16 +71,16 @@ impl BodyFlag {
 /// The error a guest sees when its request body passes the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {0} bytes")]
-pub struct BodyTooLarge(pub u64);
+pub(super) struct BodyTooLarge(pub u64);
 
 /// The error a guest sees when the client stops sending its body.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no more of the request body for {0:?}")]
-pub struct BodyTimedOut(pub Duration);
+pub(super) struct BodyTimedOut(pub Duration);
 
 /// A request body with a buffered head, a size limit and an idle timeout.
 #[derive(Debug)]
-pub struct LimitedBody<B> {
+pub(super) struct LimitedBody<B> {
     buffered: VecDeque<Bytes>,
     /// Trailers read ahead with the buffered head (they end the body).
     trailers: Option<http::HeaderMap>,
@@ -100,7 +100,7 @@ where
 {
     /// Wraps `inner`: more than `limit` bytes, or a wait of more than
     /// `idle_timeout` for the next part, fails the body and raises `flag`.
-    pub fn new(inner: B, limit: u64, idle_timeout: Duration, flag: BodyFlag) -> Self {
+    pub(super) fn new(inner: B, limit: u64, idle_timeout: Duration, flag: BodyFlag) -> Self {
         let ended = inner.is_end_stream();
         LimitedBody {
             buffered: VecDeque::new(),
@@ -117,7 +117,7 @@ where
     /// Reads the body until it ends or `want` bytes are buffered, giving the
     /// client `within` for all of it. A body with nothing to read returns at
     /// once. On failure the flag says why.
-    pub async fn prebuffer(&mut self, want: u64, within: Duration) -> Result<(), BodyFault> {
+    pub(super) async fn prebuffer(&mut self, want: u64, within: Duration) -> Result<(), BodyFault> {
         let deadline = Instant::now() + within;
         while let Some(inner) = self.inner.as_mut() {
             if self.seen >= want {
@@ -151,7 +151,7 @@ where
     }
 
     /// Bytes read ahead and not yet handed on.
-    pub fn buffered_len(&self) -> usize {
+    pub(super) fn buffered_len(&self) -> usize {
         self.buffered.iter().map(Bytes::len).sum()
     }
 
@@ -249,7 +249,7 @@ where
 }
 
 /// Presents a body as an `AsyncRead`, for a CGI guest's stdin.
-pub struct BodyReader<B> {
+pub(super) struct BodyReader<B> {
     body: B,
     chunk: Bytes,
     done: bool,
@@ -257,7 +257,7 @@ pub struct BodyReader<B> {
 
 impl<B> BodyReader<B> {
     /// Reads `body`'s data frames in order; trailers are ignored.
-    pub fn new(body: B) -> Self {
+    pub(super) fn new(body: B) -> Self {
         BodyReader {
             body,
             chunk: Bytes::new(),

@@ -16,17 +16,17 @@ use crate::OutcomeKind;
 
 /// Error type of response bodies: a body that fails makes hyper abort the
 /// response, so the client sees a truncated message, never a clean end.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the server sends.
-pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BodyError>;
 
 /// Name of the header that says why the host answered instead of the guest.
-pub const OUTCOME_HEADER: &str = "x-wasm-run-outcome";
+pub(crate) const OUTCOME_HEADER: &str = "x-wasm-run-outcome";
 
 /// Why the host, not the guest, produced a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostAnswer {
+pub(crate) enum HostAnswer {
     /// The guest was killed or trapped before sending a response head.
     Killed(OutcomeKind, String),
     /// The request body is larger than `--max-body`.
@@ -50,7 +50,7 @@ pub enum HostAnswer {
 
 impl HostAnswer {
     /// The status, per the status table in the README.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             HostAnswer::Killed(OutcomeKind::DeadlineExceeded, _) => StatusCode::GATEWAY_TIMEOUT,
             HostAnswer::Killed(_, _) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,7 +64,7 @@ impl HostAnswer {
     }
 
     /// The outcome name used in the header, the JSON body, logs and metrics.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             HostAnswer::Killed(kind, _) => kind.name(),
             HostAnswer::BodyTooLarge(_) => "body_too_large",
@@ -77,7 +77,7 @@ impl HostAnswer {
     }
 
     /// The message of the JSON error body: what the client may know.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             HostAnswer::Killed(_, m)
             | HostAnswer::BadGateway(m)
@@ -98,7 +98,7 @@ impl HostAnswer {
 
     /// What the server log records beside the client's message: the full
     /// detail of a host error.
-    pub fn detail(&self) -> Option<&str> {
+    pub(crate) fn detail(&self) -> Option<&str> {
         match self {
             HostAnswer::HostError(m) => Some(m),
             _ => None,
@@ -107,7 +107,7 @@ impl HostAnswer {
 
     /// The response: status, `x-wasm-run-outcome` (for the outcomes of the
     /// table), and `{"error": outcome, "message": ...}`.
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": self.outcome(), "message": self.message() });
         let mut response = Response::new(full(format!("{body}\n")));
         *response.status_mut() = self.status();
@@ -127,19 +127,19 @@ impl HostAnswer {
 }
 
 /// A complete body from bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// Whether the guest finished cleanly, reported when its task ends.
-pub type Verdict = Pin<Box<dyn Future<Output = bool> + Send>>;
+pub(crate) type Verdict = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Wraps a streamed guest body: when the stream ends, waits for the guest's
 /// task to finish and turns the end into an error if the guest was killed,
 /// so that hyper aborts the response instead of ending it cleanly.
-pub struct GuardedBody<B> {
+pub(crate) struct GuardedBody<B> {
     /// Frames already read from `inner` (while coalescing), sent first.
     prefix: std::collections::VecDeque<Frame<Bytes>>,
     inner: B,
@@ -163,7 +163,7 @@ impl<B> std::fmt::Debug for GuardedBody<B> {
 impl<B> GuardedBody<B> {
     /// Guards `inner` with the task's verdict (`true`: finished cleanly);
     /// `content_length` is the response's declared length, if any.
-    pub fn new(inner: B, verdict: Verdict, content_length: Option<u64>) -> Self {
+    pub(crate) fn new(inner: B, verdict: Verdict, content_length: Option<u64>) -> Self {
         GuardedBody {
             prefix: std::collections::VecDeque::new(),
             inner,
@@ -174,7 +174,7 @@ impl<B> GuardedBody<B> {
     }
 
     /// Sends `frames` (already read from `inner`) before the rest of it.
-    pub fn prefixed(mut self, frames: impl IntoIterator<Item = Frame<Bytes>>) -> Self {
+    pub(crate) fn prefixed(mut self, frames: impl IntoIterator<Item = Frame<Bytes>>) -> Self {
         self.prefix.extend(frames);
         self
     }
@@ -185,7 +185,7 @@ impl<B> GuardedBody<B> {
 /// outcome header (its absence means the guest answered). `Trailer` stays:
 /// it is end-to-end (RFC 9110 §6.6.2), and the trailer fields it declares
 /// are the only ones hyper sends after a chunked body.
-pub fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
+pub(crate) fn sanitize_guest_headers(headers: &mut http::HeaderMap) {
     use http::header;
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -226,14 +226,14 @@ fn sanitize_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
 
 /// How long a response head is held back to gather the body that follows
 /// it, so that a small response goes out in one write.
-pub const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+pub(crate) const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Most body bytes gathered before the head is sent.
 const COALESCE_MAX: usize = 64 * 1024;
 
 /// What [`coalesce`] made of a guest's response.
 #[derive(Debug)]
-pub enum Coalesced {
+pub(crate) enum Coalesced {
     /// The guest finished its body and ended cleanly within the window: a
     /// complete response with an exact Content-Length.
     Complete(Response<Body>),
@@ -248,7 +248,7 @@ pub enum Coalesced {
 /// Holds a guest's response head for up to [`COALESCE_WINDOW`] while its
 /// body arrives. Small responses become one complete message (one write,
 /// no chunked encoding); others start streaming when the window closes.
-pub async fn coalesce<B>(
+pub(crate) async fn coalesce<B>(
     parts: http::response::Parts,
     mut body: B,
     mut verdict: Verdict,
@@ -304,7 +304,7 @@ where
 }
 
 /// The declared Content-Length of a response head, if valid.
-pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -314,7 +314,7 @@ pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 /// The error that aborts a response whose guest was killed mid-body.
 #[derive(Debug, thiserror::Error)]
 #[error("the guest was killed after sending the response head; response aborted")]
-pub struct Aborted;
+pub(crate) struct Aborted;
 
 impl<B> HttpBody for GuardedBody<B>
 where
