@@ -11,6 +11,7 @@
 //! | `/crash` | panics before responding (trap) |
 //! | `/late-crash` | returns a 200 response, writes `partial body`, then panics 200 ms later without finishing it (a kill after the head) |
 //! | `/stream?n=N` | 200: `N` lines `line i` (default 100), one stream write each |
+//! | `/blob?kib=K` | 200: `K` KiB of `x` (default 8,192), written 1 MiB at a time |
 //! | `/error-code` | answers with the error code `internal-error` instead of a response |
 //! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/client.send`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `HttpRequestDenied`) |
 //! | `/proxy?url=URL` | answers with the response of a GET of `URL` through `wasi:http/client.send` as it is: the upstream's head and body, streamed by the host after the handler returned (the proxy pattern) |
@@ -59,6 +60,7 @@ impl wasip3::exports::http::handler::Guest for Service {
             "/crash" => panic!("p3 http guest crash"),
             "/late-crash" => Ok(late_crash()),
             "/stream" => Ok(stream(query::query_parsed(&query, "n").unwrap_or(100))),
+            "/blob" => Ok(blob(query::query_parsed(&query, "kib").unwrap_or(8192))),
             "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
             "/outbound" => Ok(outbound(&query).await),
             "/proxy" => proxy(&query).await,
@@ -109,6 +111,18 @@ fn late_crash() -> Response {
 
 fn stream(n: u32) -> Response {
     let chunks = (0..n).map(|i| format!("line {i}\n").into_bytes()).collect();
+    response_with(200, chunks, false)
+}
+
+/// `kib` KiB of `x`, written to the body stream 1 MiB at a time: what a
+/// client that does not read makes the host hold is what the host takes
+/// from the stream before its writes stop.
+fn blob(kib: usize) -> Response {
+    let mib = vec![b'x'; 1 << 20];
+    let mut chunks: Vec<Vec<u8>> = (0..kib / 1024).map(|_| mib.clone()).collect();
+    if kib % 1024 > 0 {
+        chunks.push(vec![b'x'; (kib % 1024) << 10]);
+    }
     response_with(200, chunks, false)
 }
 
