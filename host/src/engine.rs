@@ -11,16 +11,18 @@
 //! preempts them whenever a fresh request is runnable.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::Component;
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
+pub use crate::proposals::Proposal;
+use crate::proposals::set_proposals;
 use crate::scheduler::Scheduler;
 pub use crate::swap::MemoryReset;
+use crate::ticker::{Activity, spawn_epoch_ticker};
 
 /// Default interval between epoch ticks: 1 ms. Deadlines are checked and
 /// running guests yield to other tasks at this granularity.
@@ -98,99 +100,6 @@ pub struct EngineConfig {
 }
 
 pub use crate::scheduler::DEFAULT_DEMOTE_AFTER;
-
-/// A WebAssembly proposal that wasmtime supports but wasm-run leaves off
-/// unless asked for: none of the guests people build for wasm-run today
-/// (Rust for wasm32-wasip1/-wasip2 and WASI 0.3, componentize-py,
-/// componentize-js) uses it, and each is engine code — a compiler, a
-/// runtime, a garbage collector — that a hostile guest could reach. (Its
-/// advisories are the engine's: a guest aborting the host through a stale
-/// GC heap pointer needs `gc`.)
-///
-/// Always on: the WebAssembly 2.0 set (multi-value, bulk memory, reference
-/// types, SIMD, sign extension, non-trapping float-to-int), relaxed SIMD,
-/// tail calls, extended constant expressions, multiple memories, and the
-/// component model (with its async features for WASI 0.3 components).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proposal {
-    /// Garbage-collected structs and arrays (`gc`), with the typed function
-    /// references they build on: for languages compiled to Wasm GC (Kotlin,
-    /// Dart, OCaml, Java through J2Wasm).
-    Gc,
-    /// Exception handling (`try_table`, `throw`, `exnref`): for C++ built
-    /// with wasm exceptions, or `setjmp`/`longjmp` lowered to them. Needs
-    /// wasmtime's GC types, so it brings the typed function references too.
-    Exceptions,
-    /// Threads: shared memories and atomics. wasm-run gives a guest no
-    /// way to start a thread, and wasmtime's pooling allocator cannot hold
-    /// a shared memory, so only atomics on ordinary memories become usable.
-    Threads,
-    /// 64-bit memories (`memory64`).
-    Memory64,
-}
-
-impl Proposal {
-    /// Every proposal, in the order of their names.
-    pub const ALL: [Proposal; 4] = [
-        Proposal::Exceptions,
-        Proposal::Gc,
-        Proposal::Memory64,
-        Proposal::Threads,
-    ];
-
-    /// The name used on the command line and in configuration files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proposal::Gc => "gc",
-            Proposal::Exceptions => "exceptions",
-            Proposal::Threads => "threads",
-            Proposal::Memory64 => "memory64",
-        }
-    }
-}
-
-impl std::str::FromStr for Proposal {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Proposal::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Proposal::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "`{s}` is not a wasm proposal wasm-run can turn on (one of: {})",
-                    names.join(", ")
-                )
-            })
-    }
-}
-
-impl std::fmt::Display for Proposal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Turns the wasm proposals on or off: the always-on set as wasmtime has
-/// it, the rest of wasmtime's defaults off unless `proposals` names them.
-fn set_proposals(wt: &mut wasmtime::Config, proposals: &[Proposal]) {
-    let on = |p| proposals.contains(&p);
-    let gc = on(Proposal::Gc);
-    let exceptions = on(Proposal::Exceptions);
-    wt.wasm_gc(gc);
-    wt.wasm_exceptions(exceptions);
-    // Typed function references come with either (wasmtime's GC types
-    // carry both); alone they serve no guest of ours.
-    wt.wasm_function_references(gc || exceptions);
-    wt.wasm_threads(on(Proposal::Threads));
-    wt.wasm_memory64(on(Proposal::Memory64));
-    // Never on by default in wasmtime 48, and kept off here explicitly.
-    wt.wasm_stack_switching(false);
-    wt.wasm_wide_arithmetic(false);
-    wt.wasm_custom_page_sizes(false);
-    wt.wasm_shared_everything_threads(false);
-}
 
 fn default_background_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -396,7 +305,7 @@ fn build(
             config, reset,
         )));
     }
-    set_up_cache(&mut wt, config);
+    crate::cache::set_up_cache(&mut wt, config.cache_dir.as_deref());
     let engine = wasmtime::Engine::new(&wt).map_err(engine_error)?;
     spawn_epoch_ticker(&engine, config.epoch_tick, activity.clone())?;
     Ok(engine)
@@ -460,298 +369,16 @@ fn pool_config(config: &EngineConfig, reset: MemoryReset) -> PoolingAllocationCo
     pool
 }
 
-/// Turns on wasmtime's compile cache in `config.cache_dir`, if any (and if
-/// wasm-run was built with its `cache` feature).
-///
-/// The cache is trusted storage: wasmtime loads what it finds there as
-/// native code. So a directory that anyone but this user (or root) could
-/// write to, or replace, is not used (see [`check_private_dir`]): compiling
-/// without the cache only costs time.
-#[cfg_attr(not(feature = "cache"), allow(unused_variables))]
-fn set_up_cache(wt: &mut wasmtime::Config, config: &EngineConfig) {
-    #[cfg(not(feature = "cache"))]
-    if let Some(dir) = &config.cache_dir {
-        tracing::warn!(
-            dir = %dir.display(),
-            "wasm-run was built without its `cache` feature; compiling without a cache"
-        );
-    }
-    #[cfg(feature = "cache")]
-    if let Some(dir) = &config.cache_dir {
-        if let Err(why) = check_private_dir(dir) {
-            tracing::warn!(
-                dir = %dir.display(),
-                why,
-                "compile cache not used: wasm-run loads its entries as native code, so only \
-                 a directory no other user can write to is trusted; compiling without it"
-            );
-            return;
-        }
-        // The cache only saves time: if it cannot be set up (e.g. an
-        // unwritable home directory), run without it.
-        let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(dir.clone());
-        match wasmtime::Cache::new(cache) {
-            Ok(cache) => {
-                wt.cache(Some(cache));
-            }
-            Err(e) => tracing::warn!(
-                dir = %dir.display(),
-                error = %format!("{e:#}"),
-                "compile cache unavailable; compiling without it"
-            ),
-        }
-    }
-}
-
-/// Creates `dir` (mode 0700) if it is missing, then checks that no other
-/// user can write to it or replace it: the directory is owned by this
-/// user and writable by nobody else, and every directory above it is owned
-/// by this user or root and writable by nobody else unless it has the
-/// sticky bit (as `/tmp` does, where others cannot rename what they do not
-/// own). Returns why not.
-pub fn check_private_dir(dir: &std::path::Path) -> std::result::Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create it: {e}"))?;
-    }
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve it: {e}"))?;
-    let me = rustix::process::geteuid().as_raw();
-    for (depth, path) in dir.ancestors().enumerate() {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let owner_ok = meta.uid() == me || (depth > 0 && meta.uid() == 0);
-        if !owner_ok {
-            return Err(format!(
-                "{} is owned by user {}, not by this user ({me}){}",
-                path.display(),
-                meta.uid(),
-                if depth > 0 { " or root" } else { "" }
-            ));
-        }
-        let sticky = meta.mode() & 0o1000 != 0;
-        if meta.mode() & 0o022 != 0 && !(depth > 0 && sticky) {
-            return Err(format!(
-                "{} can be written by other users (mode {:o})",
-                path.display(),
-                meta.mode() & 0o7777
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// How long a ticker keeps ticking after the last invocation ended before
-/// it parks. A server that gets a request at least every second never
-/// parks its ticker: parking between requests 200 ms apart measured a
-/// little worse for hello's latency at that rate (p50 +0.1–0.6 ms in four
-/// of five runs; likely the cores had gone idle), so only a server idle
-/// for longer stops the ticks.
-const IDLE_GRACE: Duration = Duration::from_secs(1);
-
-/// How long a parked ticker waits before it looks again whether its engine
-/// is gone (and its thread should end).
-const IDLE_CHECK: Duration = Duration::from_secs(1);
-
-fn spawn_epoch_ticker(
-    engine: &wasmtime::Engine,
-    tick: Duration,
-    activity: Arc<Activity>,
-) -> Result<()> {
-    let weak = engine.weak();
-    let grace = IDLE_GRACE.as_nanos() / tick.as_nanos().max(1);
-    std::thread::Builder::new()
-        .name("wasm-run-epoch".into())
-        .spawn(move || {
-            let mut idle_ticks = 0;
-            loop {
-                if activity.busy() {
-                    idle_ticks = 0;
-                } else if idle_ticks >= grace {
-                    if !activity.park(IDLE_CHECK) {
-                        if weak.upgrade().is_none() {
-                            break;
-                        }
-                        continue;
-                    }
-                    idle_ticks = 0;
-                } else {
-                    idle_ticks += 1;
-                }
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(engine) => {
-                        engine.increment_epoch();
-                        activity.ticks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => break,
-                }
-            }
-        })
-        .map_err(|e| Error::Engine {
-            message: format!("cannot start the epoch ticker thread: {e}"),
-        })?;
-    Ok(())
-}
-
-/// Whether any invocation of an engine is running. Its epoch tickers tick
-/// only then (and for [`IDLE_GRACE`], 1 s, after): the ticks exist to interrupt
-/// running wasm (deadlines, CPU and memory checks, the yields the scheduler
-/// demotes at), and a store only exists while its invocation runs. A parked
-/// ticker waits on a condition variable, waking every [`IDLE_CHECK`] (1 s)
-/// to see whether its engine is gone.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    running: AtomicUsize,
-    /// Tickers parked (or about to park) on `work`.
-    parked: AtomicUsize,
-    lock: Mutex<()>,
-    work: Condvar,
-    /// Ticks given so far, by every ticker of the engine.
-    ticks: AtomicU64,
-}
-
-impl Activity {
-    /// An invocation begins: the tickers tick until the guard is dropped.
-    /// Two atomic operations, and a lock and notify only when a ticker is
-    /// parked.
-    pub(crate) fn enter(&self) -> Running<'_> {
-        // Sequentially consistent with `park`: either this sees the parked
-        // ticker, or the ticker sees this invocation before it waits.
-        self.running.fetch_add(1, Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) > 0 {
-            let _locked = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.work.notify_all();
-        }
-        Running(self)
-    }
-
-    /// Whether an invocation runs.
-    fn busy(&self) -> bool {
-        self.running.load(Ordering::SeqCst) > 0
-    }
-
-    /// Parks the calling ticker until an invocation runs or `at_most`
-    /// passed; returns whether one runs.
-    fn park(&self, at_most: Duration) -> bool {
-        let mut locked = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.parked.fetch_add(1, Ordering::SeqCst);
-        while !self.busy() {
-            let (relocked, waited) = self
-                .work
-                .wait_timeout(locked, at_most)
-                .unwrap_or_else(|e| e.into_inner());
-            locked = relocked;
-            if waited.timed_out() {
-                break;
-            }
-        }
-        self.parked.fetch_sub(1, Ordering::SeqCst);
-        drop(locked);
-        self.busy()
-    }
-
-    /// Ticks given so far.
-    #[cfg(test)]
-    fn ticks(&self) -> u64 {
-        self.ticks.load(Ordering::Relaxed)
-    }
-
-    /// Tickers parked now.
-    #[cfg(test)]
-    fn parked(&self) -> usize {
-        self.parked.load(Ordering::SeqCst)
-    }
-}
-
-/// Held by a running invocation (see [`Activity::enter`]).
-#[derive(Debug)]
-pub(crate) struct Running<'a>(&'a Activity);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_cache_directory_others_can_write_to_is_not_trusted() {
-        use std::os::unix::fs::PermissionsExt;
-        let base =
-            std::env::temp_dir().join(format!("wasm-run-cache-trust-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
-        // Created private when missing, and then trusted.
-        let fresh = base.join("fresh/cache");
-        check_private_dir(&fresh).expect("a fresh private directory is trusted");
-        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-        // Writable by others: refused, naming it.
-        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let why = check_private_dir(&fresh).unwrap_err();
-        assert!(why.contains("can be written by other users"), "{why}");
-        // A directory above it others may write to (without the sticky bit):
-        // they could replace the cache; refused too.
-        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::set_permissions(base.join("fresh"), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
-        let why = check_private_dir(&fresh).unwrap_err();
+    fn artifact_versions_name_both_releases() {
+        let v = artifact_version();
         assert!(
-            why.contains("fresh can be written by other users (mode 777)"),
-            "{why}"
+            v.starts_with("wasm-run ") && v.contains("wasmtime 48."),
+            "{v}"
         );
-        // With the sticky bit (as /tmp), nobody else can rename it: trusted.
-        std::fs::set_permissions(base.join("fresh"), std::fs::Permissions::from_mode(0o1777))
-            .unwrap();
-        check_private_dir(&fresh).expect("under a sticky directory");
-        std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    /// Waits (up to 10 s) until `done` holds of `activity`.
-    fn wait_until(activity: &Activity, what: &str, done: impl Fn(&Activity) -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !done(activity) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not within 10 s: {what} ({} ticks, {} parked)",
-                activity.ticks(),
-                activity.parked()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn the_epoch_ticker_parks_while_nothing_runs() {
-        let engine = Engine::new(EngineConfig::default()).expect("engine");
-        let activity = engine.activity();
-        // Nothing ran yet: after its grace the ticker parks.
-        wait_until(activity, "the idle ticker parks", |a| a.parked() == 1);
-        let parked_at = activity.ticks();
-        let running = activity.enter();
-        wait_until(activity, "ticks while running", |a| {
-            a.ticks() >= parked_at + 3
-        });
-        assert_eq!(activity.parked(), 0);
-        drop(running);
-        wait_until(activity, "the ticker parks again", |a| a.parked() == 1);
-        // Parked, it gives no tick. The 200 ms here is the interval
-        // measured, not a wait for something: a ticker that kept ticking
-        // would give ~200 in it (fewer on a loaded machine, never more).
-        let settled = activity.ticks();
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(activity.ticks(), settled, "ticks while nothing ran");
-        let _running = activity.enter();
-        wait_until(activity, "woken", |a| a.ticks() >= settled + 3);
     }
 }

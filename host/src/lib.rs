@@ -60,9 +60,11 @@
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`dns`]: the host names of outgoing requests, resolved by futures the
 //!   request owns (no thread outlives a lookup).
-//! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs)
-//!   and its epoch ticker thread (which parks while no invocation runs);
-//!   its second, concurrent engine for WASI 0.3.
+//! - [`engine`]: the process-wide [`Engine`] (pooling allocator, fuel, epochs);
+//!   its second, concurrent engine for WASI 0.3. Beside it, private:
+//!   `ticker` (the epoch ticker threads, which park while no invocation
+//!   runs), `proposals` (the wasm proposals enabled, [`Proposal`]) and
+//!   `cache` (wasmtime's compile cache, used only in a private directory).
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
 //!   compile once, pre-link once.
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
@@ -73,6 +75,9 @@
 //!   through the `unsafe` constructors ([`Guest::from_bytes_allow_precompiled`]).
 //! - [`log_text`]: guest- and client-chosen text made safe for one log
 //!   field or message (escaped, cut to a bounded length).
+//! - [`http_client`]: the guests' outgoing HTTP — wasmtime-wasi-http's
+//!   hooks, the connection to the address [`outbound`] vetted, and its
+//!   bounds.
 //! - `swap` (private): whether this process's memory can be swapped out,
 //!   and so how pool slots are reset ([`MemoryReset`]).
 //! - `binary` (private): guest bytes as binary wasm (WAT converted) and
@@ -83,8 +88,8 @@
 //!   through preopens ([`MAX_OPEN_FILES`]); their I/O runs on the
 //!   invocation's own thread, so it is charged to it.
 //! - [`outbound`]: the allow-list for a wasi:http guest's outgoing requests
-//!   ([`OutboundPolicy`]) and the hooks that vet, resolve, dial and bound
-//!   them per invocation.
+//!   ([`OutboundPolicy`]): the URL check, resolution (through [`dns`]) and
+//!   the check of the address that may be dialled.
 //! - [`scheduler`]: where an invocation runs — in place for its first 1 ms
 //!   of CPU, then on low-priority (nice 10) threads.
 //! - [`limits`]: [`Limits`] and the human sizes and durations (`64MiB`, `250ms`).
@@ -116,11 +121,13 @@ pub mod admission;
 mod artifact;
 mod binary;
 pub mod budget;
+mod cache;
 pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod footprint;
 pub mod guest;
+pub mod http_client;
 pub mod invoke;
 pub mod io;
 pub mod limits;
@@ -128,11 +135,13 @@ pub mod log_text;
 mod open_files;
 pub mod outbound;
 pub mod outcome;
+mod proposals;
 pub mod scheduler;
 #[cfg(feature = "serve")]
 pub mod serve;
 mod store;
 mod swap;
+mod ticker;
 
 pub use accounting::{Account, Accounting};
 

@@ -15,8 +15,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::Limits;
 use crate::accounting::Account;
 use crate::engine::Engine;
+use crate::http_client::OutboundHooks;
 use crate::limits::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES};
-use crate::outbound::{OutboundHooks, OutboundPolicy};
+use crate::outbound::OutboundPolicy;
 
 /// Most WASI resources (open files and directories, streams, pollables,
 /// wasi:http fields, requests, responses and bodies...) one invocation may

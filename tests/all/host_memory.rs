@@ -327,7 +327,7 @@ async fn stalled_readers_of_wasi_0_3_bodies_hold_no_more_than_of_wasi_0_2_ones()
     const READERS: usize = 60;
     let p2 = held_for_stalled_readers(&http_guest(), READERS).await;
     let p3 = held_for_stalled_readers(&wasm_run_tests::p3_http_guest(), READERS).await;
-    let per_reader = |bytes: u64| bytes / READERS as u64 >> 10;
+    let per_reader = |bytes: u64| (bytes / READERS as u64) >> 10;
     // Measured: ~300 KiB a reader for WASI 0.3 (a frame in the body
     // channel, one in hand, the coalescing step's and hyper's buffers)
     // against ~70 KiB for WASI 0.2; ~1.8 MiB with 1 MiB frames.

@@ -30,7 +30,7 @@ async fn refused_outgoing_requests_log_a_bounded_number_of_lines() {
     let (_, stderr) = server.terminate(Duration::from_secs(10)).await;
     let denied = stderr.matches("outgoing HTTP request denied").count();
     assert!(
-        denied <= wasm_run::outbound::MAX_REFUSED_LOG_LINES,
+        denied <= wasm_run::http_client::MAX_REFUSED_LOG_LINES,
         "{denied} lines"
     );
     assert!(denied > 0, "the first ones are logged");

@@ -361,7 +361,7 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 32 << 10;
 /// (hyper's default is ~400 KiB). Past it, hyper stops reading the request
 /// body, or stops taking frames from the response body, until the socket
 /// drains — so a client that never reads holds at most this, one body frame
-/// ([`crate::outbound::BODY_CHUNK_BYTES`]) and the body's one-chunk channel.
+/// ([`crate::http_client::BODY_CHUNK_BYTES`]) and the body's one-chunk channel.
 pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
 
 /// The HTTP/1 settings of every connection: the head must arrive within

@@ -1,0 +1,360 @@
+//! The guests' outgoing HTTP client: wasmtime-wasi-http's hooks for one
+//! invocation ([`crate::outbound::OutboundPolicy`] decides where a request
+//! may go), the connection to exactly the vetted address (TLS verified
+//! against the name the guest used), the bounds on what a request holds
+//! (its in-flight slots, 64 KiB body chunks, a 64 KiB upstream head), and
+//! a budget of log lines for the requests it is refused.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::log_text::LogText;
+use crate::outbound::{OutboundPolicy, Vetted};
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+
+/// Largest response head accepted from an upstream: 64 KiB (hyper's
+/// default is ~400 KiB); a larger one fails the request.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 << 10;
+
+/// Longest a connection attempt may take when the guest sets no timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One invocation's outgoing HTTP: its policy, and the slots that bound
+/// how many of its requests are in flight at once.
+#[derive(Debug)]
+pub(crate) struct OutboundHooks {
+    policy: OutboundPolicy,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Log lines this invocation's refused requests may still cause.
+    log: Arc<LogBudget>,
+}
+
+impl OutboundHooks {
+    pub(crate) fn new(policy: OutboundPolicy) -> Self {
+        let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_outgoing()));
+        OutboundHooks {
+            policy,
+            slots,
+            log: Arc::new(LogBudget::new(MAX_REFUSED_LOG_LINES)),
+        }
+    }
+}
+
+/// Most log lines one invocation's refused outgoing requests (denied, or
+/// over its in-flight cap) cause: 16, then one line saying the rest are
+/// not logged. A guest may make millions of refused requests; the log
+/// must not grow with them.
+pub const MAX_REFUSED_LOG_LINES: usize = 16;
+
+/// A count of log lines an invocation may still cause.
+#[derive(Debug)]
+struct LogBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl LogBudget {
+    fn new(lines: usize) -> LogBudget {
+        LogBudget {
+            left: std::sync::atomic::AtomicUsize::new(lines + 1),
+        }
+    }
+
+    /// Whether one more line may be written: `Some(true)` a normal line,
+    /// `Some(false)` the last one (which should say the rest are not
+    /// logged), `None` nothing more.
+    fn take(&self) -> Option<bool> {
+        use std::sync::atomic::Ordering;
+        let was = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        Some(was > 1)
+    }
+}
+
+/// Logs an error of an outgoing request's connection at debug level,
+/// within the invocation's budget.
+fn log_error(budget: &LogBudget, what: &'static str, err: &dyn std::fmt::Display) {
+    if budget.take().is_some() {
+        let err = err.to_string();
+        tracing::debug!(error = %LogText::new(&err), "outgoing HTTP {what} error");
+    }
+}
+
+/// Logs a refused outgoing request, within the invocation's budget.
+fn log_refused(budget: &LogBudget, uri: &http::Uri, what: &str, reason: Option<&str>) {
+    match budget.take() {
+        Some(true) => {
+            let uri = uri.to_string();
+            tracing::info!(uri = %LogText::new(&uri), reason, "{what}");
+        }
+        Some(false) => tracing::info!(
+            "further refused outgoing HTTP requests of this invocation are not logged \
+             (at most {MAX_REFUSED_LOG_LINES} lines)"
+        ),
+        None => {}
+    }
+}
+
+/// Largest chunk one `output-stream.write` may pass to a wasi:http body
+/// (request or response): 64 KiB, the `check-write` permit the guest gets
+/// (wasmtime's default is 1 MiB). It bounds the host-side copy of one
+/// write, and the frames a connection may still hold once its guest ended.
+pub const BODY_CHUNK_BYTES: usize = 64 << 10;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    // wasmtime's defaults log every hyper, connect and TLS error of a
+    // guest's requests at `warn`, without bound; these log within the
+    // invocation's budget of refused-request lines instead.
+    fn p2_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "hyper", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::HttpProtocolError
+    }
+
+    fn p2_error_from_connect(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "connect", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::ConnectionRefused
+    }
+
+    fn p2_error_from_tls(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        log_error(&self.log, "tls", err);
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode::TlsProtocolError
+    }
+
+    fn p3_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "hyper", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::HttpProtocolError
+    }
+
+    fn p3_error_from_connect(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "connect", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::ConnectionRefused
+    }
+
+    fn p3_error_from_tls(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        log_error(&self.log, "tls", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::TlsProtocolError
+    }
+
+    /// The same 64 KiB for WASI 0.3 bodies (wasmtime's default is 1 MiB),
+    /// so a slow reader of a WASI 0.3 response holds no more per frame than
+    /// one of a WASI 0.2 response.
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
+    /// Sends a request the policy allows. wasmtime runs the returned
+    /// futures on tasks of their own: both carry the invocation's account
+    /// (so what they allocate — connection, buffers, response — is charged
+    /// to it) and one of its outgoing slots, held until the connection is
+    /// done.
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _io: IoFuture,
+    ) -> SendFuture {
+        let policy = self.policy.clone();
+        let log = Arc::clone(&self.log);
+        let slot = Arc::clone(&self.slots).try_acquire_owned();
+        let account = crate::accounting::Account::current();
+        let send = async move {
+            let Ok(slot) = slot else {
+                log_refused(
+                    &log,
+                    request.uri(),
+                    "outgoing HTTP request over the invocation's limit",
+                    None,
+                );
+                return Err(HttpError::ConnectionLimitReached);
+            };
+            let vetted = match policy.vet(request.uri()).await {
+                Ok(v) => v,
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    log_refused(
+                        &log,
+                        request.uri(),
+                        "outgoing HTTP request denied",
+                        Some(&reason),
+                    );
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            };
+            let (response, io) = send(vetted, request, options).await?;
+            let io = Box::into_pin(io);
+            let io: IoFuture = match crate::accounting::Account::current() {
+                Some(account) => Box::new(account.scope(async move {
+                    let _slot = slot;
+                    io.await
+                })),
+                None => Box::new(async move {
+                    let _slot = slot;
+                    io.await
+                }),
+            };
+            Ok((response, io))
+        };
+        match account {
+            Some(account) => Box::new(account.scope(send)),
+            None => Box::new(send),
+        }
+    }
+}
+
+/// Sends `request` to the vetted address (TLS for https, verified against
+/// the host name the guest used), and returns the response with the future
+/// that drives the rest of the connection.
+async fn send(
+    vetted: Vetted,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(vetted.addr))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    // Only the path goes on the wire: the authority stays in the Host header.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    if vetted.https {
+        let tls = tls_connect(&vetted, tcp, connect_timeout).await?;
+        exchange(hyper_util::rt::TokioIo::new(tls), request, connect_timeout).await
+    } else {
+        exchange(hyper_util::rt::TokioIo::new(tcp), request, connect_timeout).await
+    }
+}
+
+async fn tls_connect(
+    vetted: &Vetted,
+    tcp: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
+    use rustls::pki_types::ServerName;
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HttpError::Tls(std::io::Error::other(e)))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = match vetted.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::from(ip),
+        Err(_) => ServerName::try_from(vetted.host.clone())
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Tls)
+}
+
+async fn exchange<S>(
+    io: S,
+    request: http::Request<WasiBody>,
+    timeout: Duration,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError>
+where
+    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES.max(8192))
+            .handshake(io),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    // Drive the connection while waiting for the response head; afterwards
+    // the caller drives it through the returned future.
+    let mut conn = Box::pin(conn);
+    let response = {
+        let send = sender.send_request(request);
+        tokio::pin!(send);
+        tokio::select! {
+            response = &mut send => response.map_err(HttpError::from)?,
+            ended = &mut conn => {
+                ended.map_err(HttpError::from)?;
+                // The connection ended cleanly: the response is all there.
+                send.await.map_err(HttpError::from)?
+            }
+        }
+    };
+    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    let io: IoFuture = Box::new(async move { conn.await.map_err(HttpError::from) });
+    Ok((response, io))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_log_a_bounded_number_of_lines() {
+        let budget = LogBudget::new(3);
+        let taken: Vec<_> = (0..10).map(|_| budget.take()).collect();
+        assert_eq!(
+            taken,
+            [
+                Some(true),
+                Some(true),
+                Some(true),
+                Some(false),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+    }
+}
