@@ -120,7 +120,7 @@ fn stream(n: u32) -> Response {
 fn blob(kib: usize) -> Response {
     let mib = vec![b'x'; 1 << 20];
     let mut chunks: Vec<Vec<u8>> = (0..kib / 1024).map(|_| mib.clone()).collect();
-    if kib % 1024 > 0 {
+    if !kib.is_multiple_of(1024) {
         chunks.push(vec![b'x'; (kib % 1024) << 10]);
     }
     response_with(200, chunks, false)
