@@ -849,6 +849,12 @@ fn bad_configs_are_rejected_before_binding() {
             "[server]\nmax-queue = \"many\"\n",
             "max-queue",
         ),
+        // A value that parses but cannot be used is the file's, not a flag's.
+        (
+            "badconns.toml",
+            "[server]\nmax-connections = 0\n[[route]]\npath = \"/\"\nmodule = \"x.wasm\"\n",
+            "badconns.toml: [server] max-connections must be at least 1",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = write_config(name, text);

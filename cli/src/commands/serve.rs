@@ -396,11 +396,16 @@ impl ServeCommand {
             }
             routes = demo_routes(&defaults);
         }
-        let mut config = self
-            .server_flags()
-            .over(&file.server)
-            .resolve(routes)
-            .map_err(|e| anyhow::anyhow!("--{e}"))?;
+        let flags = self.server_flags();
+        let mut config = flags.over(&file.server).resolve(routes).map_err(|e| {
+            // Name where the value came from: the flag wins over the file.
+            match &self.config {
+                Some(path) if !flags.has(e.key) => {
+                    anyhow::anyhow!("{}: [server] {e}", path.display())
+                }
+                _ => anyhow::anyhow!("--{e}"),
+            }
+        })?;
         if let Some(path) = &self.config {
             config.tenants = config::resolve_tenants(&file, path)?;
         }

@@ -170,25 +170,53 @@ impl ServerSection {
         }
     }
 
+    /// Whether this layer sets the setting named `key` (its name in
+    /// `[server]`); `false` for a name it does not know.
+    pub fn has(&self, key: &str) -> bool {
+        match key {
+            "addr" => self.addr.is_some(),
+            "admin-addr" => self.admin_addr.is_some(),
+            "max-body" => self.max_body.is_some(),
+            "header-timeout" => self.header_timeout.is_some(),
+            "max-log" => self.max_log.is_some(),
+            "memory-budget" => self.memory_budget.is_some(),
+            "max-queue" => self.max_queue.is_some(),
+            "queue-timeout" => self.queue_timeout.is_some(),
+            "body-buffer" => self.body_buffer.is_some(),
+            "body-timeout" => self.body_timeout.is_some(),
+            "write-timeout" => self.write_timeout.is_some(),
+            "max-connections" => self.max_connections.is_some(),
+            "send-buffer" => self.send_buffer.is_some(),
+            "background-threads" => self.background_threads.is_some(),
+            "dns-servers" => self.dns_servers.is_some(),
+            _ => false,
+        }
+    }
+
     /// The configuration these settings make with `routes`: every absent
     /// setting takes its default (the memory budget: half of the machine's
     /// memory, [`crate::serve::admission::default_budget`]).
-    pub fn resolve(&self, routes: Vec<RouteSpec>) -> Result<ServeConfig, String> {
+    pub fn resolve(&self, routes: Vec<RouteSpec>) -> Result<ServeConfig, InvalidSetting> {
+        let invalid = |key, problem: String| InvalidSetting { key, problem };
         if self.max_connections == Some(0) {
-            return Err("max-connections must be at least 1".into());
+            return Err(invalid("max-connections", "must be at least 1".into()));
         }
         if self
             .send_buffer
             .is_some_and(|b| b.0 < 4096 || b.0 > 1 << 30)
         {
-            return Err("send-buffer must be between 4KiB and 1GiB".into());
+            return Err(invalid(
+                "send-buffer",
+                "must be between 4KiB and 1GiB".into(),
+            ));
         }
         if self
             .background_threads
             .is_some_and(|n| n == 0 || n > MAX_BACKGROUND_THREADS)
         {
-            return Err(format!(
-                "background-threads must be between 1 and {MAX_BACKGROUND_THREADS}"
+            return Err(invalid(
+                "background-threads",
+                format!("must be between 1 and {MAX_BACKGROUND_THREADS}"),
             ));
         }
         let duration = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
@@ -217,6 +245,18 @@ impl ServerSection {
             tenants: Vec::new(),
         })
     }
+}
+
+/// A `[server]` setting (or its flag) whose value cannot be used: which
+/// key, and what is wrong with it. The caller, who knows where the value
+/// came from, names the flag (`--key`) or the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {problem}")]
+pub struct InvalidSetting {
+    /// The setting's name in `[server]` (also its flag without `--`).
+    pub key: &'static str,
+    /// What is wrong, e.g. "must be at least 1".
+    pub problem: String,
 }
 
 /// Limits where every field may be absent, for layering.
@@ -802,11 +842,9 @@ mod tests {
             max_connections: Some(0),
             ..ServerSection::default()
         };
-        assert!(
-            zero.resolve(Vec::new())
-                .unwrap_err()
-                .contains("max-connections")
-        );
+        let e = zero.resolve(Vec::new()).unwrap_err();
+        assert_eq!(e.key, "max-connections");
+        assert_eq!(e.to_string(), "max-connections must be at least 1");
     }
 
     #[test]
@@ -827,7 +865,7 @@ mod tests {
                 ..ServerSection::default()
             };
             let e = section.resolve(Vec::new()).unwrap_err();
-            assert!(e.contains("background-threads"), "{n}: {e}");
+            assert_eq!(e.key, "background-threads", "{n}: {e}");
         }
     }
 
