@@ -70,6 +70,9 @@
 //! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
 //!   ([`Guest::run`] for commands, [`Guest::handle_http`] for wasi:http
 //!   components).
+//! - `http_call` (private): a wasi:http invocation's two ends ([`HttpCall`]),
+//!   and the WASI 0.3 call whose response body keeps the request's
+//!   deadline.
 //! - `artifact` (private): the file format of `wasm-run compile`, wasmtime's
 //!   native code behind a header carrying the wasm's footprint; loaded only
 //!   through the `unsafe` constructors ([`Guest::from_bytes_allow_precompiled`]).
@@ -127,6 +130,7 @@ pub mod engine;
 pub mod error;
 pub mod footprint;
 pub mod guest;
+mod http_call;
 pub mod http_client;
 pub mod invoke;
 pub mod io;

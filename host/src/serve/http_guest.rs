@@ -74,5 +74,5 @@ fn to_wasi_http_error(e: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_w
         Ok(_) => return wasmtime_wasi_http::Error::ConnectionReadTimeout,
         Err(e) => e,
     };
-    crate::invoke::body_error(e)
+    crate::http_call::body_error(e)
 }
