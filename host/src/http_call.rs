@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::outcome::Outcome;
 use crate::store::StoreState;
 
-/// A wasi:http guest handling one request; see [`Guest::handle_http`].
+/// A wasi:http guest handling one request; see [`crate::Guest::handle_http`].
 pub struct HttpCall {
     /// The response head the guest sets (its body streams from the running
     /// guest), or the wasi:http error code it answered with. Closed without
