@@ -55,7 +55,9 @@
 //! - [`footprint`]: what one instantiation creates, read from the guest's
 //!   bytes (instance state, instances, memories, tables).
 //! - [`admission`]: admission by memory budget, as `wasm-run serve` admits
-//!   requests, for embedders that want bursts to queue instead of failing.
+//!   requests, for embedders that want bursts to queue instead of failing;
+//!   what a request takes of the instance pool and of descriptors is
+//!   counted by the private `slots`.
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`dns`]: the host names of outgoing requests, resolved by futures the
@@ -143,6 +145,7 @@ mod proposals;
 pub mod scheduler;
 #[cfg(feature = "serve")]
 pub mod serve;
+mod slots;
 mod store;
 mod swap;
 mod ticker;
