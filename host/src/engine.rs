@@ -186,14 +186,19 @@ impl Engine {
         Ok(self.concurrent.get_or_init(|| engine))
     }
 
-    /// Compiles a component on the engine it needs: the first one, or the
-    /// WASI 0.3 one when it uses the component model's async features
-    /// (which the first engine refuses while validating, before compiling
-    /// anything).
+    /// Compiles a component on the engine it needs: the WASI 0.3 one when
+    /// its bytes use the component model's async features
+    /// (`binary::uses_component_model_async`), the first one otherwise.
     pub(crate) fn compile_component(&self, binary: &[u8]) -> wasmtime::Result<Component> {
-        match Component::new(&self.inner, binary) {
-            Err(e) if needs_concurrency(&e) => Component::new(self.concurrent_or_error()?, binary),
-            compiled => compiled,
+        Component::new(self.engine_for(binary)?, binary)
+    }
+
+    /// The engine a component's bytes need (see [`Engine::compile_component`]).
+    fn engine_for(&self, binary: &[u8]) -> wasmtime::Result<&wasmtime::Engine> {
+        if crate::binary::uses_component_model_async(binary) {
+            self.concurrent_or_error()
+        } else {
+            Ok(&self.inner)
         }
     }
 
@@ -212,12 +217,8 @@ impl Engine {
     pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
         let binary = crate::binary::to_binary(name, bytes)?;
         let compiled = if crate::binary::is_component(&binary) {
-            match self.inner.precompile_component(&binary) {
-                Err(e) if needs_concurrency(&e) => self
-                    .concurrent_or_error()
-                    .and_then(|engine| engine.precompile_component(&binary)),
-                compiled => compiled,
-            }
+            self.engine_for(&binary)
+                .and_then(|engine| engine.precompile_component(&binary))
         } else {
             self.inner.precompile_module(&binary)
         };
@@ -263,13 +264,6 @@ impl Engine {
     pub(crate) fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }
-}
-
-/// Whether wasmtime refused a component for using the component model's
-/// async features (`stream`, `future`, async functions: WASI 0.3), which
-/// only the concurrent engine enables.
-pub(crate) fn needs_concurrency(e: &wasmtime::Error) -> bool {
-    format!("{e:#}").contains("requires the component model async feature")
 }
 
 /// One wasmtime engine with wasm-run's settings, its epoch ticker started;
