@@ -87,8 +87,8 @@ pub struct EngineConfig {
     pub background_threads: usize,
     /// Wasm proposals turned on beyond the set wasm-run's guests need (see
     /// [`Proposal`]); every proposal is engine code a guest can reach, so
-    /// these are off unless asked for. Artifacts record the set they were
-    /// compiled with and load only in an engine with the same one. Default
+    /// these are off unless asked for. An artifact made with a proposal on is
+    /// refused by an engine that has it off. Default
     /// none.
     pub proposals: Vec<Proposal>,
     /// How the instance pool resets a slot between invocations. `None`

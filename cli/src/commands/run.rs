@@ -143,8 +143,8 @@ pub struct RunCommand {
     /// Turn on a wasm proposal wasm-run leaves off (repeatable): `gc`,
     /// `exceptions`, `threads` or `memory64`. None of the guests built for
     /// wasm-run today needs one, and each is engine code a guest can reach,
-    /// so they are off by default. An artifact of `wasm-run compile` loads
-    /// only with the same set it was compiled with.
+    /// so they are off by default. An artifact of `wasm-run compile` made
+    /// with a proposal on is refused where that proposal is off.
     #[arg(long = "wasm-proposal", value_name = "NAME")]
     proposals: Vec<Proposal>,
 
