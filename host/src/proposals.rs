@@ -13,7 +13,8 @@
 /// types, SIMD, sign extension, non-trapping float-to-int), relaxed SIMD,
 /// tail calls, extended constant expressions, multiple memories, and the
 /// component model (with its async features for WASI 0.3 components).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Proposal {
     /// Garbage-collected structs and arrays (`gc`), with the typed function
     /// references they build on: for languages compiled to Wasm GC (Kotlin,
@@ -92,4 +93,12 @@ pub(crate) fn set_proposals(wt: &mut wasmtime::Config, proposals: &[Proposal]) {
     wt.wasm_wide_arithmetic(false);
     wt.wasm_custom_page_sizes(false);
     wt.wasm_shared_everything_threads(false);
+}
+
+impl TryFrom<String> for Proposal {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Self, Self::Error> {
+        name.parse()
+    }
 }

@@ -269,7 +269,7 @@ impl ServeCommand {
     async fn serve(self, config: ServeConfig) -> anyhow::Result<()> {
         let defaults = EngineConfig::default();
         let engine = Engine::new(EngineConfig {
-            proposals: self.proposals.clone(),
+            proposals: config.wasm_proposals.clone(),
             cache_dir: if self.no_cache { None } else { cache_dir() },
             background_threads: config
                 .background_threads
@@ -440,6 +440,7 @@ impl ServeCommand {
             send_buffer: self.send_buffer,
             background_threads: self.background_threads,
             dns_servers: (!self.dns_servers.is_empty()).then(|| self.dns_servers.clone()),
+            wasm_proposals: (!self.proposals.is_empty()).then(|| self.proposals.clone()),
         }
     }
 }

@@ -141,6 +141,10 @@ pub struct ServerSection {
     /// Name servers (`IP:PORT`) that resolve the host names of guests'
     /// outgoing requests. Default: the system's (`/etc/resolv.conf`).
     pub dns_servers: Option<Vec<SocketAddr>>,
+    /// Wasm proposals to turn on beyond what guests need (`gc`,
+    /// `exceptions`, `threads`, `memory64`; see [`crate::Proposal`]).
+    /// Default: none.
+    pub wasm_proposals: Option<Vec<crate::Proposal>>,
 }
 
 impl ServerSection {
@@ -167,6 +171,10 @@ impl ServerSection {
                 .dns_servers
                 .clone()
                 .or_else(|| lower.dns_servers.clone()),
+            wasm_proposals: self
+                .wasm_proposals
+                .clone()
+                .or_else(|| lower.wasm_proposals.clone()),
         }
     }
 
@@ -189,6 +197,7 @@ impl ServerSection {
             "send-buffer" => self.send_buffer.is_some(),
             "background-threads" => self.background_threads.is_some(),
             "dns-servers" => self.dns_servers.is_some(),
+            "wasm-proposals" => self.wasm_proposals.is_some(),
             _ => false,
         }
     }
@@ -241,6 +250,7 @@ impl ServerSection {
             send_buffer: self.send_buffer.map(|b| b.0),
             background_threads: self.background_threads,
             dns_servers: self.dns_servers.clone().unwrap_or_default(),
+            wasm_proposals: self.wasm_proposals.clone().unwrap_or_default(),
             routes,
             tenants: Vec::new(),
         })
@@ -420,6 +430,9 @@ pub struct ServeConfig {
     /// Name servers that resolve the host names of guests' outgoing
     /// requests; empty: the system's (see [`crate::dns`]).
     pub dns_servers: Vec<SocketAddr>,
+    /// Wasm proposals the engine turns on (read by `wasm-run serve` when it
+    /// builds its engine, like `background_threads`).
+    pub wasm_proposals: Vec<crate::Proposal>,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
     /// Named tenants (`[[tenant]]`); a route that names none is a tenant of
@@ -454,6 +467,8 @@ pub struct FixedSettings {
     pub send_buffer: Option<u64>,
     /// Threads of the engine's low-priority pool (read by the binary).
     pub background_threads: Option<usize>,
+    /// Wasm proposals the engine turns on (read by the binary).
+    pub wasm_proposals: Vec<crate::Proposal>,
 }
 
 impl FixedSettings {
@@ -470,6 +485,7 @@ impl FixedSettings {
             max_connections: config.max_connections,
             send_buffer: config.send_buffer,
             background_threads: config.background_threads,
+            wasm_proposals: config.wasm_proposals.clone(),
         }
     }
 
@@ -488,6 +504,7 @@ impl FixedSettings {
             max_connections,
             send_buffer,
             background_threads,
+            wasm_proposals,
         } = self;
         [
             ("addr", *addr != other.addr),
@@ -503,6 +520,7 @@ impl FixedSettings {
                 "background-threads",
                 *background_threads != other.background_threads,
             ),
+            ("wasm-proposals", *wasm_proposals != other.wasm_proposals),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -670,6 +688,17 @@ pub fn resolve_tenants(file: &ConfigFile, path: &Path) -> Result<Vec<TenantSpec>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasm_proposals_are_read_from_the_file_by_name() {
+        let f: ConfigFile = toml::from_str("[server]\nwasm-proposals = [\"gc\"]").unwrap();
+        let config = f.server.resolve(Vec::new()).unwrap();
+        assert_eq!(config.wasm_proposals, [crate::Proposal::Gc]);
+        let bad = toml::from_str::<ConfigFile>("[server]\nwasm-proposals = [\"simd\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("`simd` is not a wasm proposal"), "{bad}");
+    }
 
     #[test]
     fn the_fixed_settings_name_what_a_reload_asked_to_change() {
