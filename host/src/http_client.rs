@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -34,6 +34,8 @@ pub(crate) struct OutboundHooks {
     slots: Arc<tokio::sync::Semaphore>,
     /// Log lines this invocation's refused requests may still cause.
     log: Arc<LogBudget>,
+    /// The invocation's deadline: no connection it opened lives past it.
+    deadline: Option<Instant>,
 }
 
 impl OutboundHooks {
@@ -43,7 +45,14 @@ impl OutboundHooks {
             policy,
             slots,
             log: Arc::new(LogBudget::new(MAX_REFUSED_LOG_LINES)),
+            deadline: None,
         }
+    }
+
+    /// Sets the invocation's deadline, which every connection it opens
+    /// keeps after its store is gone.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 }
 
@@ -190,6 +199,7 @@ impl WasiHttpHooks for OutboundHooks {
         let policy = self.policy.clone();
         let log = Arc::clone(&self.log);
         let slot = Arc::clone(&self.slots).try_acquire_owned();
+        let deadline = self.deadline;
         let account = crate::accounting::Account::current();
         let send = async move {
             let Ok(slot) = slot else {
@@ -215,7 +225,7 @@ impl WasiHttpHooks for OutboundHooks {
                 }
             };
             let (response, io) = send(vetted, request, options).await?;
-            let io = Box::into_pin(io);
+            let io = until_deadline(Box::into_pin(io), deadline);
             let io: IoFuture = match crate::accounting::Account::current() {
                 Some(account) => Box::new(account.scope(async move {
                     let _slot = slot;
@@ -232,6 +242,32 @@ impl WasiHttpHooks for OutboundHooks {
             Some(account) => Box::new(account.scope(send)),
             None => Box::new(send),
         }
+    }
+}
+
+/// The future that drives a connection's I/O, ended (dropping the
+/// connection, which closes its socket) once the invocation's deadline has
+/// passed.
+///
+/// wasmtime runs this future on a task of its own, which the request and
+/// response bodies can abort: a response body the guest returned as its
+/// own keeps it alive while the client reads, and the request body inside
+/// the connection keeps it alive too (so an upstream that answers early and
+/// stops reading a body the guest is still sending would hold the
+/// connection for as long as the upstream likes). The deadline ends both.
+async fn until_deadline(
+    io: std::pin::Pin<IoFuture>,
+    deadline: Option<Instant>,
+) -> Result<(), HttpError> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), io)
+            .await
+            .unwrap_or_else(|_| {
+                Err(HttpError::InternalError(Some(
+                    "the invocation's deadline passed; its connection was closed".into(),
+                )))
+            }),
+        None => io.await,
     }
 }
 

@@ -413,6 +413,7 @@ pub(crate) fn new_store(
     // A deadline too far away to represent is no deadline.
     let deadline = limits.timeout.and_then(|t| started.checked_add(t));
     let mut state = state;
+    state.outbound.set_deadline(deadline);
     state.budget = BudgetInfo {
         fuel_limited: engine.config().fuel && limits.fuel.is_some(),
         deadline,

@@ -421,6 +421,90 @@ async fn a_proxied_body_does_not_outlive_its_requests_deadline() {
     silent.abort();
 }
 
+/// The second half of the proxy case: an upstream that answers at once and
+/// then stops reading a request body the guest is still sending. wasmtime
+/// keeps the connection's task alive from inside the request body, so once
+/// the guest's store is gone nothing would end it; the request's deadline
+/// does. The guest is killed at its 2 s deadline with its body unsent, and
+/// every upstream connection's socket in the server is closed soon after (without the bound they stayed open for as long
+/// as the upstream kept them).
+#[tokio::test]
+async fn an_upload_an_upstream_stops_reading_does_not_outlive_its_requests_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 10;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive buffer, so that the guest's body fills it at once.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(64).unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let stalling = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let held = held_tx.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = conn.read(&mut head).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                // Kept open and never read again, until the test ends.
+                let _ = held.send(conn);
+            });
+        }
+    });
+    let allow = format!("127.0.0.1:{}", upstream.port());
+    let server = ServeGuard::serving(
+        &p3_http_guest(),
+        &[
+            "--timeout",
+            "2s",
+            "--max-memory",
+            "64MiB",
+            "--allow-outbound",
+            &allow,
+        ],
+    );
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    let sockets_before = sockets_of(server.pid());
+    let url = format!("/upload?url=http://127.0.0.1:{}/", upstream.port());
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (addr, url) = (server.addr, url.clone());
+        clients.spawn(async move { get(addr, &url).await });
+    }
+    let replies = async {
+        while let Some(reply) = clients.join_next().await {
+            let reply = reply.unwrap();
+            // The upstream's answer reached the guest; its response ends
+            // with its store, which the body still being written keeps to
+            // the deadline.
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), replies)
+        .await
+        .expect("every upload answered");
+    let mut kept = Vec::new();
+    while kept.len() < CLIENTS {
+        kept.push(held.recv().await.expect("the upstream is running"));
+    }
+    crate::serve::eventually(Duration::from_secs(10), "the server's sockets back", || {
+        let now = sockets_of(server.pid());
+        async move { now <= sockets_before }
+    })
+    .await;
+    // And the upstream sees each connection closed by the server.
+    for mut conn in kept {
+        let mut sink = vec![0u8; 64 << 10];
+        let closed = async { while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {} };
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the server closed its end");
+    }
+    stalling.abort();
+}
+
 /// The sockets process `pid` has open (from `/proc`).
 fn sockets_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -14,6 +14,7 @@
 //! | `/blob?kib=K` | 200: `K` KiB of `x` (default 8,192), written 1 MiB at a time |
 //! | `/error-code` | answers with the error code `internal-error` instead of a response |
 //! | `/outbound?url=URL` | a GET of `URL` through `wasi:http/client.send`: 200 `outbound ok: STATUS`, or 502 `outbound error: ERROR` (e.g. `HttpRequestDenied`) |
+//! | `/upload?url=URL&kib=K` | a POST of `K` KiB (default 32,768) to `URL` through `wasi:http/client.send`, the body written 64 KiB at a time by a subtask; 200 `upload answered: STATUS` as soon as the upstream answers, while the body may still be on its way (502 `upload error: ERROR` if it does not) |
 //! | `/proxy?url=URL` | answers with the response of a GET of `URL` through `wasi:http/client.send` as it is: the upstream's head and body, streamed by the host after the handler returned (the proxy pattern) |
 //! | `/subtasks?n=N&what=spin\|bomb` | spawns `N` concurrent subtasks (default 8) that spin or allocate forever, then waits (limits cover what the store runs, not just the export) |
 //! | `/hoard` | creates stream and future pairs forever, keeping every end (host state of the component model's async ABI, which the host holds for the store) |
@@ -64,6 +65,7 @@ impl wasip3::exports::http::handler::Guest for Service {
             "/error-code" => Err(ErrorCode::InternalError(Some("the guest says no".into()))),
             "/outbound" => Ok(outbound(&query).await),
             "/proxy" => proxy(&query).await,
+            "/upload" => Ok(upload(&query).await),
             "/subtasks" => subtasks(&query).await,
             "/hoard" => hoard(),
             "/stdout" => {
@@ -157,7 +159,7 @@ fn echo(request: Request) -> Response {
 
 /// Sends a GET to `?url=` and says what status came back.
 async fn outbound(query: &str) -> Response {
-    let request = match outgoing(query) {
+    let request = match outgoing(query, None) {
         Ok(request) => request,
         Err(response) => return response,
     };
@@ -174,14 +176,48 @@ async fn outbound(query: &str) -> Response {
 /// body are the upstream's, streamed by the host after this handler
 /// returned (the proxy pattern).
 async fn proxy(query: &str) -> Result<Response, ErrorCode> {
-    match outgoing(query) {
+    match outgoing(query, None) {
         Ok(request) => wasip3::http::client::send(request).await,
         Err(response) => Ok(response),
     }
 }
 
-/// A GET request for `?url=`, or the response saying why there is none.
-fn outgoing(query: &str) -> Result<Request, Response> {
+/// POSTs `?kib=` KiB to `?url=`, written by a subtask 64 KiB at a time,
+/// and says what status came back as soon as the upstream answered: the
+/// body may still be on its way, and the store stays until it is sent.
+async fn upload(query: &str) -> Response {
+    let kib: usize = query::query_parsed(query, "kib").unwrap_or(32 << 10);
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let request = match outgoing(query, Some(body_rx)) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if request
+        .set_method(&wasip3::http::types::Method::Post)
+        .is_err()
+    {
+        return text(500, b"cannot set the method\n".to_vec());
+    }
+    wasip3::spawn_local(async move {
+        let chunk = vec![b'u'; 64 << 10];
+        for _ in 0..kib / 64 {
+            if !body_tx.write_all(chunk.clone()).await.is_empty() {
+                return;
+            }
+        }
+    });
+    match wasip3::http::client::send(request).await {
+        Ok(response) => {
+            let status = response.get_status_code();
+            text(200, format!("upload answered: {status}\n").into_bytes())
+        }
+        Err(e) => text(502, format!("upload error: {e:?}\n").into_bytes()),
+    }
+}
+
+/// A request for `?url=` (a GET, with `body` if any), or the response
+/// saying why there is none.
+fn outgoing(query: &str, body: Option<StreamReader<u8>>) -> Result<Request, Response> {
     let Some(url) = query::query_param(query, "url") else {
         return Err(text(400, b"missing url\n".to_vec()));
     };
@@ -195,7 +231,7 @@ fn outgoing(query: &str) -> Result<Request, Response> {
         None => (rest, "/"),
     };
     let (_trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-    let (request, _sent) = Request::new(Fields::new(), None, trailers_rx, None);
+    let (request, _sent) = Request::new(Fields::new(), body, trailers_rx, None);
     let set = request
         .set_scheme(Some(&scheme))
         .and_then(|()| request.set_authority(Some(authority)))
