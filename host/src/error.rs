@@ -120,8 +120,7 @@ pub enum Error {
         message: String,
     },
     /// The invocation's [`crate::Limits`] cannot be honoured (see
-    /// [`crate::Limits::validate`]), or a deadline was asked for outside a
-    /// Tokio runtime with timers.
+    /// [`crate::Limits::validate`]).
     #[error("{name}: invalid limits: {reason}")]
     InvalidLimits {
         /// The guest's name (usually its path).

@@ -106,8 +106,10 @@ impl Guest {
     /// component loads, but `run` refuses it with [`Error::WrongShape`];
     /// call it with [`Guest::handle_http`].
     ///
-    /// With a `timeout` in the limits, this must be awaited inside a Tokio
-    /// runtime with its timer enabled (`enable_time`, or `enable_all`).
+    /// The deadline (`timeout`) is rung by the engine's epoch ticker, so it
+    /// needs no Tokio timers. The guest's own clocks do: a WASI sleep or a
+    /// poll with a timeout, polled in a runtime without timers, fails that
+    /// call and ends the invocation as `trapped` (`host_call`).
     ///
     /// [`GuestKind::is_command`]: crate::GuestKind::is_command
     pub async fn run(&self, invocation: Invocation) -> Result<Outcome> {
@@ -144,8 +146,8 @@ impl Guest {
     /// a guest is [`Error::BadRequest`].
     ///
     /// Outgoing requests follow `invocation.outbound` and count against the
-    /// deadline. Like [`Guest::run`], it needs a Tokio runtime with timers
-    /// when a timeout is set.
+    /// deadline; they, like the guest's own clocks, need a Tokio runtime
+    /// with timers (see [`Guest::run`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -284,9 +286,6 @@ impl Guest {
             reason,
         };
         invocation.limits.validate().map_err(invalid)?;
-        if invocation.limits.timeout.is_some() && !timers_available() {
-            return Err(invalid(crate::limits::InvalidLimits::NoTimers));
-        }
         let account = Account::new(
             invocation
                 .limits
@@ -381,7 +380,7 @@ async fn execute(guest: Guest, prepared: Prepared, entry: Entry) -> Result<Outco
                 let output = || watched.iter().try_for_each(|o| o.killing_overflow());
                 let call = call_entry(guest.pre(), &mut store, entry);
                 let watched = until_limits_exceeded(&account, cpu.as_deref(), output, call);
-                with_deadline(&limits, started, watched).await
+                with_deadline(guest.engine().activity(), &limits, started, watched).await
             }
         };
         let concluded = conclude(&guest, &store, &limits, started, result);
@@ -482,14 +481,6 @@ fn host_panic(panic: &(dyn std::any::Any + Send)) -> wasmtime::Error {
     ))
 }
 
-/// Whether the current thread is in a Tokio runtime whose timers work.
-/// (Tokio has no query for it: creating a timer outside such a runtime
-/// panics, so a panic here means no.)
-fn timers_available() -> bool {
-    tokio::runtime::Handle::try_current().is_ok()
-        && std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).is_ok()
-}
-
 /// A WASI context builder with argv, environment and preopened directories.
 fn wasi_builder(
     name: &str,
@@ -527,17 +518,27 @@ fn wasi_builder(
 
 /// Runs `call` under the invocation's wall-clock deadline; `None` if the
 /// deadline fired first (the call is dropped, which cancels the guest even
-/// while it is blocked in a host call).
+/// while it is blocked in a host call). The engine's ticker rings the
+/// deadline, so it needs no Tokio timers.
 async fn with_deadline<T>(
+    activity: &crate::ticker::Activity,
     limits: &Limits,
     started: Instant,
     call: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     // A deadline too far away to represent is no deadline.
-    match limits.timeout.and_then(|t| started.checked_add(t)) {
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), call).await.ok(),
-        None => Some(call.await),
-    }
+    let Some(deadline) = limits.timeout.and_then(|t| started.checked_add(t)) else {
+        return Some(call.await);
+    };
+    let mut call = std::pin::pin!(call);
+    let mut alarm = std::pin::pin!(activity.alarm(deadline));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(done) = call.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(done));
+        }
+        alarm.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Turns a finished (or timed-out) call into the outcome and usage, or into

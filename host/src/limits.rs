@@ -104,13 +104,6 @@ pub enum InvalidLimits {
     /// `max_cpu` is zero.
     #[error("max_cpu must be above zero")]
     CpuZero,
-    /// A `timeout` was asked for where no timer can enforce it: the call
-    /// is not polled in a Tokio runtime with its timers enabled.
-    #[error(
-        "a timeout needs a Tokio runtime with timers enabled (`enable_time` or `enable_all` on \
-         its builder; `#[tokio::main]` enables them)"
-    )]
-    NoTimers,
 }
 
 impl Limits {

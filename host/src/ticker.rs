@@ -3,10 +3,19 @@
 //! deadlines, CPU and memory checks and the scheduler's yields happen; an
 //! idle process parks it instead of waking a thousand times a second. The
 //! thread holds only a weak reference to its engine and ends with it.
+//!
+//! The tickers also ring the invocations' deadlines ([`Activity::alarm`]):
+//! a guest blocked in a host call gives no epoch check, so something must
+//! wake its invocation when its time is up. The tickers do it at their
+//! next tick, which needs nothing of the runtime the invocation is polled
+//! on (no Tokio timers).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -52,6 +61,7 @@ pub(crate) fn spawn_epoch_ticker(
                     Some(engine) => {
                         engine.increment_epoch();
                         activity.ticks.fetch_add(1, Ordering::Relaxed);
+                        activity.ring();
                     }
                     None => break,
                 }
@@ -78,6 +88,58 @@ pub(crate) struct Activity {
     work: Condvar,
     /// Ticks given so far, by every ticker of the engine.
     ticks: AtomicU64,
+    /// The deadlines of running invocations, rung at the first tick past
+    /// them: one entry per invocation waiting on [`Activity::alarm`].
+    alarms: Mutex<Vec<Arc<Alarm>>>,
+}
+
+/// One deadline and the task to wake at it.
+#[derive(Debug)]
+struct Alarm {
+    at: Instant,
+    waker: Mutex<Option<Waker>>,
+}
+
+/// Resolves once its deadline has passed (see [`Activity::alarm`]).
+#[derive(Debug)]
+pub(crate) struct AlarmAt<'a> {
+    activity: &'a Activity,
+    at: Instant,
+    /// Set on the first poll that found the deadline ahead.
+    alarm: Option<Arc<Alarm>>,
+}
+
+impl Future for AlarmAt<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            return Poll::Ready(());
+        }
+        match &self.alarm {
+            Some(alarm) => {
+                let mut waker = alarm.waker.lock().unwrap_or_else(|e| e.into_inner());
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+            }
+            None => {
+                let alarm = Arc::new(Alarm {
+                    at: self.at,
+                    waker: Mutex::new(Some(cx.waker().clone())),
+                });
+                let mut alarms = self
+                    .activity
+                    .alarms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                alarms.push(Arc::clone(&alarm));
+                drop(alarms);
+                self.alarm = Some(alarm);
+            }
+        }
+        Poll::Pending
+    }
 }
 
 impl Activity {
@@ -93,6 +155,37 @@ impl Activity {
             self.work.notify_all();
         }
         Running(self)
+    }
+
+    /// A future that resolves at the first tick past `at` (at once if `at`
+    /// has passed). Only an invocation that holds [`Activity::enter`]'s
+    /// guard may wait on it: a parked ticker rings nothing.
+    pub(crate) fn alarm(&self, at: Instant) -> AlarmAt<'_> {
+        AlarmAt {
+            activity: self,
+            at,
+            alarm: None,
+        }
+    }
+
+    /// Wakes the invocations whose deadline has passed, and forgets the
+    /// alarms nobody waits on any more.
+    fn ring(&self) {
+        let now = Instant::now();
+        let mut alarms = self.alarms.lock().unwrap_or_else(|e| e.into_inner());
+        alarms.retain(|alarm| {
+            if Arc::strong_count(alarm) == 1 {
+                return false;
+            }
+            if alarm.at > now {
+                return true;
+            }
+            let waker = alarm.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            false
+        });
     }
 
     /// Whether an invocation runs.
@@ -185,5 +278,35 @@ mod tests {
         assert_eq!(activity.ticks(), settled, "ticks while nothing ran");
         let _running = activity.enter();
         wait_until(activity, "woken", |a| a.ticks() >= settled + 3);
+    }
+
+    /// An alarm is rung by the ticker (no Tokio timer): a future waiting on
+    /// it on a runtime without timers resolves once its deadline passed,
+    /// and an alarm dropped before its deadline leaves no entry behind.
+    #[test]
+    fn the_ticker_rings_alarms_without_tokio_timers() {
+        let engine = wasmtime::Engine::default();
+        let shared = Arc::new(Activity::default());
+        spawn_epoch_ticker(&engine, Duration::from_millis(1), shared.clone()).expect("ticker");
+        let activity = &*shared;
+        let _running = activity.enter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime without timers");
+        let at = Instant::now() + Duration::from_millis(50);
+        runtime.block_on(activity.alarm(at));
+        assert!(Instant::now() >= at);
+        let dropped = Instant::now() + Duration::from_secs(3600);
+        runtime.block_on(async {
+            let mut alarm = std::pin::pin!(activity.alarm(dropped));
+            std::future::poll_fn(|cx| {
+                assert!(alarm.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+        });
+        wait_until(activity, "the dropped alarm forgotten", |a| {
+            a.alarms.lock().unwrap().is_empty()
+        });
     }
 }

@@ -566,23 +566,41 @@ async fn impossible_limits_are_errors() {
     }
 }
 
-/// A deadline on a runtime without timers is an error, not a panic in the
-/// library.
+/// A deadline needs no Tokio timers: on a runtime built without them, a
+/// guest that loops is killed at its deadline and one that finishes in
+/// time exits (no panic, no error). A guest's own sleep does need them:
+/// it ends as a trap in the host call, not as a panic in the caller.
 #[test]
-fn a_timeout_without_timers_is_an_error() {
-    let guest = crate::load("hello", Target::P1);
+fn a_deadline_is_enforced_on_a_runtime_without_timers() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let err = runtime
-        .block_on(guest.run(wasm_run::Invocation {
-            limits: wasm_run::Limits {
-                timeout: Some(Duration::from_secs(1)),
-                ..wasm_run::Limits::default()
-            },
+    let limits = wasm_run::Limits {
+        timeout: Some(Duration::from_millis(300)),
+        ..wasm_run::Limits::default()
+    };
+    let run = |name: &str, args: Vec<String>| {
+        let invocation = wasm_run::Invocation {
+            limits: limits.clone(),
+            args,
             ..wasm_run::Invocation::default()
-        }))
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidLimits { .. }), "{err}");
-    assert!(err.to_string().contains("timers"), "{err}");
+        };
+        runtime
+            .block_on(crate::load(name, Target::P1).run(invocation))
+            .expect("runs")
+    };
+    let started = Instant::now();
+    assert_eq!(run("spin", vec![]).kind, OutcomeKind::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(run("hello", vec![]).kind, OutcomeKind::Exited(0));
+    let slept = run("sleeper", vec!["0.05".into()]);
+    assert!(
+        matches!(slept.kind, OutcomeKind::Trapped(_)),
+        "{:?}",
+        slept.kind
+    );
 }
