@@ -618,16 +618,6 @@ enum Failure {
     Cpu,
 }
 
-/// Instantiates a guest from its pre-instance in `store`: a failure here
-/// is [`Failure::Instantiating`].
-macro_rules! instantiate {
-    ($pre:expr, $store:expr) => {
-        $pre.instantiate_async(&mut *$store)
-            .await
-            .map_err(Failure::Instantiating)?
-    };
-}
-
 /// Instantiates and calls the entry point; `Ok(code)` is the exit code.
 async fn call_entry(
     pre: &Pre,
@@ -636,18 +626,27 @@ async fn call_entry(
 ) -> Result<i32, Failure> {
     let ended = match (pre, entry) {
         (Pre::Core(pre), Entry::Command) => {
-            let instance = instantiate!(pre, store);
+            let instance = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
             let start = instance
                 .get_typed_func::<(), ()>(&mut *store, "_start")
                 .map_err(Failure::Instantiating)?;
             start.call_async(&mut *store, ()).await.map(|()| Ok(()))
         }
         (Pre::Command(pre), Entry::Command) => {
-            let command = instantiate!(pre, store);
+            let command = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
             command.wasi_cli_run().call_run(&mut *store).await
         }
         (Pre::Http(pre), Entry::Http { incoming, outparam }) => {
-            let proxy = instantiate!(pre, store);
+            let proxy = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
             let handler = proxy.wasi_http_incoming_handler();
             handler
                 .call_handle(&mut *store, incoming, outparam)
@@ -655,14 +654,20 @@ async fn call_entry(
                 .map(Ok)
         }
         (Pre::CommandP3(pre), Entry::Command) => {
-            let command = instantiate!(pre, store);
+            let command = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
             store
                 .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
                 .await
                 .and_then(|status| status)
         }
         (Pre::HttpP3(pre), Entry::HttpP3(call)) => {
-            let service = instantiate!(pre, store);
+            let service = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(Failure::Instantiating)?;
             call.call(store, service).await.map(Ok)
         }
         _ => unreachable!("`run` and `handle_http` check the guest's kind before calling"),

@@ -26,6 +26,7 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::filesystem::Descriptor;
 
 use wasmtime_wasi::filesystem::{WasiFilesystemCtx, WasiFilesystemView};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
 };
@@ -150,39 +151,73 @@ type PathOpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
 pub(crate) fn add_to_core_linker(
     linker: &mut wasmtime::Linker<StoreState>,
 ) -> wasmtime::Result<()> {
-    /// Defines `$module::path_open` as the cap's check, then wasmtime-wasi's
-    /// own `$open` (the same ABI for both modules).
-    macro_rules! capped_path_open {
-        ($module:literal, $open:path) => {
-            linker.func_wrap_async(
-                $module,
-                "path_open",
-                |mut caller: wasmtime::Caller<'_, StoreState>,
-                 (a, b, c, d, e, f, g, h, i): PathOpenArgs| {
-                    Box::new(async move {
-                        if !may_open(caller.data_mut()) {
-                            return Ok(wasmtime_wasi::p1::types::Errno::Mfile as i32);
-                        }
-                        let memory = guest_memory(&mut caller)?;
-                        let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                        let mut memory = wiggle::GuestMemory::Unshared(bytes);
-                        opening(state, async |state| {
-                            $open(&mut state.wasi, &mut memory, a, b, c, d, e, f, g, h, i).await
-                        })
-                        .await
-                    })
-                },
-            )?;
-        };
-    }
     linker.allow_shadowing(true);
-    capped_path_open!(
-        "wasi_snapshot_preview1",
-        wasmtime_wasi::p1::wasi_snapshot_preview1::path_open
-    );
-    capped_path_open!("wasi_unstable", wasmtime_wasi::p0::wasi_unstable::path_open);
+    add_capped_path_open(linker, "wasi_snapshot_preview1", preview1_path_open)?;
+    add_capped_path_open(linker, "wasi_unstable", preview0_path_open)?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// The future of wasmtime-wasi's own `path_open`.
+type OpenFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<i32>> + Send + 'a>>;
+
+/// wasmtime-wasi's own `path_open` of one preview 1 module.
+type PathOpen = for<'a, 'm> fn(
+    &'a mut WasiP1Ctx,
+    &'a mut wiggle::GuestMemory<'m>,
+    PathOpenArgs,
+) -> OpenFuture<'a>;
+
+/// Defines `module`'s `path_open` as the cap's check, then `open`.
+fn add_capped_path_open(
+    linker: &mut wasmtime::Linker<StoreState>,
+    module: &'static str,
+    open: PathOpen,
+) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        module,
+        "path_open",
+        move |mut caller: wasmtime::Caller<'_, StoreState>, args: PathOpenArgs| {
+            Box::new(async move {
+                if !may_open(caller.data_mut()) {
+                    return Ok(wasmtime_wasi::p1::types::Errno::Mfile as i32);
+                }
+                let memory = guest_memory(&mut caller)?;
+                let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                opening(state, async |state| {
+                    open(&mut state.wasi, &mut memory, args).await
+                })
+                .await
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// `wasi_snapshot_preview1::path_open`.
+fn preview1_path_open<'a>(
+    wasi: &'a mut WasiP1Ctx,
+    memory: &'a mut wiggle::GuestMemory<'_>,
+    args: PathOpenArgs,
+) -> OpenFuture<'a> {
+    let (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, fd_out) = args;
+    Box::pin(wasmtime_wasi::p1::wasi_snapshot_preview1::path_open(
+        wasi, memory, dir, lookup, path, path_len, oflags, base, inheriting, fdflags, fd_out,
+    ))
+}
+
+/// `wasi_unstable::path_open` (preview 0): the same ABI.
+fn preview0_path_open<'a>(
+    wasi: &'a mut WasiP1Ctx,
+    memory: &'a mut wiggle::GuestMemory<'_>,
+    args: PathOpenArgs,
+) -> OpenFuture<'a> {
+    let (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, fd_out) = args;
+    Box::pin(wasmtime_wasi::p0::wasi_unstable::path_open(
+        wasi, memory, dir, lookup, path, path_len, oflags, base, inheriting, fdflags, fd_out,
+    ))
 }
 
 /// The guest's exported `memory`, which preview 1 calls read and write.
