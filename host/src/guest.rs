@@ -2,7 +2,9 @@
 //! component), compile once, link once (`InstancePre` / `CommandPre`).
 //!
 //! A [`Guest`] is a cheap `Clone` handle; every call made through it creates
-//! its own store (see [`crate::invoke`]).
+//! its own store. Its calls ([`Guest::run`], [`Guest::handle_http`]) are
+//! defined in [`crate::invoke`], which builds on this module: loading needs
+//! nothing of invoking, so the two stay one-way.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,11 +1,9 @@
 //! One invocation of a guest: a fresh store with its own WASI context and
 //! limits, instantiate, call the entry point, classify, drop.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use http_body_util::BodyExt as _;
 use wasmtime::component::Resource;
@@ -19,80 +17,12 @@ use crate::error::{Error, Result};
 use crate::guest::{Guest, Pre};
 pub use crate::http_call::{HttpCall, HttpErrorCode, HttpResponse};
 use crate::http_call::{P3Call, body_error};
-use crate::io::{self, Input, Output, Stream};
-use crate::outbound::OutboundPolicy;
+use crate::invocation::wasi_builder;
+pub use crate::invocation::{DirMapping, Invocation};
+use crate::io::{self, Stream};
 use crate::outcome::{CallEnd, Outcome, OutcomeKind, Usage, classify};
 use crate::scheduler::Priority;
 use crate::store::{StoreState, new_store};
-
-/// A directory of the host made visible to the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirMapping {
-    /// Path on the host.
-    pub host: PathBuf,
-    /// Path the guest sees it as, e.g. `/data` or `.`.
-    pub guest: String,
-    /// Whether the guest may only read it. `wasm-run run` maps directories
-    /// read-write unless told `:ro`; `wasm-run serve` routes read-only
-    /// unless told `:rw`.
-    pub read_only: bool,
-}
-
-impl DirMapping {
-    /// Parses the CLI spelling `HOST[::GUEST][:ro|:rw]`, read-write unless
-    /// it ends in `:ro` (as `wasm-run run` does, like wasmtime). The guest
-    /// path defaults to the host path.
-    pub fn parse(spec: &str) -> DirMapping {
-        DirMapping::parse_with_default(spec, false)
-    }
-
-    /// Parses `HOST[::GUEST][:ro|:rw]`: a trailing `:ro` makes the mapping
-    /// read-only, `:rw` read-write, and without either it is read-only when
-    /// `read_only_by_default` (as for `wasm-run serve` routes).
-    pub fn parse_with_default(spec: &str, read_only_by_default: bool) -> DirMapping {
-        let (paths, read_only) = if let Some(p) = spec.strip_suffix(":ro") {
-            (p, true)
-        } else if let Some(p) = spec.strip_suffix(":rw") {
-            (p, false)
-        } else {
-            (spec, read_only_by_default)
-        };
-        let (host, guest) = paths.split_once("::").unwrap_or((paths, paths));
-        DirMapping {
-            host: host.into(),
-            guest: guest.to_string(),
-            read_only,
-        }
-    }
-}
-
-/// Everything one invocation needs besides the guest itself.
-#[derive(Debug, Default)]
-pub struct Invocation {
-    /// Arguments after the program name; the guest's `argv[0]` is
-    /// [`Invocation::program_name`].
-    pub args: Vec<String>,
-    /// `argv[0]`; defaults to the guest's name.
-    pub program_name: Option<String>,
-    /// Environment variables, in order. Nothing is inherited from the host.
-    pub env: Vec<(String, String)>,
-    /// Preopened directories. None by default: no filesystem access.
-    pub dirs: Vec<DirMapping>,
-    /// The guest's stdin. Default: empty.
-    pub stdin: Input,
-    /// The guest's stdout. Default: discarded.
-    pub stdout: Output,
-    /// The guest's stderr. Default: discarded.
-    pub stderr: Output,
-    /// The limits this invocation runs under.
-    pub limits: Limits,
-    /// Hosts a component may send wasi:http requests to. Default: none
-    /// (every outgoing request is denied).
-    pub outbound: OutboundPolicy,
-    /// Where it starts: at normal priority (the default), or on the
-    /// low-priority threads from the first poll.
-    pub priority: Priority,
-}
 
 impl Guest {
     /// Runs the guest once in a fresh store under `invocation.limits`.
@@ -481,41 +411,6 @@ fn host_panic(panic: &(dyn std::any::Any + Send)) -> wasmtime::Error {
     ))
 }
 
-/// A WASI context builder with argv, environment and preopened directories.
-fn wasi_builder(
-    name: &str,
-    program_name: Option<&str>,
-    args: &[String],
-    env: &[(String, String)],
-    dirs: &[DirMapping],
-) -> Result<WasiCtxBuilder> {
-    let mut builder = WasiCtxBuilder::new();
-    builder.arg(program_name.unwrap_or(name));
-    builder.args(args);
-    builder.envs(env);
-    builder.max_random_size(crate::MAX_RANDOM_BYTES);
-    // The preopens do their I/O on the thread that polls the invocation, so
-    // its CPU time and the memory of a directory listing are the
-    // invocation's own; the context itself does not (in preview 1 that
-    // would make a sleep block the thread). See `crate::open_files`.
-    builder.allow_blocking_current_thread(true);
-    for dir in dirs {
-        let perms = if dir.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        builder
-            .preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| Error::Setup {
-                name: name.to_string(),
-                message: format!("cannot preopen directory {}: {e:#}", dir.host.display()),
-            })?;
-    }
-    builder.allow_blocking_current_thread(false);
-    Ok(builder)
-}
-
 /// Runs `call` under the invocation's wall-clock deadline; `None` if the
 /// deadline fired first (the call is dropped, which cancels the guest even
 /// while it is blocked in a host call). The engine's ticker rings the
@@ -681,7 +576,7 @@ async fn call_entry(
 
 #[cfg(test)]
 mod tests {
-    use super::{DirMapping, Failure, until_limits_exceeded};
+    use super::{Failure, until_limits_exceeded};
 
     #[tokio::test]
     async fn a_panic_while_polling_a_guest_ends_the_invocation_not_the_host() {
@@ -698,22 +593,5 @@ mod tests {
             }
             _ => panic!("the panic should end the invocation as a failed host call"),
         }
-    }
-
-    #[test]
-    fn dir_specs_parse_with_their_access() {
-        let m = DirMapping::parse("./data::/data");
-        assert_eq!(
-            (m.host.to_str(), m.guest.as_str()),
-            (Some("./data"), "/data")
-        );
-        assert!(!m.read_only, "run maps read-write by default");
-        assert!(DirMapping::parse("./data::/data:ro").read_only);
-        let m = DirMapping::parse("/srv:ro");
-        assert_eq!((m.host.to_str(), m.guest.as_str()), (Some("/srv"), "/srv"));
-        assert!(m.read_only);
-        assert!(DirMapping::parse_with_default("a::/a", true).read_only);
-        assert!(!DirMapping::parse_with_default("a::/a:rw", true).read_only);
-        assert_eq!(DirMapping::parse_with_default("a::/a:rw", true).guest, "/a");
     }
 }

@@ -69,9 +69,13 @@
 //!   `cache` (wasmtime's compile cache, used only in a private directory).
 //! - [`guest`]: loading a [`Guest`]: read, detect core module or component,
 //!   compile once, pre-link once.
-//! - [`invoke`]: one [`Invocation`]: WASI context, fresh store, call, classify
-//!   ([`Guest::run`] for commands, [`Guest::handle_http`] for wasi:http
-//!   components).
+//! - [`invoke`]: one invocation: fresh store, call, classify, under the
+//!   deadline the engine's ticker rings ([`Guest::run`] for commands,
+//!   [`Guest::handle_http`] for wasi:http components). These calls of
+//!   [`Guest`] live here, not in [`guest`], which loads guests and knows
+//!   nothing of invocations. What a call is given ([`Invocation`],
+//!   [`DirMapping`]) and the WASI context built from it are the private
+//!   `invocation`.
 //! - `http_call` (private): a wasi:http invocation's two ends ([`HttpCall`]),
 //!   and the WASI 0.3 call whose response body keeps the request's
 //!   deadline.
@@ -134,6 +138,7 @@ pub mod footprint;
 pub mod guest;
 mod http_call;
 pub mod http_client;
+mod invocation;
 pub mod invoke;
 pub mod io;
 pub mod limits;
