@@ -57,7 +57,8 @@
 //! - [`admission`]: admission by memory budget, as `wasm-run serve` admits
 //!   requests, for embedders that want bursts to queue instead of failing;
 //!   what a request takes of the instance pool and of descriptors is
-//!   counted by the private `slots`.
+//!   counted by the private `slots`, and its tenants (their shares, lines
+//!   and whose turn it is) are the private `tenant`.
 //! - [`budget`]: the `wasm-run:sandbox/budget` interface (`wit/budget.wit`)
 //!   through which a guest reads its own fuel, memory and time left.
 //! - [`dns`]: the host names of outgoing requests, resolved by futures the
@@ -153,6 +154,7 @@ pub mod serve;
 mod slots;
 mod store;
 mod swap;
+mod tenant;
 mod ticker;
 
 pub use accounting::{Account, Accounting};

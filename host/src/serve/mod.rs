@@ -15,7 +15,10 @@
 //!   and how its response head comes back; `guest_task`: what both share
 //!   (the guest's own task, its end, the answer for a guest that gave none);
 //!   `response`: the answer table, guarded and coalesced bodies;
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`;
+//! - [`config`]: the configuration file and its layering under the flags;
+//!   `settings`: what they resolve to ([`config::ServeConfig`]), split into
+//!   what a server fixes at start and what a reload replaces.
 //!
 //! # Flow of a request
 //!
@@ -81,6 +84,7 @@ mod request;
 mod request_body;
 pub(crate) mod response;
 mod routes;
+mod settings;
 
 pub use self::admin::ADMIN_MAX_CONNECTIONS;
 pub use self::request::REQUEST_ID_HEADER;
@@ -101,13 +105,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use self::admission::{Admission, AdmissionConfig, Slots};
-use self::config::{FixedSettings, ServeConfig};
 use self::conn_io::WriteTimeout;
 use self::guest_task::{ConnInfo, Standing};
 use self::listener::{Accepted, Listener};
 use self::metrics::Metrics;
 use self::request::Requests;
 use self::routes::load_table;
+use self::settings::{FixedSettings, ServeConfig};
 use crate::Engine;
 
 /// The HTTP function host.

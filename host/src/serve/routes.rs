@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::config::{ModuleSource, RouteSpec, ServeConfig};
 use super::request_body::BodyFault;
 use super::response::HostAnswer;
+use super::settings::{ModuleSource, RouteSpec, ServeConfig};
 use crate::admission::{Admission, Need, Slots, TenantId};
 use crate::{Engine, Guest, GuestKind, OutboundPolicy};
 
