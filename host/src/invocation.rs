@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::Limits;
 use crate::error::{Error, Result};
 use crate::io::{Input, Output};
+use crate::limits::Limits;
 use crate::outbound::OutboundPolicy;
 use crate::scheduler::Priority;
 
@@ -93,7 +93,7 @@ pub(crate) fn wasi_builder(
     builder.arg(program_name.unwrap_or(name));
     builder.args(args);
     builder.envs(env);
-    builder.max_random_size(crate::MAX_RANDOM_BYTES);
+    builder.max_random_size(crate::store::MAX_RANDOM_BYTES);
     // The preopens do their I/O on the thread that polls the invocation, so
     // its CPU time and the memory of a directory listing are the
     // invocation's own; the context itself does not (in preview 1 that

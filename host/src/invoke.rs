@@ -11,7 +11,6 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
-use crate::Limits;
 use crate::accounting::Account;
 use crate::error::{Error, Result};
 use crate::guest::{Guest, Pre};
@@ -20,6 +19,7 @@ use crate::http_call::{P3Call, body_error};
 use crate::invocation::wasi_builder;
 pub use crate::invocation::{DirMapping, Invocation};
 use crate::io::{self, Stream};
+use crate::limits::Limits;
 use crate::outcome::{CallEnd, Outcome, OutcomeKind, Usage, classify};
 use crate::scheduler::Priority;
 use crate::store::{StoreState, new_store};

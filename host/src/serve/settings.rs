@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{DirMapping, Limits, OutboundPolicy};
+use crate::invocation::DirMapping;
+use crate::limits::Limits;
+use crate::outbound::OutboundPolicy;
 
 /// A resolved tenant: its name and how it shares the budget.
 #[derive(Debug, Clone, PartialEq)]
