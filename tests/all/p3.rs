@@ -369,26 +369,8 @@ async fn a_proxied_body_does_not_outlive_its_requests_deadline() {
             });
         }
     });
-    let allow = format!("127.0.0.1:{}", upstream.port());
-    let server = ServeGuard::serving(
-        &p3_http_guest(),
-        &[
-            "--timeout",
-            "2s",
-            "--max-memory",
-            "32MiB",
-            "--allow-outbound",
-            &allow,
-        ],
-    );
-    assert_eq!(get(server.addr, "/hello").await.status, 200);
-    let sockets_before = sockets_of(server.pid());
-    let url = format!("/proxy?url=http://127.0.0.1:{}/", upstream.port());
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (addr, url) = (server.addr, url.clone());
-        clients.spawn(async move { get(addr, &url).await });
-    }
+    let (server, sockets_before, mut clients) =
+        p3_clients_of_an_upstream(upstream, "/proxy", "32MiB", CLIENTS).await;
     let replies = async {
         while let Some(reply) = clients.join_next().await {
             let reply = reply.unwrap();
@@ -453,26 +435,8 @@ async fn an_upload_an_upstream_stops_reading_does_not_outlive_its_requests_deadl
             });
         }
     });
-    let allow = format!("127.0.0.1:{}", upstream.port());
-    let server = ServeGuard::serving(
-        &p3_http_guest(),
-        &[
-            "--timeout",
-            "2s",
-            "--max-memory",
-            "64MiB",
-            "--allow-outbound",
-            &allow,
-        ],
-    );
-    assert_eq!(get(server.addr, "/hello").await.status, 200);
-    let sockets_before = sockets_of(server.pid());
-    let url = format!("/upload?url=http://127.0.0.1:{}/", upstream.port());
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (addr, url) = (server.addr, url.clone());
-        clients.spawn(async move { get(addr, &url).await });
-    }
+    let (server, sockets_before, mut clients) =
+        p3_clients_of_an_upstream(upstream, "/upload", "64MiB", CLIENTS).await;
     let replies = async {
         while let Some(reply) = clients.join_next().await {
             let reply = reply.unwrap();
@@ -503,6 +467,38 @@ async fn an_upload_an_upstream_stops_reading_does_not_outlive_its_requests_deadl
             .expect("the server closed its end");
     }
     stalling.abort();
+}
+
+/// Serves the WASI 0.3 guest with a 2 s deadline and `max_memory`,
+/// allowed to reach `upstream`; once it answers, counts its sockets and
+/// starts `clients` GETs of `route?url=http://UPSTREAM/`.
+async fn p3_clients_of_an_upstream(
+    upstream: std::net::SocketAddr,
+    route: &str,
+    max_memory: &str,
+    clients: usize,
+) -> (ServeGuard, usize, tokio::task::JoinSet<crate::serve::Reply>) {
+    let allow = format!("127.0.0.1:{}", upstream.port());
+    let server = ServeGuard::serving(
+        &p3_http_guest(),
+        &[
+            "--timeout",
+            "2s",
+            "--max-memory",
+            max_memory,
+            "--allow-outbound",
+            &allow,
+        ],
+    );
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    let sockets_before = sockets_of(server.pid());
+    let url = format!("{route}?url=http://127.0.0.1:{}/", upstream.port());
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (addr, url) = (server.addr, url.clone());
+        set.spawn(async move { get(addr, &url).await });
+    }
+    (server, sockets_before, set)
 }
 
 /// The sockets process `pid` has open (from `/proc`).
