@@ -7,7 +7,7 @@ without tenants.
 
 The issue's scenario, on loopback: two routes of the CGI demo, `/a` a
 request that sleeps into its 1 s deadline and `/b` the hello page, each with
-a 16 MiB cap; `--memory-budget 66MiB` (four requests) and queues of 16.
+a 16 MiB cap; `--memory-budget 74MiB` (four requests of 16 MiB + 256 KiB + a 2 MiB stack) and queues of 16.
 Three configurations, the same binary:
   - one tenant: both routes in one `[[tenant]]`, i.e. one FIFO queue, as
     a host without tenants;
@@ -46,7 +46,7 @@ def config(kind):
         f'limits = {{ max-memory = "16MiB", timeout = "1s" }}\n'
         + (f'tenant = "{tenant[p]}"\n' if p in tenant else "") + "\n"
         for p in ("/a", "/b"))
-    return ('[server]\nmemory-budget = "66MiB"\nmax-queue = 16\nqueue-timeout = "5s"\n'
+    return ('[server]\nmemory-budget = "74MiB"\nmax-queue = 16\nqueue-timeout = "5s"\n'
             + tenancy + routes)
 
 

@@ -31,6 +31,10 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Default wasm stack limit: 1 MiB.
 pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 
+/// Room on each invocation's stack for host frames, beyond the wasm stack
+/// limit: 1 MiB.
+pub const STACK_HOST_FRAMES: usize = 1 << 20;
+
 /// Default number of instances that may be live at once in the pool: 1000.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
@@ -103,6 +107,13 @@ pub use crate::scheduler::DEFAULT_DEMOTE_AFTER;
 
 fn default_background_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl EngineConfig {
+    /// The size of each invocation's stack (see [`Engine::stack_bytes`]).
+    fn stack_bytes(&self) -> usize {
+        self.max_wasm_stack.saturating_add(STACK_HOST_FRAMES)
+    }
 }
 
 impl Default for EngineConfig {
@@ -246,6 +257,15 @@ impl Engine {
         &self.config
     }
 
+    /// The size of the stack each invocation runs on (its wasm frames and
+    /// the host's): [`EngineConfig::max_wasm_stack`] plus
+    /// [`STACK_HOST_FRAMES`], 2 MiB by default. Its pages are mapped
+    /// memory the accounting allocator does not see, so a guest's
+    /// [`crate::Guest::host_allowance`] includes it.
+    pub fn stack_bytes(&self) -> u64 {
+        self.config.stack_bytes() as u64
+    }
+
     /// How the instance pool resets a slot between invocations: decided
     /// when the engine was built from whether this process's memory can be
     /// swapped out (see [`MemoryReset`]), so that no invocation can read a
@@ -282,7 +302,7 @@ fn build(
     wt.epoch_interruption(true);
     wt.max_wasm_stack(config.max_wasm_stack);
     // Async stacks must hold the wasm stack plus host frames.
-    wt.async_stack_size(config.max_wasm_stack + (1 << 20));
+    wt.async_stack_size(config.stack_bytes());
     wt.memory_init_cow(true);
     set_proposals(&mut wt, &config.proposals);
     // Precompiled artifacts (and cache entries) record this, so one made

@@ -187,14 +187,18 @@ impl Guest {
     /// cap, and this is only [`crate::UNATTRIBUTED_ALLOWANCE`]. Without it,
     /// it is the fixed per-resource allowance: [`crate::HOST_ALLOWANCE`],
     /// plus [`crate::HTTP_HOST_ALLOWANCE`] when the guest imports wasi:http.
+    /// Either way it includes the stack the invocation runs on
+    /// ([`Engine::stack_bytes`], 2 MiB by default), whose pages a guest
+    /// that recurses deeply touches and no allocator sees.
     pub fn host_allowance(&self) -> u64 {
-        if crate::accounting::is_installed() {
+        let held = if crate::accounting::is_installed() {
             crate::UNATTRIBUTED_ALLOWANCE
         } else if self.inner.uses_http {
             crate::HOST_ALLOWANCE + crate::HTTP_HOST_ALLOWANCE
         } else {
             crate::HOST_ALLOWANCE
-        }
+        };
+        held.saturating_add(self.inner.engine.stack_bytes())
     }
 
     /// What one instantiation of this guest creates, as known from its

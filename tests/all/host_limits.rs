@@ -160,7 +160,7 @@ async fn tables_count_against_the_cap_in_serve_too() {
 /// deadline long enough that a request holding budget would hold it for
 /// the whole test.
 fn budget_of_four(extra: &[&str]) -> ServeGuard {
-    // The budget: 4 × (32 MiB cap + 4 MiB host allowance).
+    // The budget: 4 × (32 MiB cap + 256 KiB host allowance + 2 MiB stack).
     let limits =
         flags("--timeout 30s --max-memory 32MiB --memory-budget 144MiB --admin-addr 127.0.0.1:0");
     ServeGuard::serving(&guest("demo", Target::P1), &[&limits, extra].concat())

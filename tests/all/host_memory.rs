@@ -340,3 +340,37 @@ async fn stalled_readers_of_wasi_0_3_bodies_hold_no_more_than_of_wasi_0_2_ones()
         per_reader(p2)
     );
 }
+
+/// The stack a request runs on is mapped memory no allocator sees: a guest
+/// that recurses ~0.75 MiB deep and spins there until its deadline keeps
+/// those pages touched, beyond its 512 KiB cap. Admission counts each
+/// request's stack (`Guest::host_allowance`), so 280 such requests keep the
+/// server within its 192 MiB budget (measured: +~100 MiB); without counting
+/// the stacks ~256 were admitted at once and it passed its budget.
+#[tokio::test]
+async fn deep_stacks_are_counted_by_admission() {
+    let module = wat_file(
+        "deep-stack.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func $down (param $n i32)
+    (if (i32.eqz (local.get $n)) (then (loop $spin (br $spin))))
+    (call $down (i32.sub (local.get $n) (i32.const 1))))
+  (func (export "_start") (call $down (i32.const 12000))))"#,
+    );
+    let limits = flags(
+        "--timeout 1s --max-memory 512KiB --memory-budget 192MiB --max-queue 1024 \
+         --queue-timeout 60s",
+    );
+    let server = ServeGuard::serving(&module, &limits);
+    let a = server.addr;
+    let before = server.rss();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..280 {
+        requests.spawn(async move { get(a, "/").await });
+    }
+    while let Some(reply) = requests.join_next().await {
+        assert_killed(&reply.unwrap(), 504, "deadline_exceeded");
+    }
+    server.assert_peak_under(before, 192 * MIB + 32 * MIB);
+}

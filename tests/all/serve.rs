@@ -948,9 +948,10 @@ fn budget_server(name: &str, flags: &[&str]) -> ServeGuard {
 async fn admission_queues_then_turns_away_with_503_and_retry_after() {
     let server = budget_server("budget-queue.toml", &["--admin-addr", "127.0.0.1:0"]);
     let (a, admin) = (server.addr, server.admin());
-    // Two slow requests fill 64.5 of the 80 MiB budget (each: a 32 MiB cap,
+    // Two slow requests fill 68.5 of the 80 MiB budget (each: a 32 MiB cap,
     // which covers the host memory it causes, plus the 256 KiB the host
-    // holds for it outside its account); a third would not fit.
+    // holds for it outside its account and its 2 MiB stack); a third would
+    // not fit.
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(get(a, "/slow/sleep?s=1.5")))
         .collect();

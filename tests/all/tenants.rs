@@ -22,7 +22,7 @@ fn server(name: &str, shared: bool) -> ServeGuard {
     let config = demo_config(
         name,
         &format!(
-            "[server]\nmemory-budget = \"66MiB\"\nmax-queue = 16\nqueue-timeout = \"5s\"\n{tenancy}"
+            "[server]\nmemory-budget = \"74MiB\"\nmax-queue = 16\nqueue-timeout = \"5s\"\n{tenancy}"
         ),
         &[("/a", &limits), ("/b", &limits)],
     );

@@ -60,8 +60,8 @@ linear memory, tables and every byte of host memory it makes the server hold
 (instance state, resources, body buffers, outgoing requests); it may also
 hold at most 1024 WASI resources and 16 KiB per wasi:http fields map (past
 any: memory_exceeded), and have at most 16 outgoing requests in flight.
---memory-budget counts each admitted request's cap plus 256KiB, and the
-instance-pool slots its guest takes. See SECURITY.md for every bound.
+--memory-budget counts each admitted request's cap plus 256KiB and its
+2MiB stack, and the instance-pool slots its guest takes. See SECURITY.md for every bound.
 
 Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish, exit 0;
 SIGHUP reloads the config file and modules (on failure the old ones keep serving).
@@ -113,8 +113,9 @@ pub struct ServeCommand {
 
     /// Host-wide memory budget: the sum, over admitted requests, of each
     /// one's memory cap (--max-memory, which covers the host memory the
-    /// request causes) plus 256KiB the host holds for it outside its account
-    /// never exceeds it; a request that does not fit waits in a FIFO queue.
+    /// request causes) plus what the host holds for it outside its account
+    /// (256KiB, and the 2MiB stack it runs on) never exceeds it; a request
+    /// that does not fit waits in a FIFO queue.
     /// Default: half of this machine's memory.
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<ByteSize>,
