@@ -15,9 +15,16 @@ Traffic (loopback only, bounded in count and time, stops by itself):
     never sent), an instance-state bomb (a component instantiating a module
     of 15,000 globals 62 times: ~15 MB, inside the pool's 16 MiB per
     component, against a 4 MiB cap), sleep (deadline);
+  - WASI 0.3 abusers (the p3 guest, one route per path), one loop each: streams and
+    futures created and kept without end (/hoard), subtasks that spin,
+    a proxy of an upstream that sends a head and one chunk and goes
+    silent, an upload to an upstream that answers at once and never
+    reads the body; the two upstreams are this script's, on loopback;
+    and one well-behaved WASI 0.3 request (`/stream?n=1`) every 100 ms;
   - hostile clients: 20 slowloris heads, 10 bodies that announce 1 MB and
     send 3 bytes, 2 clients that request an endless response and never
-    read; each reconnects when the server drops it.
+    read (one of the CGI demo, one of a WASI 0.3 blob); each reconnects
+    when the server drops it.
 
 Writes benches/soak.json and benches/soak.svg and prints a summary in the
 markdown of benches/RESULTS.md. Exit status 1 if a well-behaved request
@@ -39,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "target" / "guests"
 HTTP_GUEST = GUESTS / "wasm32-wasip2/release/wasm_run_http_guest.wasm"
 DEMO = GUESTS / "wasm32-wasip1/release/demo.wasm"
+P3_GUEST = GUESTS / "wasm32-wasip2/release/wasm_run_p3_http_guest.wasm"
 MIB = 1 << 20
 MAX_DURATION = 3 * 3600
 
@@ -63,7 +71,41 @@ def state_bomb():
     return wat.name
 
 
-def start_server(binary, duration):
+async def silent_upstream(conn_reader, conn_writer):
+    """Reads a request head, sends a response head and one chunk, then
+    stays silent until the server closes the connection."""
+    try:
+        await conn_reader.read(4096)
+        conn_writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                          b"6\r\nfirst\n\r\n")
+        await conn_writer.drain()
+        while await conn_reader.read(65536):
+            pass
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        conn_writer.close()
+
+
+async def deaf_upstream(conn_reader, conn_writer):
+    """Answers at once, then never reads again (past what asyncio buffers);
+    holds the connection until the server closes it, seen as a failed write
+    of a probe byte every second."""
+    try:
+        await conn_reader.read(1024)
+        conn_writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await conn_writer.drain()
+        while not conn_writer.is_closing():
+            await asyncio.sleep(1)
+            conn_writer.write(b" ")
+            await conn_writer.drain()
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        conn_writer.close()
+
+
+def start_server(binary, duration, upstreams):
     bomb = state_bomb()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(f"""
@@ -93,6 +135,16 @@ module = "{DEMO}"
 path = "/statebomb"
 module = "{bomb}"
 limits = {{ max-memory = "4MiB" }}
+
+""")
+    # The WASI 0.3 guest routes on the whole path, so each of its paths
+    # the soak uses is a route of its own (`/stream?n=1` is its hello).
+    for path in ("/hoard", "/subtasks", "/proxy", "/upload", "/blob", "/stream"):
+        config.write(f"""
+[[route]]
+path = "{path}"
+module = "{P3_GUEST}"
+allowed-outbound-hosts = {json.dumps(upstreams)}
 """)
     config.close()
     proc = subprocess.Popen(
@@ -151,12 +203,13 @@ class Stats:
         self.samples = []        # (t, rss, fds, threads)
 
 
-async def well_behaved(addr, stats, stop):
-    paths = ["/hello", "/cgi/hello"]
+async def well_behaved(addr, stats, stop, paths=("/hello", "/cgi/hello"), every=0.02):
+    """GETs `paths` in turn, one every `every` seconds, each on a fresh
+    connection, recording latency and status."""
     i = 0
     tasks = set()
     while not stop.is_set():
-        path = paths[i % 2]
+        path = paths[i % len(paths)]
         i += 1
 
         async def one(path=path):
@@ -167,7 +220,7 @@ async def well_behaved(addr, stats, stop):
         task = asyncio.create_task(one())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
     await asyncio.gather(*tasks)
 
 
@@ -205,7 +258,7 @@ async def dribbler(addr, stats, stop):
             await asyncio.sleep(0.1)
 
 
-async def nonreader(addr, stats, stop):
+async def nonreader(addr, stats, stop, path="/cgi/flood"):
     """Requests an endless response and never reads it. The server drops
     such a connection (deadline, write timeout) but cannot deliver its FIN
     through a full window, so the client cannot see that: it gives up after
@@ -217,7 +270,7 @@ async def nonreader(addr, stats, stop):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, addr)
-            await asyncio.get_running_loop().sock_sendall(sock, get("/cgi/flood"))
+            await asyncio.get_running_loop().sock_sendall(sock, get(path))
             for _ in range(20):
                 if stop.is_set():
                     break
@@ -238,17 +291,23 @@ async def sampler(pid, stats, stop, start):
         await asyncio.sleep(1)
 
 
-async def soak(addr, pid, duration, stats):
+async def soak(addr, pid, duration, stats, upstreams):
     stop = asyncio.Event()
     start = time.monotonic()
     tasks = [asyncio.create_task(well_behaved(addr, stats, stop)),
              asyncio.create_task(sampler(pid, stats, stop, start))]
+    silent, deaf = upstreams
     for path in ["/spin", "/bomb", "/fields?kib=15", "/sleep?s=10", "/cgi/bomb",
-                 "/cgi/spin", "/keep-bodies?n=1000&kib=2048", "/statebomb"]:
+                 "/cgi/spin", "/keep-bodies?n=1000&kib=2048", "/statebomb",
+                 "/hoard", "/subtasks?what=spin",
+                 f"/proxy?url=http://{silent}/", f"/upload?url=http://{deaf}/"]:
         tasks.append(asyncio.create_task(abuser(addr, path, stats, stop)))
+    # The WASI 0.3 guest's well-behaved request, counted with the hellos.
+    tasks.append(asyncio.create_task(well_behaved(addr, stats, stop, ("/stream?n=1",), 0.1)))
     tasks += [asyncio.create_task(slowloris(addr, stats, stop)) for _ in range(20)]
     tasks += [asyncio.create_task(dribbler(addr, stats, stop)) for _ in range(10)]
-    tasks += [asyncio.create_task(nonreader(addr, stats, stop)) for _ in range(2)]
+    tasks.append(asyncio.create_task(nonreader(addr, stats, stop)))
+    tasks.append(asyncio.create_task(nonreader(addr, stats, stop, "/blob?kib=65536")))
     await asyncio.sleep(duration)
     stop.set()
     await asyncio.wait(tasks, timeout=40)
@@ -303,16 +362,33 @@ def main():
     args = ap.parse_args()
     if not 10 <= args.duration <= MAX_DURATION:
         sys.exit(f"soak: --duration must be between 10 and {MAX_DURATION} seconds")
-    for f in (HTTP_GUEST, DEMO, Path(args.binary)):
+    for f in (HTTP_GUEST, DEMO, P3_GUEST, Path(args.binary)):
         if not f.exists():
             sys.exit(f"soak: {f} is missing; run `cargo test --workspace --no-run` first")
-    proc, addr = start_server(args.binary, args.duration)
     stats = Stats()
+    proc = None
+
+    async def run():
+        nonlocal proc
+        upstreams = []
+        servers = []
+        for handler in (silent_upstream, deaf_upstream):
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            servers.append(server)
+            upstreams.append("127.0.0.1:%d" % server.sockets[0].getsockname()[1])
+        proc, addr = start_server(args.binary, args.duration, upstreams)
+        try:
+            await soak(addr, proc.pid, args.duration, stats, upstreams)
+        finally:
+            for server in servers:
+                server.close()
+
     try:
-        asyncio.run(soak(addr, proc.pid, args.duration, stats))
+        asyncio.run(run())
     finally:
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
     hello = stats.hello
     failed = [h for h in hello if h[2] != 200]
     lat = sorted(h[1] for h in hello)
