@@ -36,6 +36,8 @@ pub(crate) struct OutboundHooks {
     log: Arc<LogBudget>,
     /// The invocation's deadline: no connection it opened lives past it.
     deadline: Option<Instant>,
+    /// The invocation's CPU budget, which its connections' tasks draw on.
+    cpu: Option<Arc<crate::scheduler::CpuBudget>>,
 }
 
 impl OutboundHooks {
@@ -46,13 +48,22 @@ impl OutboundHooks {
             slots,
             log: Arc::new(LogBudget::new(MAX_REFUSED_LOG_LINES)),
             deadline: None,
+            cpu: None,
         }
     }
 
-    /// Sets the invocation's deadline, which every connection it opens
-    /// keeps after its store is gone.
-    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+    /// Sets the invocation's deadline and CPU budget, which every
+    /// connection it opens keeps after its store is gone: the connection
+    /// ends at the deadline, and the CPU its task spends (TLS, HTTP
+    /// parsing) counts against the budget, ending it once the budget is
+    /// passed.
+    pub(crate) fn set_limits(
+        &mut self,
+        deadline: Option<Instant>,
+        cpu: Option<Arc<crate::scheduler::CpuBudget>>,
+    ) {
         self.deadline = deadline;
+        self.cpu = cpu;
     }
 }
 
@@ -200,6 +211,7 @@ impl WasiHttpHooks for OutboundHooks {
         let log = Arc::clone(&self.log);
         let slot = Arc::clone(&self.slots).try_acquire_owned();
         let deadline = self.deadline;
+        let cpu = self.cpu.clone();
         let account = crate::accounting::Account::current();
         let send = async move {
             let Ok(slot) = slot else {
@@ -226,6 +238,16 @@ impl WasiHttpHooks for OutboundHooks {
             };
             let (response, io) = send(vetted, request, options).await?;
             let io = until_deadline(Box::into_pin(io), deadline);
+            let io: IoFuture = match cpu {
+                Some(cpu) => Box::new(crate::scheduler::Charged::new(io, cpu, || {
+                    Err(HttpError::InternalError(Some(
+                        "the invocation passed its CPU-time limit; its connection was closed"
+                            .into(),
+                    )))
+                })),
+                None => Box::new(io),
+            };
+            let io = Box::into_pin(io);
             let io: IoFuture = match crate::accounting::Account::current() {
                 Some(account) => Box::new(account.scope(async move {
                     let _slot = slot;
@@ -238,6 +260,17 @@ impl WasiHttpHooks for OutboundHooks {
             };
             Ok((response, io))
         };
+        let send: SendFuture = match self.cpu.clone() {
+            // Connecting (TLS included) runs on a task of its own in
+            // WASI 0.2, outside the guest's polls: charged too.
+            Some(cpu) => Box::new(crate::scheduler::Charged::new(send, cpu, || {
+                Err(HttpError::InternalError(Some(
+                    "the invocation passed its CPU-time limit".into(),
+                )))
+            })),
+            None => Box::new(send),
+        };
+        let send = Box::into_pin(send);
         match account {
             Some(account) => Box::new(account.scope(send)),
             None => Box::new(send),

@@ -293,6 +293,7 @@ impl CpuBudget {
 
     /// A poll of the guest's call begins on this thread.
     pub(crate) fn begin(&self) {
+        IN_METERED_POLL.set(true);
         let now = thread_cpu_time().as_nanos() as u64;
         self.poll_start_ns
             .store(now, std::sync::atomic::Ordering::Relaxed);
@@ -301,6 +302,7 @@ impl CpuBudget {
     /// The poll that began on this thread ended.
     pub(crate) fn end(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        IN_METERED_POLL.set(false);
         let start = self.poll_start_ns.swap(u64::MAX, Relaxed);
         if start != u64::MAX {
             let now = thread_cpu_time().as_nanos() as u64;
@@ -335,6 +337,16 @@ impl CpuBudget {
         false
     }
 
+    /// Adds `spent`, CPU the invocation caused outside its own polls (see
+    /// [`Charged`]), and checks the limit.
+    fn charge(&self, spent: Duration) {
+        self.used_ns.fetch_add(
+            spent.as_nanos().min(u128::from(u64::MAX)) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.check();
+    }
+
     /// Whether the limit was passed.
     pub(crate) fn exceeded(&self) -> bool {
         self.exceeded.load(std::sync::atomic::Ordering::Relaxed)
@@ -343,6 +355,54 @@ impl CpuBudget {
     /// The limit.
     pub(crate) fn limit(&self) -> Duration {
         self.limit
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside a poll that [`CpuBudget::begin`]
+    /// meters, so that work polled inside it is not counted twice.
+    static IN_METERED_POLL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A future whose polls are charged to an invocation's CPU budget: work the
+/// invocation started that runs outside its own polls, such as its outgoing
+/// connections' tasks (TLS, HTTP parsing). Once the budget is passed it
+/// ends with `exceeded()` instead of being polled again.
+pub(crate) struct Charged<F, E> {
+    inner: Pin<Box<F>>,
+    cpu: std::sync::Arc<CpuBudget>,
+    exceeded: E,
+}
+
+impl<F, E> Charged<F, E> {
+    pub(crate) fn new(inner: F, cpu: std::sync::Arc<CpuBudget>, exceeded: E) -> Self {
+        Charged {
+            inner: Box::pin(inner),
+            cpu,
+            exceeded,
+        }
+    }
+}
+
+impl<F, E> Future for Charged<F, E>
+where
+    F: Future,
+    E: Fn() -> F::Output + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.cpu.exceeded() {
+            return Poll::Ready((self.exceeded)());
+        }
+        if IN_METERED_POLL.get() {
+            // Inside the invocation's own poll, which is metered already.
+            return self.inner.as_mut().poll(cx);
+        }
+        let started = thread_cpu_time();
+        let polled = self.inner.as_mut().poll(cx);
+        self.cpu.charge(thread_cpu_time().saturating_sub(started));
+        polled
     }
 }
 

@@ -413,7 +413,6 @@ pub(crate) fn new_store(
     // A deadline too far away to represent is no deadline.
     let deadline = limits.timeout.and_then(|t| started.checked_add(t));
     let mut state = state;
-    state.outbound.set_deadline(deadline);
     state.budget = BudgetInfo {
         fuel_limited: engine.config().fuel && limits.fuel.is_some(),
         deadline,
@@ -421,6 +420,7 @@ pub(crate) fn new_store(
     state.cpu = limits
         .max_cpu
         .map(|limit| std::sync::Arc::new(crate::scheduler::CpuBudget::new(limit)));
+    state.outbound.set_limits(deadline, state.cpu.clone());
     let mut store = Store::new(wasmtime, state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {

@@ -469,6 +469,59 @@ async fn an_upload_an_upstream_stops_reading_does_not_outlive_its_requests_deadl
     stalling.abort();
 }
 
+/// The CPU an outgoing connection's task spends (HTTP parsing, TLS) counts
+/// against its request's `--max-cpu`, even after the guest has returned:
+/// a proxy of an upstream that streams without end, on a 20 s deadline and
+/// 100 ms of CPU, ends well before the deadline, when the connection's
+/// parsing has used the request's CPU (without the charge it streamed
+/// until the deadline).
+#[tokio::test]
+async fn a_proxied_connection_spends_its_requests_cpu() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let endless = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                // Small chunks: parsing them is the connection task's work.
+                let chunk = [b"40\r\n".as_slice(), &[b'x'; 64], b"\r\n"].concat();
+                let many = chunk.repeat(1024);
+                while conn.write_all(&many).await.is_ok() {}
+            });
+        }
+    });
+    let allow = format!("127.0.0.1:{}", upstream.port());
+    let server = ServeGuard::serving(
+        &p3_http_guest(),
+        &[
+            "--timeout",
+            "20s",
+            "--max-cpu",
+            "100ms",
+            "--allow-outbound",
+            &allow,
+        ],
+    );
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    let started = std::time::Instant::now();
+    let mut client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request =
+        format!("GET /proxy?url=http://{allow}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    let drained = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
+    tokio::time::timeout(Duration::from_secs(15), drained)
+        .await
+        .expect("the proxied body ended well before its 20 s deadline");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    endless.abort();
+}
+
 /// Serves the WASI 0.3 guest with a 2 s deadline and `max_memory`,
 /// allowed to reach `upstream`; once it answers, counts its sockets and
 /// starts `clients` GETs of `route?url=http://UPSTREAM/`.
