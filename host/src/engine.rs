@@ -84,10 +84,11 @@ pub struct EngineConfig {
     pub demote_after: Duration,
     /// Threads of the low-priority (nice 10) pool that long-running
     /// invocations finish on, created on first use. Default: the number of
-    /// CPUs, so demoted work still uses every idle core. Fewer keep cores
-    /// that long-running invocations never take: fresh ones find an idle
-    /// core instead of preempting demoted work, and demoted work gets only
-    /// those threads (`wasm-run serve --background-threads`).
+    /// CPUs, so demoted work still uses every idle core (all but one while
+    /// short invocations are about: see [`crate::scheduler`]). Fewer keep
+    /// cores that long-running invocations never take, always: fresh ones
+    /// find an idle core instead of preempting demoted work, and demoted
+    /// work gets only those threads (`wasm-run serve --background-threads`).
     pub background_threads: usize,
     /// Wasm proposals turned on beyond the set wasm-run's guests need (see
     /// [`Proposal`]); every proposal is engine code a guest can reach, so

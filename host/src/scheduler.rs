@@ -25,7 +25,12 @@
 //!   them).
 //!
 //! The background pool has one thread per CPU, so demoted work still uses
-//! every idle core; it only loses to normal-priority work.
+//! every idle core; it only loses to normal-priority work. While short
+//! invocations are about (one finished within its first slice in the last
+//! [`SHORT_WORK_WINDOW`]), the pool's threads keep off one core (their CPU
+//! affinity, changed on the two transitions only), so a fresh request finds
+//! an idle core instead of preempting a spinning guest; a service whose
+//! invocations are all long keeps every core (the private `Reserve`).
 //!
 //! Why nice 10 and not 19 (or `SCHED_IDLE`): a demoted guest still takes
 //! locks that fresh requests need (the instance pool's, when its store is
@@ -71,6 +76,7 @@ pub(crate) struct Scheduler {
     demote_after: Duration,
     threads: usize,
     pool: OnceLock<tokio::runtime::Runtime>,
+    reserve: std::sync::Arc<Reserve>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -84,19 +90,26 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(demote_after: Duration, threads: usize) -> Self {
+        let threads = threads.max(1);
         Scheduler {
             demote_after,
-            threads: threads.max(1),
+            threads,
             pool: OnceLock::new(),
+            reserve: std::sync::Arc::new(Reserve::new()),
         }
     }
 
     fn pool(&self) -> &tokio::runtime::Runtime {
         self.pool.get_or_init(|| {
+            let (started, stopped) = (self.reserve.clone(), self.reserve.clone());
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(self.threads)
                 .thread_name("wasm-run-bg")
-                .on_thread_start(lower_this_threads_priority)
+                .on_thread_start(move || {
+                    lower_this_threads_priority();
+                    started.thread_started();
+                })
+                .on_thread_stop(move || stopped.thread_stopped())
                 .enable_all()
                 .build()
                 .expect("the background pool's threads start")
@@ -138,13 +151,19 @@ impl Scheduler {
             })
             .await;
             if let Some(out) = first {
+                self.reserve.short_finished(PollClock.now());
                 return (out, metered.meter.used);
             }
         }
         // Demoted: finish on the low-priority pool. If the caller gives up
         // (drops this future), the guest is cancelled there too.
+        let reserve = std::sync::Arc::clone(&self.reserve);
         let task = AbortOnDrop(self.pool().spawn(async move {
-            let out = (&mut metered).await;
+            let background = Background {
+                inner: &mut metered,
+                reserve: &reserve,
+            };
+            let out = background.await;
             (out, metered.meter.used)
         }));
         match task.await {
@@ -152,6 +171,140 @@ impl Scheduler {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => unreachable!("the background task is only aborted with its caller: {e}"),
         }
+    }
+}
+
+/// How long after a short invocation (one that finished within its first
+/// slice) the background threads keep off one core: 1 s.
+pub const SHORT_WORK_WINDOW: Duration = Duration::from_secs(1);
+
+/// Where the background threads may run: on every CPU this process may
+/// use, unless an invocation finished within its first slice in the last
+/// [`SHORT_WORK_WINDOW`] — then on all but one, so that one core is left
+/// to short, latency-sensitive work while there is some. A service whose
+/// requests are all long (every one demoted) keeps every core; beside
+/// short requests, long ones share one core fewer. The kernel still
+/// schedules; this only moves the threads' CPU affinity, on the two
+/// transitions (a system call per background thread), never per request.
+#[derive(Debug)]
+struct Reserve {
+    /// The background threads (added as each starts, removed as it stops).
+    threads: std::sync::Mutex<Vec<rustix::thread::Pid>>,
+    /// Every CPU the process may use, and all but one of them (`None`
+    /// with a single CPU: nothing to keep free).
+    all: rustix::thread::CpuSet,
+    fewer: Option<rustix::thread::CpuSet>,
+    /// When an invocation last finished within its first slice, in
+    /// nanoseconds of the poll clock; `u64::MAX`: never.
+    last_short_ns: std::sync::atomic::AtomicU64,
+    /// Whether the threads are kept off a core now.
+    keeping: std::sync::atomic::AtomicBool,
+}
+
+impl Reserve {
+    fn new() -> Reserve {
+        let all = rustix::thread::sched_getaffinity(None).unwrap_or_else(|_| {
+            let mut one = rustix::thread::CpuSet::new();
+            one.set(0);
+            one
+        });
+        let fewer = (all.count() > 1).then(|| {
+            let mut fewer = all;
+            if let Some(last) = (0..rustix::thread::CpuSet::MAX_CPU)
+                .rev()
+                .find(|&c| all.is_set(c))
+            {
+                fewer.unset(last);
+            }
+            fewer
+        });
+        Reserve {
+            threads: Default::default(),
+            all,
+            fewer,
+            last_short_ns: u64::MAX.into(),
+            keeping: false.into(),
+        }
+    }
+
+    /// A background thread starts (on it): it takes the current affinity.
+    fn thread_started(&self) {
+        let tid = rustix::thread::gettid();
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.push(tid);
+        if self.keeping.load(std::sync::atomic::Ordering::SeqCst)
+            && let Some(fewer) = &self.fewer
+        {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), fewer);
+        }
+    }
+
+    /// A background thread stops (on it).
+    fn thread_stopped(&self) {
+        let tid = rustix::thread::gettid();
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|t| *t != tid);
+    }
+
+    /// An invocation finished within its first slice, at `now` of the poll
+    /// clock: keep a core free from now on, for the window.
+    fn short_finished(&self, now: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ns = now.as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+        self.last_short_ns.store(ns, SeqCst);
+        if !self.keeping.load(SeqCst) {
+            self.update(now);
+        }
+    }
+
+    /// A background thread is about to poll a demoted invocation at `now`:
+    /// give the core back once the window has passed.
+    fn background_poll(&self, now: Duration) {
+        if self.keeping.load(std::sync::atomic::Ordering::SeqCst) && !self.recent(now) {
+            self.update(now);
+        }
+    }
+
+    fn recent(&self, now: Duration) -> bool {
+        let last = self.last_short_ns.load(std::sync::atomic::Ordering::SeqCst);
+        last != u64::MAX
+            && now.as_nanos().saturating_sub(u128::from(last)) < SHORT_WORK_WINDOW.as_nanos()
+    }
+
+    /// Moves the threads to where they should run at `now`, if they are not
+    /// there yet.
+    fn update(&self, now: Duration) {
+        let Some(fewer) = &self.fewer else {
+            return;
+        };
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = self.recent(now);
+        if keep == self.keeping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let set = if keep { fewer } else { &self.all };
+        for tid in threads.iter() {
+            let _ = rustix::thread::sched_setaffinity(Some(*tid), set);
+        }
+        self.keeping
+            .store(keep, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A demoted invocation's future: before each poll, the background threads
+/// get back the core kept for short work once none has been seen for the
+/// window.
+struct Background<'a, F> {
+    inner: F,
+    reserve: &'a Reserve,
+}
+
+impl<F: Future + Unpin> Future for Background<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.reserve.background_poll(PollClock.now());
+        Pin::new(&mut self.inner).poll(cx)
     }
 }
 
@@ -558,6 +711,57 @@ mod tests {
                 used: counted,
             }
             .demote()
+        );
+    }
+
+    /// The background threads run on every CPU until a short invocation
+    /// finishes; for the next second they keep off one CPU (read back from
+    /// the kernel); once the window has passed, the next background poll
+    /// gives it back.
+    #[test]
+    fn background_threads_keep_off_a_core_only_while_short_work_is_about() {
+        let reserve = Arc::new(Reserve::new());
+        let Some(fewer) = reserve.fewer else {
+            return; // one CPU: nothing to keep free
+        };
+        let on = |reserve: &Arc<Reserve>, what: &'static str| {
+            let reserve = reserve.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                reserve.thread_started();
+                tx.send(()).unwrap();
+                let _ = go_rx.recv();
+                let now = rustix::thread::sched_getaffinity(None).unwrap();
+                reserve.thread_stopped();
+                now
+            });
+            rx.recv().unwrap();
+            (thread, go_tx, what)
+        };
+        let count = |(thread, go, _): (
+            std::thread::JoinHandle<rustix::thread::CpuSet>,
+            std::sync::mpsc::Sender<()>,
+            &str,
+        )| {
+            go.send(()).unwrap();
+            thread.join().unwrap().count()
+        };
+        let t0 = Duration::from_secs(100);
+        assert_eq!(count(on(&reserve, "before")), reserve.all.count());
+        let during = on(&reserve, "during");
+        reserve.short_finished(t0);
+        assert_eq!(
+            count(during),
+            fewer.count(),
+            "kept off one CPU beside short work"
+        );
+        let after = on(&reserve, "after");
+        reserve.background_poll(t0 + SHORT_WORK_WINDOW + Duration::from_millis(1));
+        assert_eq!(
+            count(after),
+            reserve.all.count(),
+            "every CPU once the window passed"
         );
     }
 }

@@ -171,10 +171,12 @@ pub struct ServeCommand {
 
     /// Low-priority (nice 10) threads that long-running requests finish on:
     /// a request moves there once it has used 1 ms of CPU, so fresh
-    /// requests win every contest for a core. Fewer threads than CPUs keep
-    /// cores that long requests never take (fresh requests' latency under
-    /// abuse moves less) at the price of the long requests' throughput: on
-    /// 2 CPUs, 1 thread cut it to ~0.6×. Fixed at start. Default: one per CPU.
+    /// requests win every contest for a core. While short requests are
+    /// about (one finished within 1 ms in the last second) these threads
+    /// keep off one core by themselves, so the default needs no tuning;
+    /// fewer threads than CPUs keep cores free always, at the price of the
+    /// long requests' throughput (on 2 CPUs, 1 thread cut it to ~0.6×).
+    /// Fixed at start. Default: one per CPU.
     #[arg(long, value_name = "N")]
     background_threads: Option<usize>,
 
