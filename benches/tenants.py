@@ -7,7 +7,8 @@ without tenants.
 
 The issue's scenario, on loopback: two routes of the CGI demo, `/a` a
 request that sleeps into its 1 s deadline and `/b` the hello page, each with
-a 16 MiB cap; `--memory-budget 74MiB` (four requests of 16 MiB + 256 KiB + a 2 MiB stack) and queues of 16.
+a 16 MiB cap; `--memory-budget 74MiB` (four requests: 16 MiB + 256 KiB
+and a 2 MiB stack each) and queues of 16.
 Three configurations, the same binary:
   - one tenant: both routes in one `[[tenant]]`, i.e. one FIFO queue, as
     a host without tenants;
