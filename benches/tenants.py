@@ -3,7 +3,8 @@
 without tenants.
 
     python3 benches/tenants.py [--wasm-run target/debug/wasm-run]
-        [--victims 100] [--flood 40]
+        [--victims 100] [--flood 40] [--flood-kind slow|fast|bomb]
+        [--only own]
 
 The issue's scenario, on loopback: two routes of the CGI demo, `/a` a
 request that sleeps into its 1 s deadline and `/b` the hello page, each with
@@ -15,7 +16,9 @@ Three configurations, the same binary:
   - a tenant per route (the default);
   - a tenant per route, the flood's held to `max-share = 0.75`.
 For each: --victims sequential GET /b/hello alone, then again while --flood
-connections loop on /a. Prints a JSON line per measurement and a markdown
+connections loop on /a: requests that sleep into their deadline (`slow`,
+the default), hello pages (`fast`) or memory bombs killed at their cap
+(`bomb`). --only runs one configuration (`shared`, `own` or `capped`). Prints a JSON line per measurement and a markdown
 table: victim statuses, p50/p99/max latency.
 """
 
@@ -31,6 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "target/guests/wasm32-wasip1/release/demo.wasm"
+
+
+# What the flooding connections loop on.
+FLOODS = {"slow": "/a/sleep?s=10", "fast": "/a/hello", "bomb": "/a/bomb"}
 
 
 def config(kind):
@@ -102,12 +109,16 @@ def main():
     ap.add_argument("--wasm-run", default=str(ROOT / "target/debug/wasm-run"))
     ap.add_argument("--victims", type=int, default=100)
     ap.add_argument("--flood", type=int, default=40)
+    ap.add_argument("--flood-kind", choices=sorted(FLOODS), default="slow")
+    ap.add_argument("--only", choices=["shared", "own", "capped"])
     args = ap.parse_args()
     rows = []
     configurations = (("one tenant (one FIFO queue)", "shared"),
                       ("a tenant per route", "own"),
                       ("a tenant per route, flood max-share 0.75", "capped"))
     for name, kind in configurations:
+        if args.only and kind != args.only:
+            continue
         proc, addr = start(args.wasm_run, config(kind))
         try:
             alone = summary(victims(addr, args.victims))
@@ -116,7 +127,7 @@ def main():
 
             def flood():
                 while not stop.is_set():
-                    s = get(addr, "/a/sleep?s=10")
+                    s = get(addr, FLOODS[args.flood_kind])
                     flood_statuses[s] = flood_statuses.get(s, 0) + 1
 
             threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.flood)]
