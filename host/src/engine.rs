@@ -277,7 +277,7 @@ impl Engine {
 
     /// What the epoch tickers watch: an invocation holds a [`Running`]
     /// while its store exists.
-    pub(crate) fn activity(&self) -> &Activity {
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
 

@@ -4,8 +4,6 @@
 //! the store's event loop with its response body held to the request's
 //! deadline.
 
-use std::time::Instant;
-
 use http_body_util::BodyExt as _;
 use wasmtime::Store;
 
@@ -47,8 +45,8 @@ pub(crate) struct P3Call {
     pub(crate) body_result: BodyResult,
     pub(crate) response_tx: ResponseSender,
     /// The request's deadline, which its response body keeps after the
-    /// store is gone (see [`UntilDeadline`]).
-    pub(crate) deadline: Option<Instant>,
+    /// store is gone (see [`UntilDeadline`]), rung by the engine's ticker.
+    pub(crate) deadline: Option<crate::ticker::AlarmAt>,
 }
 
 impl P3Call {
@@ -95,20 +93,18 @@ impl P3Call {
 /// and closes its socket. A body that ends in time is untouched.
 struct UntilDeadline {
     inner: Option<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
-    deadline: Option<Instant>,
-    /// Armed on the first poll (inside the runtime that streams the body).
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Rung by the engine's ticker (no Tokio timer needed).
+    deadline: Option<crate::ticker::AlarmAt>,
 }
 
 impl UntilDeadline {
     fn new(
         inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
-        deadline: Option<Instant>,
+        deadline: Option<crate::ticker::AlarmAt>,
     ) -> UntilDeadline {
         UntilDeadline {
             inner: Some(inner),
             deadline,
-            sleep: None,
         }
     }
 }
@@ -125,14 +121,12 @@ impl http_body::Body for UntilDeadline {
         if this.inner.is_none() {
             return std::task::Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline {
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-            if sleep.as_mut().poll(cx).is_ready() {
-                this.inner = None;
-                return std::task::Poll::Ready(Some(Err(HttpErrorCode::ConnectionReadTimeout)));
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && std::pin::Pin::new(deadline).poll(cx).is_ready()
+        {
+            this.inner = None;
+            this.deadline = None;
+            return std::task::Poll::Ready(Some(Err(HttpErrorCode::ConnectionReadTimeout)));
         }
         let inner = this.inner.as_mut().expect("checked above");
         std::pin::Pin::new(inner).poll_frame(cx)

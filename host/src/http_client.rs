@@ -34,8 +34,9 @@ pub(crate) struct OutboundHooks {
     slots: Arc<tokio::sync::Semaphore>,
     /// Log lines this invocation's refused requests may still cause.
     log: Arc<LogBudget>,
-    /// The invocation's deadline: no connection it opened lives past it.
-    deadline: Option<Instant>,
+    /// The invocation's deadline (and the ticker that rings it): no
+    /// connection it opened lives past it.
+    deadline: Option<(Instant, Arc<crate::ticker::Activity>)>,
     /// The invocation's CPU budget, which its connections' tasks draw on.
     cpu: Option<Arc<crate::scheduler::CpuBudget>>,
 }
@@ -59,7 +60,7 @@ impl OutboundHooks {
     /// passed.
     pub(crate) fn set_limits(
         &mut self,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Arc<crate::ticker::Activity>)>,
         cpu: Option<Arc<crate::scheduler::CpuBudget>>,
     ) {
         self.deadline = deadline;
@@ -210,7 +211,10 @@ impl WasiHttpHooks for OutboundHooks {
         let policy = self.policy.clone();
         let log = Arc::clone(&self.log);
         let slot = Arc::clone(&self.slots).try_acquire_owned();
-        let deadline = self.deadline;
+        let deadline = self
+            .deadline
+            .as_ref()
+            .map(|(at, activity)| activity.alarm(*at));
         let cpu = self.cpu.clone();
         let account = crate::accounting::Account::current();
         let send = async move {
@@ -289,19 +293,23 @@ impl WasiHttpHooks for OutboundHooks {
 /// stops reading a body the guest is still sending would hold the
 /// connection for as long as the upstream likes). The deadline ends both.
 async fn until_deadline(
-    io: std::pin::Pin<IoFuture>,
-    deadline: Option<Instant>,
+    mut io: std::pin::Pin<IoFuture>,
+    deadline: Option<crate::ticker::AlarmAt>,
 ) -> Result<(), HttpError> {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), io)
-            .await
-            .unwrap_or_else(|_| {
-                Err(HttpError::InternalError(Some(
-                    "the invocation's deadline passed; its connection was closed".into(),
-                )))
-            }),
-        None => io.await,
-    }
+    let Some(mut deadline) = deadline else {
+        return io.await;
+    };
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(done) = io.as_mut().poll(cx) {
+            return std::task::Poll::Ready(done);
+        }
+        std::pin::Pin::new(&mut deadline).poll(cx).map(|()| {
+            Err(HttpError::InternalError(Some(
+                "the invocation's deadline passed; its connection was closed".into(),
+            )))
+        })
+    })
+    .await
 }
 
 /// Sends `request` to the vetted address (TLS for https, verified against

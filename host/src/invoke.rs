@@ -151,15 +151,16 @@ impl Guest {
         let entry = if self.kind().is_p3() {
             let (request, body_result) =
                 wasmtime_wasi_http::p3::Request::from_http(prepared.state.http().hooks, request);
-            Entry::HttpP3(P3Call {
+            Entry::HttpP3(Box::new(P3Call {
                 request,
                 body_result: Box::pin(body_result),
                 response_tx,
                 deadline: prepared
                     .limits
                     .timeout
-                    .and_then(|t| prepared.started.checked_add(t)),
-            })
+                    .and_then(|t| prepared.started.checked_add(t))
+                    .map(|at| self.engine().activity().alarm(at)),
+            }))
         } else {
             let setup = |e: wasmtime::Error| Error::Setup {
                 name: self.name().to_string(),
@@ -279,7 +280,7 @@ enum Entry {
         outparam: Resource<HostResponseOutparam>,
     },
     /// `wasi:http/handler.handle` (WASI 0.3) with this request.
-    HttpP3(P3Call),
+    HttpP3(Box<P3Call>),
 }
 
 /// The one path every invocation takes: the scheduler meters its CPU; a
@@ -416,7 +417,7 @@ fn host_panic(panic: &(dyn std::any::Any + Send)) -> wasmtime::Error {
 /// while it is blocked in a host call). The engine's ticker rings the
 /// deadline, so it needs no Tokio timers.
 async fn with_deadline<T>(
-    activity: &crate::ticker::Activity,
+    activity: &std::sync::Arc<crate::ticker::Activity>,
     limits: &Limits,
     started: Instant,
     call: impl std::future::Future<Output = T>,

@@ -232,10 +232,14 @@ impl Reserve {
         let tid = rustix::thread::gettid();
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         threads.push(tid);
-        if self.keeping.load(std::sync::atomic::Ordering::SeqCst)
-            && let Some(fewer) = &self.fewer
-        {
-            let _ = rustix::thread::sched_setaffinity(Some(tid), fewer);
+        // Whatever it inherited from the thread that started it.
+        if let Some(fewer) = &self.fewer {
+            let set = if self.keeping.load(std::sync::atomic::Ordering::SeqCst) {
+                fewer
+            } else {
+                &self.all
+            };
+            let _ = rustix::thread::sched_setaffinity(Some(tid), set);
         }
     }
 
@@ -278,16 +282,20 @@ impl Reserve {
             return;
         };
         let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = self.recent(now);
-        if keep == self.keeping.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+        // Decided again after each move: a short invocation that finished
+        // meanwhile (seeing the old state, so not calling this) is not lost.
+        loop {
+            let keep = self.recent(now);
+            if keep == self.keeping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let set = if keep { fewer } else { &self.all };
+            for tid in threads.iter() {
+                let _ = rustix::thread::sched_setaffinity(Some(*tid), set);
+            }
+            self.keeping
+                .store(keep, std::sync::atomic::Ordering::SeqCst);
         }
-        let set = if keep { fewer } else { &self.all };
-        for tid in threads.iter() {
-            let _ = rustix::thread::sched_setaffinity(Some(*tid), set);
-        }
-        self.keeping
-            .store(keep, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -493,11 +501,15 @@ impl CpuBudget {
     /// Adds `spent`, CPU the invocation caused outside its own polls (see
     /// [`Charged`]), and checks the limit.
     fn charge(&self, spent: Duration) {
-        self.used_ns.fetch_add(
-            spent.as_nanos().min(u128::from(u64::MAX)) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.check();
+        use std::sync::atomic::Ordering::Relaxed;
+        let spent = spent.as_nanos().min(u128::from(u64::MAX)) as u64;
+        // Only what is counted already, not the guest's poll in flight:
+        // that one is timed with another thread's clock, which this thread
+        // cannot read (`used` is right only on the polling thread).
+        let total = self.used_ns.fetch_add(spent, Relaxed).saturating_add(spent);
+        if Duration::from_nanos(total) > self.limit {
+            self.exceeded.store(true, Relaxed);
+        }
     }
 
     /// Whether the limit was passed.

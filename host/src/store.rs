@@ -397,8 +397,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// shared with other requests for more than a tick, and the
 /// [`crate::scheduler`] gets to look at the CPU it has used between polls.
 ///
-/// Time spent blocked in host calls is covered by the caller's
-/// `tokio::time::timeout` around the whole call.
+/// Time spent blocked in host calls is covered by the caller's deadline
+/// around the whole call (rung by the engine's ticker).
 /// Fuel a running guest burns between two write-backs of its count (see
 /// [`new_store`]); at the usual ~1 unit per instruction, well under 1 ms.
 const FUEL_SLICE: u64 = 1_000_000;
@@ -420,7 +420,10 @@ pub(crate) fn new_store(
     state.cpu = limits
         .max_cpu
         .map(|limit| std::sync::Arc::new(crate::scheduler::CpuBudget::new(limit)));
-    state.outbound.set_limits(deadline, state.cpu.clone());
+    state.outbound.set_limits(
+        deadline.map(|at| (at, std::sync::Arc::clone(engine.activity()))),
+        state.cpu.clone(),
+    );
     let mut store = Store::new(wasmtime, state);
     store.limiter(|s| &mut s.limiter);
     if engine.config().fuel {

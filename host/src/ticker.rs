@@ -88,9 +88,12 @@ pub(crate) struct Activity {
     work: Condvar,
     /// Ticks given so far, by every ticker of the engine.
     ticks: AtomicU64,
-    /// The deadlines of running invocations, rung at the first tick past
-    /// them: one entry per invocation waiting on [`Activity::alarm`].
+    /// The deadlines waited on, rung at the first tick past them: one
+    /// entry per invocation (or response body, or connection) waiting on
+    /// [`Activity::alarm`].
     alarms: Mutex<Vec<Arc<Alarm>>>,
+    /// `alarms.len()`, read without the lock.
+    pending: AtomicUsize,
 }
 
 /// One deadline and the task to wake at it.
@@ -102,14 +105,14 @@ struct Alarm {
 
 /// Resolves once its deadline has passed (see [`Activity::alarm`]).
 #[derive(Debug)]
-pub(crate) struct AlarmAt<'a> {
-    activity: &'a Activity,
+pub(crate) struct AlarmAt {
+    activity: Arc<Activity>,
     at: Instant,
     /// Set on the first poll that found the deadline ahead.
     alarm: Option<Arc<Alarm>>,
 }
 
-impl Future for AlarmAt<'_> {
+impl Future for AlarmAt {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -128,15 +131,14 @@ impl Future for AlarmAt<'_> {
                     at: self.at,
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
-                let mut alarms = self
-                    .activity
-                    .alarms
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                alarms.push(Arc::clone(&alarm));
-                drop(alarms);
+                self.activity.add_alarm(Arc::clone(&alarm));
                 self.alarm = Some(alarm);
             }
+        }
+        // The ticker may have rung between the check above and the waker
+        // stored: look again, so that no ring is lost.
+        if Instant::now() >= self.at {
+            return Poll::Ready(());
         }
         Poll::Pending
     }
@@ -158,20 +160,34 @@ impl Activity {
     }
 
     /// A future that resolves at the first tick past `at` (at once if `at`
-    /// has passed). Only an invocation that holds [`Activity::enter`]'s
-    /// guard may wait on it: a parked ticker rings nothing.
-    pub(crate) fn alarm(&self, at: Instant) -> AlarmAt<'_> {
+    /// has passed). The tickers keep ticking while it waits, even after
+    /// every invocation ended (a response body that outlives its store
+    /// keeps its request's deadline this way).
+    pub(crate) fn alarm(self: &Arc<Self>, at: Instant) -> AlarmAt {
         AlarmAt {
-            activity: self,
+            activity: Arc::clone(self),
             at,
             alarm: None,
         }
     }
 
-    /// Wakes the invocations whose deadline has passed, and forgets the
-    /// alarms nobody waits on any more.
+    /// Adds an alarm to ring, and wakes a parked ticker to ring it.
+    fn add_alarm(&self, alarm: Arc<Alarm>) {
+        let mut alarms = self.alarms.lock().unwrap_or_else(|e| e.into_inner());
+        alarms.push(alarm);
+        self.pending.store(alarms.len(), Ordering::SeqCst);
+        drop(alarms);
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            let _locked = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.work.notify_all();
+        }
+    }
+
+    /// Wakes the tasks whose deadline has passed, and forgets the alarms
+    /// nobody waits on any more.
     fn ring(&self) {
         let now = Instant::now();
+        let mut due = Vec::new();
         let mut alarms = self.alarms.lock().unwrap_or_else(|e| e.into_inner());
         alarms.retain(|alarm| {
             if Arc::strong_count(alarm) == 1 {
@@ -180,17 +196,22 @@ impl Activity {
             if alarm.at > now {
                 return true;
             }
+            due.push(Arc::clone(alarm));
+            false
+        });
+        self.pending.store(alarms.len(), Ordering::SeqCst);
+        drop(alarms);
+        for alarm in due {
             let waker = alarm.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(waker) = waker {
                 waker.wake();
             }
-            false
-        });
+        }
     }
 
-    /// Whether an invocation runs.
+    /// Whether an invocation runs, or an alarm waits to be rung.
     fn busy(&self) -> bool {
-        self.running.load(Ordering::SeqCst) > 0
+        self.running.load(Ordering::SeqCst) > 0 || self.pending.load(Ordering::SeqCst) > 0
     }
 
     /// Parks the calling ticker until an invocation runs or `at_most`
@@ -280,7 +301,8 @@ mod tests {
         wait_until(activity, "woken", |a| a.ticks() >= settled + 3);
     }
 
-    /// An alarm is rung by the ticker (no Tokio timer): a future waiting on
+    /// An alarm is rung by the ticker (no Tokio timer), even one waited on
+    /// while no invocation runs (the ticker had parked): a future waiting on
     /// it on a runtime without timers resolves once its deadline passed,
     /// and an alarm dropped before its deadline leaves no entry behind.
     #[test]
@@ -289,16 +311,17 @@ mod tests {
         let shared = Arc::new(Activity::default());
         spawn_epoch_ticker(&engine, Duration::from_millis(1), shared.clone()).expect("ticker");
         let activity = &*shared;
-        let _running = activity.enter();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime without timers");
+        // Nothing runs: the ticker parks, and an alarm wakes it.
+        wait_until(activity, "the idle ticker parks", |a| a.parked() == 1);
         let at = Instant::now() + Duration::from_millis(50);
-        runtime.block_on(activity.alarm(at));
+        runtime.block_on(shared.alarm(at));
         assert!(Instant::now() >= at);
         let dropped = Instant::now() + Duration::from_secs(3600);
         runtime.block_on(async {
-            let mut alarm = std::pin::pin!(activity.alarm(dropped));
+            let mut alarm = std::pin::pin!(shared.alarm(dropped));
             std::future::poll_fn(|cx| {
                 assert!(alarm.as_mut().poll(cx).is_pending());
                 Poll::Ready(())

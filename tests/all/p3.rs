@@ -95,6 +95,39 @@ async fn limits_cover_every_subtask_of_the_store() {
     }
 }
 
+/// A WASI 0.3 request with a deadline, served through the library on a
+/// runtime without Tokio timers: the response body keeps its request's
+/// deadline through the engine's ticker, so nothing panics for want of a
+/// timer, and the body arrives whole.
+#[test]
+fn a_p3_request_with_a_deadline_needs_no_tokio_timers() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let guest = Guest::from_file(engine(), p3_http_guest()).unwrap();
+    let request = http::Request::get("/stream?n=3")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let invocation = Invocation {
+        limits: Limits {
+            timeout: Some(Duration::from_secs(5)),
+            max_memory: 32 * MIB,
+            ..Limits::default()
+        },
+        ..Invocation::default()
+    };
+    runtime.block_on(async {
+        let call = guest.handle_http(request, invocation).unwrap();
+        let run = tokio::spawn(call.run);
+        let response = call.response.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "line 0\nline 1\nline 2\n");
+        assert_eq!(run.await.unwrap().unwrap().kind, OutcomeKind::Exited(0));
+    });
+}
+
 #[tokio::test]
 async fn the_library_serves_a_p3_request() {
     let guest = Guest::from_file(engine(), p3_http_guest()).unwrap();
