@@ -8,7 +8,9 @@
 //! a guest blocked in a host call gives no epoch check, so something must
 //! wake its invocation when its time is up. The tickers do it at their
 //! next tick, which needs nothing of the runtime the invocation is polled
-//! on (no Tokio timers).
+//! on (no Tokio timers). They keep ticking while any alarm waits, also
+//! after every invocation ended (a WASI 0.3 response body or an outgoing
+//! connection keeps its request's deadline after the store is gone).
 
 use std::future::Future;
 use std::pin::Pin;
