@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod confine;
 
 /// Host memory is charged to the invocation that causes it, so that
 /// `--max-memory` covers it (see `wasm_run::accounting`).

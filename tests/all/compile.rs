@@ -180,12 +180,12 @@ fn elf_section(elf: &[u8], name: &str) -> std::ops::Range<usize> {
 }
 
 /// An artifact of `wasm-run compile` whose machine code was replaced, as an
-/// attacker would: every byte of `.text` a NOP, ending in
-/// `mov edi, 42; mov eax, 231 (exit_group); syscall`. Whatever wasm
-/// function the host calls, the process exits with status 42.
+/// attacker would: every byte of `.text` a NOP, ending in `payload`.
+/// Whatever wasm function the host calls runs `payload` inside the host
+/// process. Saved as `name` in the test's artifacts directory.
 #[cfg(target_arch = "x86_64")]
-fn patched_artifact() -> PathBuf {
-    let out = artifact("patched-source.cwasm");
+pub(crate) fn patched_artifact_with(name: &str, payload: &[u8]) -> PathBuf {
+    let out = artifact(&format!("{name}.source"));
     compile(&guest("hello", Target::P1), &out);
     let mut bytes = std::fs::read(&out).unwrap();
     let elf_at = bytes
@@ -194,14 +194,21 @@ fn patched_artifact() -> PathBuf {
         .expect("the artifact holds an ELF image");
     let text = elf_section(&bytes[elf_at..], ".text");
     let text = elf_at + text.start..elf_at + text.end;
-    let exit_42: &[u8] = &[0xbf, 42, 0, 0, 0, 0xb8, 231, 0, 0, 0, 0x0f, 0x05];
     let code = &mut bytes[text];
     code.fill(0x90);
-    let tail = code.len() - exit_42.len();
-    code[tail..].copy_from_slice(exit_42);
-    let evil = artifact("evil.cwasm");
+    let tail = code.len() - payload.len();
+    code[tail..].copy_from_slice(payload);
+    let evil = artifact(name);
     std::fs::write(&evil, bytes).unwrap();
     evil
+}
+
+/// [`patched_artifact_with`] `mov edi, 42; mov eax, 231 (exit_group);
+/// syscall`: the process exits with status 42.
+#[cfg(target_arch = "x86_64")]
+fn patched_artifact() -> PathBuf {
+    let exit_42: &[u8] = &[0xbf, 42, 0, 0, 0, 0xb8, 231, 0, 0, 0, 0x0f, 0x05];
+    patched_artifact_with("evil.cwasm", exit_42)
 }
 
 /// The attack of a file that looks like an artifact: `run`, `serve` (MODULE

@@ -8,6 +8,7 @@ mod budget;
 mod cli;
 mod compile;
 mod concurrency;
+mod confine;
 mod cpu;
 mod dns;
 mod fuzz;

@@ -47,6 +47,17 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Creates the compile cache's directory (mode 0700) before the process
+/// confines itself, so that the confinement's rule for it has a directory to
+/// name. The library checks it again before using it.
+pub fn make_cache_dir(dir: &std::path::Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+}
+
 /// Where compiled code is cached between runs.
 pub fn cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("WASM_RUN_CACHE_DIR") {

@@ -18,7 +18,8 @@ use wasm_run::{
     Output, Proposal,
 };
 
-use super::{EXIT_LOAD_FAILED, cache_dir, parse_env};
+use super::{EXIT_LOAD_FAILED, cache_dir, make_cache_dir, parse_env};
+use crate::confine::{self, Mode};
 
 const AFTER_HELP: &str = "\
 Limits:
@@ -154,6 +155,16 @@ pub struct RunCommand {
     #[arg(long)]
     no_cache: bool,
 
+    /// Confine the wasm-run process, a second wall in case code ever escapes
+    /// the wasm sandbox: `on` lets it read only MODULE, read and write only
+    /// the --dir directories, the --report file and the compile cache, and
+    /// make only the system calls the host needs (others fail with ENOSYS:
+    /// no exec, no new processes or namespaces); `audit` confines files and
+    /// lets the kernel log system calls outside the list instead of refusing
+    /// them; `off` for debugging or a kernel without Landlock and seccomp.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Mode::On, env = "WASM_RUN_CONFINE")]
+    confine: Mode,
+
     /// The module or component to run, then the arguments passed to the
     /// guest (after its own name). Options go before MODULE: everything after
     /// it is the guest's, `--help` and `--version` included.
@@ -174,6 +185,13 @@ impl RunCommand {
 
     /// Runs the guest and returns the exit status per the `run` contract.
     pub fn execute(self) -> ExitCode {
+        // Before any thread: the file rules apply to the threads started
+        // after them.
+        let report_file = match self.open_report() {
+            Ok(file) => file,
+            Err(e) => return fail(&format!("{e:#}")),
+        };
+        confine::files(self.confine, &self.files());
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -182,7 +200,7 @@ impl RunCommand {
             Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
         };
         let module = self.module().display().to_string();
-        let report = self.report.clone();
+        let report = self.report.clone().map(|path| (path, report_file));
         let stdout_tail = LineTracker::default();
         let stderr_tail = LineTracker::default();
         let result = runtime.block_on(self.run(&stdout_tail, &stderr_tail));
@@ -192,8 +210,8 @@ impl RunCommand {
         match result {
             Ok(outcome) => {
                 let mut lead = lead;
-                if let Some(path) = &report {
-                    if let Err(e) = write_report(path, &outcome, lead) {
+                if let Some((path, file)) = report {
+                    if let Err(e) = write_report(&path, file, &outcome, lead) {
                         eprintln!("{lead}wasm-run: {e:#}");
                         return ExitCode::from(EXIT_LOAD_FAILED);
                     }
@@ -216,6 +234,42 @@ impl RunCommand {
         }
     }
 
+    /// What the guest's run may touch on the file system once confined.
+    fn files(&self) -> confine::Files {
+        let mut files = confine::Files::default();
+        files.read(self.module());
+        for dir in self.dirs.iter().map(|d| DirMapping::parse(d)) {
+            if dir.read_only {
+                files.read(dir.host);
+            } else {
+                files.write(dir.host);
+            }
+        }
+        if let Some(report) = self.report.as_ref().filter(|p| p.as_os_str() != "-") {
+            files.write(report);
+        }
+        if let Some(dir) = cache_dir().filter(|_| !self.no_cache) {
+            make_cache_dir(&dir);
+            files.write(dir);
+        }
+        files
+    }
+
+    /// Creates the --report file before the process confines itself (it may
+    /// then write that file and no other), or `None` for stderr or none.
+    fn open_report(&self) -> anyhow::Result<Option<std::fs::File>> {
+        match &self.report {
+            Some(path) if path.as_os_str() != "-" => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map(Some)
+                .with_context(|| format!("cannot open the report file {}", path.display())),
+            _ => Ok(None),
+        }
+    }
+
     async fn run(self, stdout: &LineTracker, stderr: &LineTracker) -> anyhow::Result<Outcome> {
         let engine = Engine::new(EngineConfig {
             // One invocation per process: pre-reserving a pool buys nothing,
@@ -228,6 +282,8 @@ impl RunCommand {
             ..EngineConfig::default()
         })?;
         let guest = load(&engine, &self.module(), self.allow_precompiled)?;
+        // Loaded and about to run: from here on, only the calls the host needs.
+        confine::syscalls(self.confine);
         let invocation = Invocation {
             args: self.command[1..].to_vec(),
             program_name: None,
@@ -257,7 +313,12 @@ impl RunCommand {
 /// used (in wasm and host calls, not waiting), and `host_peak_rss_bytes`: the peak
 /// resident memory of the whole wasm-run process (engine, compiled code and
 /// every byte the guest made the host hold), where Linux reports it.
-fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow::Result<()> {
+fn write_report(
+    path: &std::path::Path,
+    file: Option<std::fs::File>,
+    outcome: &Outcome,
+    lead: &str,
+) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
     struct CliReport {
         #[serde(flatten)]
@@ -275,7 +336,13 @@ fn write_report(path: &std::path::Path, outcome: &Outcome, lead: &str) -> anyhow
         let mut err = std::io::stderr().lock();
         writeln!(err, "{lead}{json}").context("writing the report to stderr")?;
     } else {
-        std::fs::write(path, format!("{json}\n"))
+        let mut file = match file {
+            Some(file) => file,
+            None => std::fs::File::create(path)
+                .with_context(|| format!("writing the report to {}", path.display()))?,
+        };
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{json}\n").as_bytes()))
             .with_context(|| format!("writing the report to {}", path.display()))?;
     }
     Ok(())

@@ -16,7 +16,8 @@ use wasm_run::serve::config::{
 use wasm_run::serve::{LoadError, Server};
 use wasm_run::{DirMapping, Engine, EngineConfig, Limits, Proposal};
 
-use super::{EXIT_LOAD_FAILED, LogFormat, cache_dir, parse_env};
+use super::{EXIT_LOAD_FAILED, LogFormat, cache_dir, make_cache_dir, parse_env};
+use crate::confine::{self, Mode};
 
 /// The built-in demo guest (guests/cli/src/bin/demo.rs, built for wasm32-wasip1).
 static DEMO_WASM: &[u8] = include_bytes!(env!("WASM_RUN_DEMO_WASM"));
@@ -230,6 +231,18 @@ pub struct ServeCommand {
     #[arg(long)]
     no_cache: bool,
 
+    /// Confine the server process, a second wall in case code ever escapes
+    /// the wasm sandbox: `on` lets it read only its config file's directory,
+    /// its guests' directories and the routes' `dirs` (written only where a
+    /// route says `:rw`) besides the compile cache, and make only the system
+    /// calls the host needs (others fail with ENOSYS: no exec, no new
+    /// processes or namespaces). A reload can load guests only from the
+    /// directories readable at start. `audit` confines files and lets the
+    /// kernel log system calls outside the list instead of refusing them;
+    /// `off` for debugging or a kernel without Landlock and seccomp.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Mode::On, env = "WASM_RUN_CONFINE")]
+    confine: Mode,
+
     /// Module or component to serve at `/`.
     #[arg(value_name = "MODULE")]
     module: Option<PathBuf>,
@@ -246,6 +259,9 @@ impl ServeCommand {
             }
         };
         raise_open_files_limit();
+        // Before any thread: the file rules apply to the threads started
+        // after them.
+        confine::files(self.confine, &self.files(&config));
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -291,6 +307,8 @@ impl ServeCommand {
             ),
             None => None,
         };
+        // Bound and loaded: from here on, only the calls the host needs.
+        confine::syscalls(self.confine);
         println!("Serving HTTP on http://{}/", listener.local_addr()?);
         if let Some(admin) = &admin {
             println!("Admin endpoints on http://{}/", admin.local_addr()?);
@@ -351,6 +369,33 @@ impl ServeCommand {
         }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = stop.send(true);
+    }
+
+    /// What the server may touch on the file system once confined: the
+    /// directories of its config file and guests (a reload re-reads them),
+    /// its routes' directories and the compile cache.
+    fn files(&self, config: &ServeConfig) -> confine::Files {
+        let mut files = confine::Files::default();
+        if let Some(path) = &self.config {
+            files.read_dir_of(path);
+        }
+        for route in &config.routes {
+            if let ModuleSource::File(path) = &route.module {
+                files.read_dir_of(path);
+            }
+            for dir in &route.dirs {
+                if dir.read_only {
+                    files.read(&dir.host);
+                } else {
+                    files.write(&dir.host);
+                }
+            }
+        }
+        if let Some(dir) = cache_dir().filter(|_| !self.no_cache) {
+            make_cache_dir(&dir);
+            files.write(dir);
+        }
+        files
     }
 
     /// Defaults < config file < flags; validated before anything is bound.
