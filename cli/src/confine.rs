@@ -88,12 +88,17 @@ impl Files {
     /// The directory a file is in, readable with all beneath it: a file
     /// replaced by a new one (editors and build tools rename over) is still
     /// readable on reload.
+    /// A symbolic link's target's directory too.
     pub fn read_dir_of(&mut self, file: &Path) -> &mut Self {
-        let dir = match file.parent() {
+        let dir_of = |file: &Path| match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        self.read(dir)
+        self.read(dir_of(file));
+        if let Ok(target) = file.canonicalize() {
+            self.read(dir_of(&target));
+        }
+        self
     }
 
     /// Paths that are readable and writable, with all beneath them.
@@ -126,7 +131,9 @@ pub fn files(mode: Mode, files: &Files) {
         Ok(RulesetStatus::PartiallyEnforced) => {
             tracing::info!("files confined by this kernel's Landlock, without its newest rights")
         }
-        Ok(RulesetStatus::NotEnforced) => tracing::warn!(
+        // Where the kernel lacks it, say so once where the operator looks
+        // (`serve` logs at info), without adding a line to every `run`.
+        Ok(RulesetStatus::NotEnforced) => tracing::info!(
             "this kernel has no Landlock: files are not confined (the system-call filter still applies)"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot confine files (Landlock)"),
