@@ -140,6 +140,61 @@ pub fn files(mode: Mode, files: &Files) {
     }
 }
 
+/// Runs the process as `spec` (`USER[:GROUP]`, names or numbers) from now
+/// on: supplementary groups dropped, then real, effective and saved group
+/// and user ids set. Call it before the process starts any thread (the
+/// kernel changes the calling thread's ids; the threads it starts later
+/// inherit them).
+pub fn become_user(spec: &str) -> anyhow::Result<()> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    anyhow::ensure!(threads == 1, "{threads} threads already run (a bug)");
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let (uid, primary_gid) = lookup(user, "/etc/passwd", 2)?;
+    let gid = match group {
+        Some(group) => lookup(group, "/etc/group", 2)?.0,
+        None => primary_gid.ok_or_else(|| {
+            anyhow::anyhow!("uid {uid} is not in /etc/passwd: give its group too, as {uid}:GID")
+        })?,
+    };
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    set_thread_groups(&[gid]).map_err(|e| anyhow::anyhow!("cannot drop groups: {e}"))?;
+    set_thread_res_gid(gid, gid, gid).map_err(|e| anyhow::anyhow!("cannot set the group: {e}"))?;
+    set_thread_res_uid(uid, uid, uid).map_err(|e| anyhow::anyhow!("cannot set the user: {e}"))?;
+    tracing::info!(uid = uid.as_raw(), gid = gid.as_raw(), "running as --user");
+    Ok(())
+}
+
+/// `name` as a number, or the id in column 2 (and, for /etc/passwd, the
+/// primary group in column 3) of its line in `file`.
+fn lookup(name: &str, file: &str, id_column: usize) -> anyhow::Result<(u32, Option<u32>)> {
+    if let Ok(id) = name.parse::<u32>() {
+        let primary = std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines()
+                .map(|line| line.split(':').collect::<Vec<_>>())
+                .find(|f| f.get(id_column).and_then(|v| v.parse::<u32>().ok()) == Some(id))
+                .and_then(|f| f.get(id_column + 1)?.parse().ok())
+        });
+        return Ok((id, primary));
+    }
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
+    let fields = text
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+        .ok_or_else(|| anyhow::anyhow!("no `{name}` in {file}"))?;
+    let id = fields
+        .get(id_column)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("`{name}` has no numeric id in {file}"))?;
+    Ok((id, fields.get(id_column + 1).and_then(|v| v.parse().ok())))
+}
+
 /// The newest Landlock ABI wasm-run asks for; older kernels give what they
 /// have (best effort).
 const LANDLOCK_ABI: ABI = ABI::V6;
@@ -166,8 +221,9 @@ fn landlock_rules(files: &Files) -> anyhow::Result<RulesetStatus> {
         .scope(Scope::from_all(LANDLOCK_ABI))?
         .create()?;
     for (path, access) in rules {
-        // A path that does not exist (yet) grants nothing.
-        let Ok(meta) = std::fs::metadata(&path) else {
+        // A path that does not exist (yet), or that this user cannot
+        // reach, grants nothing.
+        let (Ok(meta), Ok(fd)) = (std::fs::metadata(&path), PathFd::new(&path)) else {
             continue;
         };
         let access = if meta.is_dir() {
@@ -175,7 +231,6 @@ fn landlock_rules(files: &Files) -> anyhow::Result<RulesetStatus> {
         } else {
             access & AccessFs::from_file(LANDLOCK_ABI)
         };
-        let fd = PathFd::new(&path)?;
         ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
     }
     Ok(ruleset.restrict_self()?.ruleset)

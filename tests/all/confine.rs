@@ -179,3 +179,61 @@ fn the_server_is_confined_once_started() {
         assert_eq!(code, Some(status), "--confine {mode}: {stderr}");
     }
 }
+
+/// The kernel's view of a running server (`/proc/PID/status`).
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_server_runs_under_its_filter_with_no_new_privileges() {
+    let server = ServeGuard::start(&[]);
+    crate::serve::assert_answers(server.addr, "/hello", "Hello from wasm-run!\n").await;
+    assert_eq!(status_field(server.pid(), "NoNewPrivs"), "1");
+    assert_eq!(status_field(server.pid(), "Seccomp"), "2", "filter mode");
+    let off = ServeGuard::start(&["--confine", "off"]);
+    assert_eq!(status_field(off.pid(), "NoNewPrivs"), "1", "in every mode");
+    assert_eq!(status_field(off.pid(), "Seccomp"), "0");
+}
+
+/// Started as root, `--user` drops to that user (and group, without
+/// supplementary groups) once the listeners are bound.
+#[tokio::test]
+async fn a_server_started_as_root_runs_as_the_user_it_is_given() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the test runs as a user who cannot change users");
+        return;
+    }
+    let server = ServeGuard::start(&["--user", "nobody"]);
+    crate::serve::assert_answers(server.addr, "/hello", "Hello from wasm-run!\n").await;
+    for field in ["Uid", "Gid"] {
+        let ids = status_field(server.pid(), field);
+        assert!(
+            ids.split_whitespace().all(|id| id == "65534"),
+            "{field}: {ids}"
+        );
+    }
+    assert_eq!(status_field(server.pid(), "Groups"), "65534");
+
+    let o = wasm_run_command(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--user",
+        "no-such-user-here",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("no `no-such-user-here` in /etc/passwd"),
+        "{stderr}"
+    );
+}

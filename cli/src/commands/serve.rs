@@ -243,6 +243,14 @@ pub struct ServeCommand {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = Mode::On, env = "WASM_RUN_CONFINE")]
     confine: Mode,
 
+    /// Once the listeners are bound, run as this user (a name from
+    /// /etc/passwd or a numeric uid) and its group, or GROUP (a name from
+    /// /etc/group or a numeric gid); supplementary groups are dropped. For a
+    /// server started as root to bind a low port. The compile cache must
+    /// then be one the user owns (WASM_RUN_CACHE_DIR), else it is not used.
+    #[arg(long, value_name = "USER[:GROUP]", env = "WASM_RUN_USER")]
+    user: Option<String>,
+
     /// Module or component to serve at `/`.
     #[arg(value_name = "MODULE")]
     module: Option<PathBuf>,
@@ -259,8 +267,22 @@ impl ServeCommand {
             }
         };
         raise_open_files_limit();
-        // Before any thread: the file rules apply to the threads started
+        let listeners = match Listeners::bind(&config) {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                eprintln!("wasm-run: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Before any thread: a user is the process's only if no other
+        // thread runs, and the file rules apply to the threads started
         // after them.
+        if let Some(user) = &self.user {
+            if let Err(e) = confine::become_user(user) {
+                eprintln!("wasm-run: --user {user}: {e:#}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        }
         confine::files(self.confine, &self.files(&config));
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -272,7 +294,7 @@ impl ServeCommand {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(self.serve(config)) {
+        match runtime.block_on(self.serve(config, listeners)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wasm-run: {e:#}");
@@ -285,7 +307,7 @@ impl ServeCommand {
         }
     }
 
-    async fn serve(self, config: ServeConfig) -> anyhow::Result<()> {
+    async fn serve(self, config: ServeConfig, listeners: Listeners) -> anyhow::Result<()> {
         let defaults = EngineConfig::default();
         let engine = Engine::new(EngineConfig {
             proposals: config.wasm_proposals.clone(),
@@ -296,17 +318,8 @@ impl ServeCommand {
             ..defaults
         })?;
         let server = Server::new(engine, config.clone())?;
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.addr))?;
-        let admin = match config.admin_addr {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (admin)"))?,
-            ),
-            None => None,
-        };
+        let listener = TcpListener::from_std(listeners.main)?;
+        let admin = listeners.admin.map(TcpListener::from_std).transpose()?;
         // Bound and loaded: from here on, only the calls the host needs.
         confine::syscalls(self.confine);
         println!("Serving HTTP on http://{}/", listener.local_addr()?);
@@ -491,6 +504,44 @@ impl ServeCommand {
             wasm_proposals: (!self.proposals.is_empty()).then(|| self.proposals.clone()),
         }
     }
+}
+
+/// The server's listening sockets, bound before the process starts any
+/// thread, drops to `--user` or confines itself.
+struct Listeners {
+    main: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(config: &ServeConfig) -> anyhow::Result<Listeners> {
+        let main =
+            listen(config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
+        let admin = match config.admin_addr {
+            Some(addr) => {
+                Some(listen(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?)
+            }
+            None => None,
+        };
+        Ok(Listeners { main, admin })
+    }
+}
+
+/// A non-blocking listening socket on `addr`, as Tokio's `TcpListener::bind`
+/// makes one: `SO_REUSEADDR`, a backlog of 1,024.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, 1024)?;
+    Ok(std::net::TcpListener::from(socket))
 }
 
 /// Raises the soft limit on open files to the hard limit; the server then
