@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Two `wasm-run serve` replicas behind HAProxy: the scale-out story, tested.
 
-    python3 deploy/replicas_test.py [--wasm-run PATH] [--json OUT]
+    python3 deploy/replicas_test.py [--wasm-run PATH | --image IMAGE] [--json OUT]
+
+With --image, each replica is a container of that image (deploy/image.sh
+builds one) run by Podman on the host's network, bound to 127.0.0.1, with a
+read-only root file system; a restart starts a new container from the image.
 
 HAProxy health-checks each replica's `/readyz` on its admin port and retries
 a request that met a refused connection, an empty response or a 503 on the
@@ -55,21 +59,47 @@ def fail(message):
 
 
 class Replica:
-    def __init__(self, name, exe):
-        self.name, self.exe = name, exe
+    """One `wasm-run serve`: a process of `exe`, or a container of `image`."""
+
+    def __init__(self, name, exe=None, image=None):
+        self.name, self.exe, self.image = name, exe, image
         self.port, self.admin = free_port(), free_port()
         self.proc = None
+        self.container = None
+        self.starts = 0
+        self.ready_after = []
+
+    def command(self):
+        serve = ["serve", "--addr", f"127.0.0.1:{self.port}",
+                 "--admin-addr", f"127.0.0.1:{self.admin}", *REPLICA_FLAGS]
+        if self.image is None:
+            return [self.exe, *serve]
+        self.starts += 1
+        self.container = f"wasm-run-replica-{self.name}-{os.getpid()}-{self.starts}"
+        return ["podman", "run", "--rm", "--network", "host", "--read-only",
+                "--tmpfs", "/tmp", "--name", self.container, "-e", "WASM_RUN_LOG=warn",
+                "-e", f"WASM_RUN_ADMIN_PORT={self.admin}", self.image, *serve]
 
     def start(self):
+        started = time.time()
         self.proc = subprocess.Popen(
-            [self.exe, "serve", "--addr", f"127.0.0.1:{self.port}",
-             "--admin-addr", f"127.0.0.1:{self.admin}", *REPLICA_FLAGS],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "WASM_RUN_LOG": "warn"})
         line = self.proc.stdout.readline()
         if "Serving HTTP on" not in line:
             fail(f"replica {self.name} did not start: {line!r}")
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        deadline = time.time() + 30
+        while self.readyz() != 200:
+            if time.time() > deadline:
+                fail(f"replica {self.name} never became ready")
+            time.sleep(0.01)
+        self.ready_after.append(round(time.time() - started, 3))
+
+    def healthcheck(self):
+        """The image's HEALTHCHECK, run by Podman: 0 when healthy."""
+        return subprocess.run(["podman", "healthcheck", "run", self.container],
+                              capture_output=True, text=True, timeout=30)
 
     def readyz(self):
         try:
@@ -80,7 +110,13 @@ class Replica:
             return None
 
     def terminate(self, within=30):
-        self.proc.send_signal(signal.SIGTERM)
+        if self.container:
+            # The container's process gets the SIGTERM (Podman's `run`
+            # forwards it too, but `kill` does not depend on that).
+            subprocess.run(["podman", "kill", "--signal", "TERM", self.container],
+                           capture_output=True, timeout=30)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(within)
         except subprocess.TimeoutExpired:
@@ -90,6 +126,9 @@ class Replica:
             fail(f"replica {self.name} exited {code} after SIGTERM, not 0")
 
     def kill(self):
+        if self.container:
+            subprocess.run(["podman", "rm", "--force", "--time", "0", self.container],
+                           capture_output=True, timeout=60)
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -241,25 +280,42 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--wasm-run", default=None, help="wasm-run binary (default: target/release, "
                    "else target/debug)")
+    p.add_argument("--image", default=None, help="run each replica as a container of this "
+                   "image (Podman; deploy/image.sh builds one)")
     p.add_argument("--json", help="write the figures here")
     a = p.parse_args()
     exe = a.wasm_run
-    if exe is None:
+    if a.image:
+        if not shutil.which("podman"):
+            fail("podman is not installed (apt-get install podman runc)")
+        os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "deploy/containers.conf"))
+        if subprocess.run(["podman", "image", "exists", a.image]).returncode != 0:
+            fail(f"no image {a.image}; build it with deploy/image.sh")
+        exe = "(image)"
+    elif exe is None:
         for candidate in (ROOT / "target/release/wasm-run", ROOT / "target/debug/wasm-run"):
             if candidate.exists():
                 exe = str(candidate)
                 break
-    if not exe or not Path(exe).exists():
+    if not a.image and (not exe or not Path(exe).exists()):
         fail("no wasm-run binary; build it with `cargo build -p wasm-run-cli`")
     if not shutil.which("haproxy"):
         fail("haproxy is not installed (apt-get install haproxy)")
     figures = {}
     workdir = tempfile.mkdtemp(prefix="wasm-run-replicas-")
-    a_rep, b_rep = Replica("a", exe), Replica("b", exe)
+    a_rep, b_rep = Replica("a", exe, a.image), Replica("b", exe, a.image)
     lb = None
     try:
         a_rep.start()
         b_rep.start()
+        if a.image:
+            check = a_rep.healthcheck()
+            if check.returncode != 0:
+                fail(f"the image's HEALTHCHECK failed: {check.stdout} {check.stderr}")
+            size = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}",
+                                   a.image], capture_output=True, text=True).stdout.strip()
+            figures["image"] = a.image
+            figures["image_size_mib"] = round(int(size) / (1 << 20), 1)
         lb = HAProxy([a_rep, b_rep], workdir)
         lb.wait_status("a", "UP", 10)
         lb.wait_status("b", "UP", 10)
@@ -292,6 +348,7 @@ def main():
             replica.start()
             lb.wait_status(replica.name, "UP", 15)
         figures["rolling_restart_s"] = round(time.time() - started, 3)
+        figures["start_to_ready_s"] = a_rep.ready_after + b_rep.ready_after
         time.sleep(1)
         settle(steady, figures, "rolling_restart", f"{figures['rolling_restart_s']} s")
     finally:
@@ -302,7 +359,9 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=1) + "\n")
-    print("replicas_test: ok", file=sys.stderr)
+    what = f"containers of {a.image}" if a.image else "processes"
+    print(f"replicas_test: ok ({what}; ready after {figures['start_to_ready_s']} s)",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
