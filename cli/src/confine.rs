@@ -361,7 +361,6 @@ fn rules() -> anyhow::Result<BTreeMap<i64, Vec<SeccompRule>>> {
             libc::TIOCGWINSZ,
         ]
         .into_iter()
-        .map(|request| request as u64)
         .chain([PAGEMAP_SCAN])
         .map(|request| {
             let request =

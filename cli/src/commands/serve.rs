@@ -277,11 +277,11 @@ impl ServeCommand {
         // Before any thread: a user is the process's only if no other
         // thread runs, and the file rules apply to the threads started
         // after them.
-        if let Some(user) = &self.user {
-            if let Err(e) = confine::become_user(user) {
-                eprintln!("wasm-run: --user {user}: {e:#}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+        if let Some(user) = &self.user
+            && let Err(e) = confine::become_user(user)
+        {
+            eprintln!("wasm-run: --user {user}: {e:#}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
         confine::files(self.confine, &self.files(&config));
         let runtime = match tokio::runtime::Builder::new_multi_thread()
