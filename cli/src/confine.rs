@@ -222,16 +222,22 @@ fn landlock_rules(files: &Files) -> anyhow::Result<RulesetStatus> {
         .create()?;
     for (path, access) in rules {
         // A path that does not exist (yet), or that this user cannot
-        // reach, grants nothing.
+        // reach, grants nothing; nor does anything but a directory or a
+        // file (a pipe or terminal given as a path is already open).
         let (Ok(meta), Ok(fd)) = (std::fs::metadata(&path), PathFd::new(&path)) else {
             continue;
         };
         let access = if meta.is_dir() {
             access
-        } else {
+        } else if meta.is_file() || path == Path::new("/dev/null") {
             access & AccessFs::from_file(LANDLOCK_ABI)
+        } else {
+            continue;
         };
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
+        // One rule the kernel refuses does not undo the others.
+        if let Err(e) = (&mut ruleset).add_rule(PathBeneath::new(fd, access)) {
+            tracing::debug!(path = %path.display(), error = %e, "no file rule");
+        }
     }
     Ok(ruleset.restrict_self()?.ruleset)
 }
