@@ -7,13 +7,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::log_text::LogText;
 use crate::outbound::{OutboundPolicy, Vetted};
+use crate::trace::{InvocationTrace, OutgoingResult, OutgoingSpan, TraceContext};
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type SendFuture =
@@ -39,6 +40,9 @@ pub(crate) struct OutboundHooks {
     deadline: Option<(Instant, Arc<crate::ticker::Activity>)>,
     /// The invocation's CPU budget, which its connections' tasks draw on.
     cpu: Option<Arc<crate::scheduler::CpuBudget>>,
+    /// The invocation's trace: each request gets a child span's
+    /// `traceparent` and is reported to the observer.
+    trace: Option<crate::trace::InvocationTrace>,
 }
 
 impl OutboundHooks {
@@ -50,7 +54,13 @@ impl OutboundHooks {
             log: Arc::new(LogBudget::new(MAX_REFUSED_LOG_LINES)),
             deadline: None,
             cpu: None,
+            trace: None,
         }
+    }
+
+    /// Sets the invocation's trace (see [`crate::trace`]).
+    pub(crate) fn set_trace(&mut self, trace: Option<crate::trace::InvocationTrace>) {
+        self.trace = trace;
     }
 
     /// Sets the invocation's deadline and CPU budget, which every
@@ -204,10 +214,11 @@ impl WasiHttpHooks for OutboundHooks {
     /// done.
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _io: IoFuture,
     ) -> SendFuture {
+        let traced = self.trace.as_ref().map(|trace| traced(trace, &mut request));
         let policy = self.policy.clone();
         let log = Arc::clone(&self.log);
         let slot = Arc::clone(&self.slots).try_acquire_owned();
@@ -218,6 +229,12 @@ impl WasiHttpHooks for OutboundHooks {
         let cpu = self.cpu.clone();
         let account = crate::accounting::Account::current();
         let send = async move {
+            let mut traced = traced;
+            let mut report = |result| {
+                if let Some(traced) = traced.take() {
+                    traced.report(result);
+                }
+            };
             let Ok(slot) = slot else {
                 log_refused(
                     &log,
@@ -225,6 +242,7 @@ impl WasiHttpHooks for OutboundHooks {
                     "outgoing HTTP request over the invocation's limit",
                     None,
                 );
+                report(OutgoingResult::OverLimit);
                 return Err(HttpError::ConnectionLimitReached);
             };
             let vetted = match policy.vet(request.uri()).await {
@@ -237,10 +255,20 @@ impl WasiHttpHooks for OutboundHooks {
                         "outgoing HTTP request denied",
                         Some(&reason),
                     );
+                    report(OutgoingResult::Denied(reason));
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
-            let (response, io) = send(vetted, request, options).await?;
+            let (response, io) = match send(vetted, request, options).await {
+                Ok(sent) => {
+                    report(OutgoingResult::Response(sent.0.status().as_u16()));
+                    sent
+                }
+                Err(e) => {
+                    report(OutgoingResult::Failed(e.to_string()));
+                    return Err(e);
+                }
+            };
             let io = until_deadline(Box::into_pin(io), deadline);
             let io: IoFuture = match cpu {
                 Some(cpu) => Box::new(crate::scheduler::Charged::new(io, cpu, || {
@@ -278,6 +306,58 @@ impl WasiHttpHooks for OutboundHooks {
         match account {
             Some(account) => Box::new(account.scope(send)),
             None => Box::new(send),
+        }
+    }
+}
+
+/// An outgoing request of a traced invocation, until it completes.
+struct Traced {
+    context: TraceContext,
+    method: String,
+    destination: String,
+    start: SystemTime,
+    observer: Option<crate::trace::OutgoingObserver>,
+}
+
+/// Gives `request` a child span of the invocation's: its `traceparent`
+/// replaces whatever the guest set (and the guest's `tracestate` goes
+/// with it), so a guest can neither join another trace nor pick its parent.
+fn traced(trace: &InvocationTrace, request: &mut http::Request<WasiBody>) -> Traced {
+    let context = trace.context.child();
+    let headers = request.headers_mut();
+    headers.remove(crate::trace::TRACESTATE);
+    headers.remove(crate::trace::TRACEPARENT);
+    if let Ok(value) = http::HeaderValue::from_str(&context.traceparent()) {
+        headers.insert(crate::trace::TRACEPARENT, value);
+    }
+    let uri = request.uri();
+    let destination = match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => {
+            format!("{}://{host}:{port}", uri.scheme_str().unwrap_or("http"))
+        }
+        (Some(host), None) => format!("{}://{host}", uri.scheme_str().unwrap_or("http")),
+        (None, _) => String::new(),
+    };
+    Traced {
+        context,
+        method: request.method().to_string(),
+        destination,
+        start: SystemTime::now(),
+        observer: trace.on_outgoing.clone(),
+    }
+}
+
+impl Traced {
+    fn report(self, result: OutgoingResult) {
+        if let Some(observer) = self.observer {
+            observer(OutgoingSpan {
+                context: self.context,
+                method: self.method,
+                destination: self.destination,
+                start: self.start,
+                end: SystemTime::now(),
+                result,
+            });
         }
     }
 }

@@ -79,6 +79,11 @@ pub struct Invocation {
     /// Where it starts: at normal priority (the default), or on the
     /// low-priority threads from the first poll.
     pub priority: Priority,
+    /// The trace it belongs to: its outgoing requests carry a
+    /// `traceparent` of a child span (replacing the guest's), and each is
+    /// reported to the observer. Default: none (headers pass as the guest
+    /// set them).
+    pub trace: Option<crate::trace::InvocationTrace>,
 }
 
 /// A WASI context builder with argv, environment and preopened directories.

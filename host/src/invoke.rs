@@ -237,18 +237,20 @@ impl Guest {
             limits,
             outbound,
             priority,
+            trace,
         } = invocation;
         let mut builder = wasi_builder(self.name(), program_name.as_deref(), &args, &env, &dirs)?;
         io::set_stdin(&mut builder, stdin);
         let stdout = io::set_output(&mut builder, Stream::Stdout, stdout, limits.max_output);
         let stderr = io::set_output(&mut builder, Stream::Stderr, stderr, limits.max_output);
-        let state = StoreState::new(
+        let mut state = StoreState::new(
             builder.build_p1(),
             outbound,
             limits.max_memory,
             account.clone(),
             !self.engine().config().pooling,
         );
+        state.outbound.set_trace(trace);
         Ok(Prepared {
             started,
             state,

@@ -156,6 +156,7 @@ mod store;
 mod swap;
 mod tenant;
 mod ticker;
+pub mod trace;
 
 pub use accounting::{Account, Accounting};
 

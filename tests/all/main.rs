@@ -17,6 +17,7 @@ mod host_memory;
 mod library;
 mod logs;
 mod open_files;
+mod otlp;
 mod p3;
 mod properties;
 mod sandbox;

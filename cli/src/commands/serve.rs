@@ -231,6 +231,19 @@ pub struct ServeCommand {
     #[arg(long)]
     no_cache: bool,
 
+    /// Export a trace of every request (OpenTelemetry: OTLP over HTTP,
+    /// protobuf) to this endpoint, e.g. `http://127.0.0.1:4318/v1/traces`:
+    /// a span per request with its route, outcome and usage, and a child
+    /// span per outgoing request, which carries the trace on in its
+    /// `traceparent`. An incoming `traceparent` continues the caller's
+    /// trace. Batched and bounded: when the collector is slow or down,
+    /// spans are dropped and counted, requests never wait. `otlp-endpoint`
+    /// in [server]; else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces. The service is named by
+    /// OTEL_SERVICE_NAME (default wasm-run). Default: no traces.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
     /// Confine the server process, a second wall in case code ever escapes
     /// the wasm sandbox: `on` lets it read only its config file's directory,
     /// its guests' directories and the routes' `dirs` (written only where a
@@ -458,11 +471,18 @@ impl ServeCommand {
             routes = demo_routes(&defaults);
         }
         let flags = self.server_flags();
-        let mut config = flags.over(&file.server).resolve(routes).map_err(|e| {
-            // Name where the value came from: the flag wins over the file.
+        let environment = otlp_environment();
+        let layers = flags.over(&file.server).over(&environment);
+        let mut config = layers.resolve(routes).map_err(|e| {
+            // Name where the value came from: the flag wins over the file,
+            // the file over the environment.
             match &self.config {
-                Some(path) if !flags.has(e.key) => {
+                _ if flags.has(e.key) => anyhow::anyhow!("--{e}"),
+                Some(path) if file.server.has(e.key) => {
                     anyhow::anyhow!("{}: [server] {e}", path.display())
+                }
+                _ if environment.has(e.key) => {
+                    anyhow::anyhow!("the environment's OTEL_EXPORTER_OTLP_*: {e}")
                 }
                 _ => anyhow::anyhow!("--{e}"),
             }
@@ -502,7 +522,27 @@ impl ServeCommand {
             background_threads: self.background_threads,
             dns_servers: (!self.dns_servers.is_empty()).then(|| self.dns_servers.clone()),
             wasm_proposals: (!self.proposals.is_empty()).then(|| self.proposals.clone()),
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
+    }
+}
+
+/// The trace endpoint the OpenTelemetry variables name, as the lowest
+/// layer: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is, else
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended.
+fn otlp_environment() -> ServerSection {
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
+    let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+        var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+    });
+    ServerSection {
+        otlp_endpoint,
+        ..ServerSection::default()
     }
 }
 

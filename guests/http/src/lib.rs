@@ -279,6 +279,11 @@ fn stream(response_out: ResponseOutparam, query: &str) -> Outcome {
 /// A GET request for `url` (`[SCHEME://]AUTHORITY[/PATH][?QUERY]`, scheme
 /// `http` by default), or `None` if the host refuses one of its parts.
 fn outgoing_get(url: &str) -> Option<OutgoingRequest> {
+    outgoing_get_with(url, Fields::new())
+}
+
+/// A GET of `url` with `headers`.
+fn outgoing_get_with(url: &str, headers: Fields) -> Option<OutgoingRequest> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest),
         Some(("https", rest)) => (Scheme::Https, rest),
@@ -292,7 +297,7 @@ fn outgoing_get(url: &str) -> Option<OutgoingRequest> {
         pq if pq.starts_with('?') => format!("/{pq}"),
         pq => pq.to_owned(),
     };
-    let request = OutgoingRequest::new(Fields::new());
+    let request = OutgoingRequest::new(headers);
     request.set_method(&Method::Get).ok()?;
     request.set_scheme(Some(&scheme)).ok()?;
     request.set_authority(Some(authority)).ok()?;
@@ -304,7 +309,13 @@ fn outbound(response_out: ResponseOutparam, query: &str) -> Outcome {
     let Some(url) = query_param(query, "url").filter(|url| !url.is_empty()) else {
         return respond(response_out, 400, b"missing ?url=\n");
     };
-    let Some(request) = outgoing_get(&url) else {
+    // `?traceparent=`: a header of the guest's own (which a traced host
+    // replaces).
+    let headers = Fields::new();
+    if let Some(value) = query_param(query, "traceparent") {
+        let _ = headers.append("traceparent", value.as_bytes());
+    }
+    let Some(request) = outgoing_get_with(&url, headers) else {
         return respond(response_out, 400, format!("bad url: {url}\n").as_bytes());
     };
     let result = match outgoing_handler::handle(request, None) {

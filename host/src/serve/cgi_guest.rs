@@ -53,6 +53,7 @@ where
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
         priority: exchange.priority,
+        trace: exchange.record.invocation_trace(),
         ..Invocation::default()
     };
     let guest = route.guest.clone();

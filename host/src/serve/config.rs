@@ -137,6 +137,9 @@ pub struct ServerSection {
     /// `exceptions`, `threads`, `memory64`; see [`crate::Proposal`]).
     /// Default: none.
     pub wasm_proposals: Option<Vec<crate::Proposal>>,
+    /// Where request traces go: an OTLP/HTTP endpoint
+    /// (`http://collector:4318/v1/traces`). Default: no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServerSection {
@@ -167,6 +170,10 @@ impl ServerSection {
                 .wasm_proposals
                 .clone()
                 .or_else(|| lower.wasm_proposals.clone()),
+            otlp_endpoint: self
+                .otlp_endpoint
+                .clone()
+                .or_else(|| lower.otlp_endpoint.clone()),
         }
     }
 
@@ -190,6 +197,7 @@ impl ServerSection {
             "background-threads" => self.background_threads.is_some(),
             "dns-servers" => self.dns_servers.is_some(),
             "wasm-proposals" => self.wasm_proposals.is_some(),
+            "otlp-endpoint" => self.otlp_endpoint.is_some(),
             _ => false,
         }
     }
@@ -220,6 +228,13 @@ impl ServerSection {
                 format!("must be between 1 and {MAX_BACKGROUND_THREADS}"),
             ));
         }
+        let otlp_endpoint = match &self.otlp_endpoint {
+            None => None,
+            Some(url) => Some(
+                crate::serve::otlp::endpoint(url)
+                    .map_err(|problem| invalid("otlp-endpoint", problem))?,
+            ),
+        };
         let duration = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
         let bytes = |b: Option<ByteSize>, default: u64| b.map_or(default, |b| b.0);
         Ok(ServeConfig {
@@ -243,6 +258,7 @@ impl ServerSection {
             background_threads: self.background_threads,
             dns_servers: self.dns_servers.clone().unwrap_or_default(),
             wasm_proposals: self.wasm_proposals.clone().unwrap_or_default(),
+            otlp_endpoint,
             routes,
             tenants: Vec::new(),
         })

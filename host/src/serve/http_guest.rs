@@ -41,6 +41,7 @@ where
         limits: route.spec.limits.clone(),
         outbound: route.outbound.clone(),
         priority: exchange.priority,
+        trace: exchange.record.invocation_trace(),
         ..Invocation::default()
     };
     let request = request.map(|body| body.map_err(to_wasi_http_error));

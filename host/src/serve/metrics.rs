@@ -121,6 +121,10 @@ metrics! {
     /// Requests started at low priority because the previous request on
     /// their connection was killed.
     pub(crate) penalized: Counter = Default::default(), "requests_penalized", "Requests started at low priority because the previous request on their connection was killed";
+    /// Trace spans the collector accepted.
+    trace_exported: Counter = Default::default(), "trace_spans_exported", "Trace spans sent to the OTLP endpoint and accepted";
+    /// Trace spans dropped, by reason (`queue_full`, `export_failed`).
+    trace_dropped: Family<ReasonLabels, Counter> = Default::default(), "trace_spans_dropped", "Trace spans dropped: the export queue was full, or the export failed";
     /// Per tenant: budget its admitted requests hold, in bytes.
     tenant_budget_in_use: Family<TenantLabels, Gauge> = Default::default(), "tenant_budget_in_use_bytes", "Memory budget held by a tenant's admitted requests";
     /// Per tenant: its requests waiting for budget.
@@ -198,6 +202,20 @@ pub fn status_label(status: u16) -> String {
 }
 
 impl Metrics {
+    /// Counts `n` trace spans the collector accepted.
+    pub(crate) fn trace_spans_exported(&self, n: u64) {
+        self.trace_exported.inc_by(n);
+    }
+
+    /// Counts `n` trace spans dropped for `reason`.
+    pub(crate) fn trace_spans_dropped(&self, reason: &str, n: u64) {
+        self.trace_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
+    }
+
     /// Counts a finished request by route, status, outcome and trap reason, and, for one
     /// whose guest ran, records its usage and wall time.
     pub(crate) fn finished(

@@ -79,6 +79,7 @@ mod guest_task;
 mod http_guest;
 mod listener;
 pub mod metrics;
+pub mod otlp;
 mod record;
 mod request;
 mod request_body;
@@ -182,7 +183,12 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 engine,
-                requests: Requests::new(admission, table, Arc::new(Metrics::new())),
+                requests: Requests::new(
+                    admission,
+                    table,
+                    Arc::new(Metrics::new()),
+                    config.otlp_endpoint.clone(),
+                ),
                 fixed: FixedSettings::of(&config),
                 config: RwLock::new(config),
                 connection_cap: fds.connections,

@@ -3,17 +3,34 @@
 //! usage. When the last side lets go, the record becomes exactly one log
 //! event and one set of metric updates.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 
 use http::Response;
 
 use super::metrics::Metrics;
+use super::otlp::{Exporter, SpanData, SpanKind, Value};
 use super::response::{Body, HostAnswer};
+use crate::trace::{InvocationTrace, OutgoingResult, OutgoingSpan, TraceContext};
 use crate::{OutcomeKind, Usage};
 
+/// Most outgoing requests one request's trace records: 64 (the rest are
+/// counted in the request's span, `wasm_run.outgoing.unrecorded`).
+pub(super) const MAX_OUTGOING_SPANS: usize = 64;
+
+/// The request's span, when traces are exported.
+#[derive(Debug)]
+pub(super) struct RecordTrace {
+    /// The request's own span (its outgoing requests are children).
+    pub context: TraceContext,
+    /// The caller's span, from its `traceparent`.
+    pub parent: Option<[u8; 8]>,
+    /// When the request started, on the wall clock.
+    pub start: SystemTime,
+    pub exporter: Arc<Exporter>,
+}
 /// Shared handle to a request's record.
 pub(super) type Record = Arc<RequestRecord>;
 
@@ -26,6 +43,7 @@ pub(super) struct RequestRecord {
     path: String,
     started: Instant,
     metrics: Arc<Metrics>,
+    trace: Option<RecordTrace>,
     state: Mutex<State>,
 }
 
@@ -38,6 +56,12 @@ struct State {
     detail: Option<String>,
     kind: Option<OutcomeKind>,
     usage: Option<Usage>,
+    guest_kind: Option<&'static str>,
+    admitted: Option<Instant>,
+    guest_ended: Option<Instant>,
+    penalized: bool,
+    outgoing: Vec<OutgoingSpan>,
+    outgoing_unrecorded: u64,
 }
 
 impl RequestRecord {
@@ -47,6 +71,7 @@ impl RequestRecord {
         method: &http::Method,
         path: &str,
         metrics: Arc<Metrics>,
+        trace: Option<RecordTrace>,
     ) -> Record {
         metrics.in_flight.inc();
         Arc::new(RequestRecord {
@@ -55,8 +80,40 @@ impl RequestRecord {
             path: path.to_string(),
             started: Instant::now(),
             metrics,
+            trace,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The trace of the request's guest: its outgoing requests are children
+    /// of the request's span and are recorded here (at most
+    /// [`MAX_OUTGOING_SPANS`]). `None` when traces are not exported.
+    pub(super) fn invocation_trace(self: &Arc<Self>) -> Option<InvocationTrace> {
+        let context = self.trace.as_ref()?.context;
+        let record: Weak<RequestRecord> = Arc::downgrade(self);
+        Some(InvocationTrace {
+            context,
+            on_outgoing: Some(Arc::new(move |span| {
+                if let Some(record) = record.upgrade() {
+                    record.with(|s| {
+                        if s.outgoing.len() < MAX_OUTGOING_SPANS {
+                            s.outgoing.push(span);
+                        } else {
+                            s.outgoing_unrecorded += 1;
+                        }
+                    });
+                }
+            })),
+        })
+    }
+
+    /// The request was admitted (after waiting for budget); `penalized`:
+    /// it starts at low priority.
+    pub(super) fn set_admitted(&self, penalized: bool) {
+        self.with(|s| {
+            s.admitted = Some(Instant::now());
+            s.penalized = penalized;
+        });
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -64,10 +121,11 @@ impl RequestRecord {
     }
 
     /// The route that matched.
-    pub(super) fn set_route(&self, route: &str, tenant: &str) {
+    pub(super) fn set_route(&self, route: &str, tenant: &str, guest_kind: &'static str) {
         self.with(|s| {
             s.route = Some(route.to_string());
             s.tenant = Some(tenant.to_string());
+            s.guest_kind = Some(guest_kind);
         });
     }
 
@@ -95,6 +153,7 @@ impl RequestRecord {
         self.with(|s| {
             s.kind = Some(kind);
             s.usage = Some(usage);
+            s.guest_ended = Some(Instant::now());
         });
     }
 }
@@ -103,7 +162,7 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         let s = std::mem::take(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()));
         self.metrics.in_flight.dec();
-        let route = s.route.unwrap_or_else(|| "none".to_string());
+        let route = s.route.clone().unwrap_or_else(|| "none".to_string());
         let status = s.status.map_or(0, |s| s.as_u16());
         let outcome = s
             .host_outcome
@@ -125,8 +184,14 @@ impl Drop for RequestRecord {
             _ => ("", ""),
         };
         let detail = s.detail.as_deref().unwrap_or("");
+        let trace_id = self
+            .trace
+            .as_ref()
+            .map(|t| t.context.trace_id_hex())
+            .unwrap_or_default();
         tracing::info!(
             request_id = %self.id,
+            trace_id = %trace_id,
             method = %self.method,
             path = %crate::log_text::LogText::new(&self.path),
             route = %route,
@@ -143,6 +208,20 @@ impl Drop for RequestRecord {
             detail = %crate::log_text::LogText::new(detail),
             "request"
         );
+        if let Some(trace) = self.trace.as_ref().filter(|t| t.context.sampled()) {
+            let finished = Finished {
+                route: &route,
+                status,
+                outcome,
+                trap_reason,
+                trap: message,
+                detail,
+                usage: &usage,
+                ran: s.usage.is_some(),
+                aborted,
+            };
+            trace.exporter.submit(self.spans(trace, &s, &finished));
+        }
         if let Some(tenant) = &s.tenant {
             self.metrics.tenant_finished(tenant, outcome);
         }
@@ -153,5 +232,163 @@ impl Drop for RequestRecord {
             trap_reason,
             s.usage.map(|u| (u, wall)),
         );
+    }
+}
+
+/// What the record's end knows, for its span.
+struct Finished<'a> {
+    route: &'a str,
+    status: u16,
+    outcome: &'a str,
+    trap_reason: &'a str,
+    trap: &'a str,
+    detail: &'a str,
+    usage: &'a Usage,
+    ran: bool,
+    aborted: bool,
+}
+
+/// Longest string attribute a span carries (paths, messages): 1 KiB.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
+
+fn text(s: &str) -> Value {
+    let mut end = s.len().min(MAX_ATTRIBUTE_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::Str(s[..end].to_string())
+}
+
+fn int(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl RequestRecord {
+    /// The request's span and one per outgoing request it recorded.
+    fn spans(&self, trace: &RecordTrace, s: &State, f: &Finished<'_>) -> Vec<SpanData> {
+        let at = |instant: Instant| trace.start + instant.saturating_duration_since(self.started);
+        let end = at(Instant::now());
+        let mut attributes = vec![
+            ("http.request.method", text(&self.method)),
+            ("url.path", text(&self.path)),
+            ("http.route", text(f.route)),
+            ("http.response.status_code", int(u64::from(f.status))),
+            ("wasm_run.request_id", text(&self.id)),
+            ("wasm_run.outcome", text(f.outcome)),
+        ];
+        if let Some(tenant) = &s.tenant {
+            attributes.push(("wasm_run.tenant", text(tenant)));
+        }
+        if let Some(kind) = s.guest_kind {
+            attributes.push(("wasm_run.guest_kind", text(kind)));
+        }
+        if let Some(admitted) = s.admitted {
+            let waited = admitted.saturating_duration_since(self.started);
+            attributes.push(("wasm_run.queue_wait_us", int(micros(waited))));
+            attributes.push(("wasm_run.penalized", Value::Bool(s.penalized)));
+        }
+        if f.ran {
+            let u = f.usage;
+            attributes.extend([
+                ("wasm_run.fuel", int(u.fuel_consumed.unwrap_or(0))),
+                ("wasm_run.cpu_us", int(micros(u.cpu_time))),
+                ("wasm_run.wall_us", int(micros(u.wall_time))),
+                ("wasm_run.peak_memory_bytes", int(u.peak_memory_bytes)),
+                (
+                    "wasm_run.host_memory_peak_bytes",
+                    int(u.host_memory_peak_bytes),
+                ),
+            ]);
+        }
+        if !f.trap_reason.is_empty() {
+            attributes.push(("wasm_run.trap_reason", text(f.trap_reason)));
+            attributes.push(("wasm_run.trap", text(f.trap)));
+        }
+        if f.aborted {
+            attributes.push(("wasm_run.aborted", Value::Bool(true)));
+        }
+        attributes.push((
+            "wasm_run.outgoing",
+            int(s.outgoing.len() as u64 + s.outgoing_unrecorded),
+        ));
+        if s.outgoing_unrecorded > 0 {
+            attributes.push(("wasm_run.outgoing.unrecorded", int(s.outgoing_unrecorded)));
+        }
+        let mut events = Vec::new();
+        if let Some(admitted) = s.admitted {
+            events.push((at(admitted), "admitted"));
+        }
+        if let Some(ended) = s.guest_ended {
+            events.push((at(ended), "guest ended"));
+        }
+        // An error, as OpenTelemetry's HTTP conventions have it for a
+        // server: a 5xx, a body cut off, or a guest killed.
+        let error = (f.status >= 500 || f.aborted || !f.trap_reason.is_empty()).then(|| {
+            match [f.trap, f.detail].into_iter().find(|m| !m.is_empty()) {
+                Some(why) => format!("{}: {}", f.outcome, truncate(why)),
+                None => f.outcome.to_string(),
+            }
+        });
+        let mut spans = vec![SpanData {
+            trace_id: trace.context.trace_id(),
+            span_id: trace.context.span_id(),
+            parent_span_id: trace.parent,
+            name: format!("{} {}", self.method, f.route),
+            kind: SpanKind::Server,
+            start: trace.start,
+            end,
+            attributes,
+            events,
+            error,
+        }];
+        spans.extend(s.outgoing.iter().map(|o| outgoing_span(trace, o)));
+        spans
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(MAX_ATTRIBUTE_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// An outgoing request's span: a child of the request's.
+fn outgoing_span(trace: &RecordTrace, o: &OutgoingSpan) -> SpanData {
+    let mut attributes = vec![
+        ("http.request.method", text(&o.method)),
+        ("server.address", text(&o.destination)),
+    ];
+    let error = match &o.result {
+        OutgoingResult::Response(status) => {
+            attributes.push(("http.response.status_code", int(u64::from(*status))));
+            (*status >= 500).then(|| format!("the upstream answered {status}"))
+        }
+        OutgoingResult::Denied(reason) => {
+            attributes.push(("wasm_run.outbound.denied", Value::Bool(true)));
+            Some(format!("denied: {}", truncate(reason)))
+        }
+        OutgoingResult::OverLimit => {
+            attributes.push(("wasm_run.outbound.over_limit", Value::Bool(true)));
+            Some("over the invocation's limit of requests in flight".to_string())
+        }
+        OutgoingResult::Failed(why) => Some(format!("failed: {}", truncate(why))),
+    };
+    SpanData {
+        trace_id: o.context.trace_id(),
+        span_id: o.context.span_id(),
+        parent_span_id: Some(trace.context.span_id()),
+        name: o.method.clone(),
+        kind: SpanKind::Client,
+        start: o.start,
+        end: o.end,
+        attributes,
+        events: Vec::new(),
+        error,
     }
 }

@@ -13,13 +13,15 @@ use hyper::body::Incoming;
 
 use super::guest_task::{ConnInfo, Exchange};
 use super::metrics::{self, Metrics};
-use super::record::{Record, RequestRecord};
+use super::otlp::Exporter;
+use super::record::{Record, RecordTrace, RequestRecord};
 use super::request_body::{BodyFlag, LimitedBody};
 use super::response::{Body, HostAnswer};
 use super::routes::{RouteRuntime, RouteTable};
 use super::{cgi_guest, http_guest};
 use crate::Priority;
 use crate::admission::{Admission, Permit, Rejected};
+use crate::trace::TraceContext;
 
 /// Header carrying the request id, also used in the guest's log lines.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -31,16 +33,48 @@ pub(crate) struct Requests {
     table: RwLock<Arc<RouteTable>>,
     pub(crate) metrics: Arc<Metrics>,
     next_id: AtomicU64,
+    /// Where each request's trace goes, if anywhere.
+    exporter: Option<Arc<Exporter>>,
 }
 
 impl Requests {
-    pub(crate) fn new(admission: Arc<Admission>, table: RouteTable, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        admission: Arc<Admission>,
+        table: RouteTable,
+        metrics: Arc<Metrics>,
+        otlp_endpoint: Option<http::Uri>,
+    ) -> Self {
+        let exporter = otlp_endpoint.map(|endpoint| {
+            let service = std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "wasm-run".to_string());
+            Arc::new(Exporter::new(endpoint, service, metrics.clone()))
+        });
         Requests {
             admission,
             table: RwLock::new(Arc::new(table)),
             metrics,
             next_id: AtomicU64::new(1),
+            exporter,
         }
+    }
+
+    /// The request's span, when traces are exported: a child of the
+    /// caller's (its `traceparent`), or the root of a new trace.
+    fn trace_of(&self, req: &Request<Incoming>) -> Option<RecordTrace> {
+        let exporter = self.exporter.as_ref()?;
+        let caller = req
+            .headers()
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::from_traceparent);
+        Some(RecordTrace {
+            context: caller.map_or_else(TraceContext::new_root, |c| c.child()),
+            parent: caller.map(|c| c.span_id()),
+            start: std::time::SystemTime::now(),
+            exporter: exporter.clone(),
+        })
     }
 
     /// Serves later requests from `table`; requests in flight finish on the
@@ -58,6 +92,7 @@ impl Requests {
             req.method(),
             req.uri().path(),
             self.metrics.clone(),
+            self.trace_of(&req),
         );
         let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut response = match table.find(req.uri().path()) {
@@ -66,7 +101,11 @@ impl Requests {
                 req.uri().path()
             ))),
             Some(route) => {
-                record.set_route(&route.spec.prefix, &route.spec.tenant);
+                record.set_route(
+                    &route.spec.prefix,
+                    &route.spec.tenant,
+                    super::routes::served_as(route.guest.kind()),
+                );
                 self.route_request(route, req, conn, record).await
             }
         };
@@ -110,6 +149,7 @@ impl Requests {
         if priority == Priority::Background {
             self.metrics.penalized.inc();
         }
+        record.set_admitted(priority == Priority::Background);
         let exchange = Exchange {
             route,
             record,

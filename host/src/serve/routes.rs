@@ -89,7 +89,7 @@ pub struct LoadError {
 }
 
 /// How a guest of `kind` is served, for the log.
-fn served_as(kind: GuestKind) -> &'static str {
+pub(super) fn served_as(kind: GuestKind) -> &'static str {
     match kind {
         GuestKind::HttpComponent => "wasi:http",
         GuestKind::HttpComponentP3 => "wasi:http 0.3",

@@ -108,6 +108,9 @@ pub struct ServeConfig {
     /// Wasm proposals the engine turns on (read by `wasm-run serve` when it
     /// builds its engine, like `background_threads`).
     pub wasm_proposals: Vec<crate::Proposal>,
+    /// Where each request's trace is exported (OTLP over HTTP, protobuf),
+    /// if anywhere (see [`crate::serve::otlp`]).
+    pub otlp_endpoint: Option<http::Uri>,
     /// Routes, in any order (matching picks the longest prefix).
     pub routes: Vec<RouteSpec>,
     /// Named tenants (`[[tenant]]`); a route that names none is a tenant of
@@ -144,6 +147,8 @@ pub struct FixedSettings {
     pub background_threads: Option<usize>,
     /// Wasm proposals the engine turns on (read by the binary).
     pub wasm_proposals: Vec<crate::Proposal>,
+    /// Where traces are exported.
+    pub otlp_endpoint: Option<http::Uri>,
 }
 
 impl FixedSettings {
@@ -161,6 +166,7 @@ impl FixedSettings {
             send_buffer: config.send_buffer,
             background_threads: config.background_threads,
             wasm_proposals: config.wasm_proposals.clone(),
+            otlp_endpoint: config.otlp_endpoint.clone(),
         }
     }
 
@@ -180,6 +186,7 @@ impl FixedSettings {
             send_buffer,
             background_threads,
             wasm_proposals,
+            otlp_endpoint,
         } = self;
         [
             ("addr", *addr != other.addr),
@@ -196,6 +203,7 @@ impl FixedSettings {
                 *background_threads != other.background_threads,
             ),
             ("wasm-proposals", *wasm_proposals != other.wasm_proposals),
+            ("otlp-endpoint", *otlp_endpoint != other.otlp_endpoint),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
