@@ -163,28 +163,47 @@ impl std::fmt::Debug for InvocationTrace {
     }
 }
 
-/// `N` random bytes, never all zero (an invalid id).
+/// `N` random bytes, never all zero (an invalid id): from a per-thread
+/// generator (SplitMix64) seeded once from the kernel, so that an id costs
+/// no system call. Trace ids need to be unique, not secret.
 fn random_id<const N: usize>() -> [u8; N] {
-    loop {
-        let mut id = [0u8; N];
-        let filled = rustix::rand::getrandom(&mut id[..], rustix::rand::GetRandomFlags::empty());
-        if filled.is_err() {
-            // No kernel randomness (never on Linux ≥ 3.17): the clock and
-            // a counter keep ids distinct within the process.
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static COUNTER: AtomicU64 = AtomicU64::new(1);
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    fn seed() -> u64 {
+        let mut bytes = [0u8; 8];
+        if rustix::rand::getrandom(&mut bytes[..], rustix::rand::GetRandomFlags::empty()).is_err() {
+            // No kernel randomness (never on Linux 3.17 or later): the
+            // clock, the thread and an address keep generators apart.
             let nanos = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            let mixed = nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32);
-            for (i, b) in id.iter_mut().enumerate() {
-                *b = (mixed >> ((i % 8) * 8)) as u8 ^ (i as u8);
+            let here = &bytes as *const _ as u64;
+            bytes = (nanos ^ here.rotate_left(32)).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    }
+    fn next(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    STATE.with(|state| {
+        loop {
+            let mut id = [0u8; N];
+            for chunk in id.chunks_mut(8) {
+                let bytes = next(state).to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            if id.iter().any(|&b| b != 0) {
+                return id;
             }
         }
-        if id.iter().any(|&b| b != 0) {
-            return id;
-        }
-    }
+    })
 }
 
 fn is_lower_hex(s: &str) -> bool {

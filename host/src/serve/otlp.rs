@@ -114,6 +114,17 @@ impl Exporter {
         }
     }
 
+    /// Whether the queue has room: when it has none, a request's spans are
+    /// counted as dropped without being built.
+    pub(crate) fn has_room(&self) -> bool {
+        self.queue.capacity() > 0
+    }
+
+    /// Counts `n` spans dropped because the queue was full.
+    pub(crate) fn dropped_unbuilt(&self, n: u64) {
+        self.metrics.trace_spans_dropped("queue_full", n);
+    }
+
     /// Queues `spans` for export, dropping (and counting) those that find
     /// the queue full. Never waits.
     pub(crate) fn submit(&self, spans: Vec<SpanData>) {

@@ -208,7 +208,11 @@ impl Drop for RequestRecord {
             detail = %crate::log_text::LogText::new(detail),
             "request"
         );
-        if let Some(trace) = self.trace.as_ref().filter(|t| t.context.sampled()) {
+        if let Some(trace) = self.trace.as_ref().filter(|t| t.context.sampled())
+            && !trace.exporter.has_room()
+        {
+            trace.exporter.dropped_unbuilt(1 + s.outgoing.len() as u64);
+        } else if let Some(trace) = self.trace.as_ref().filter(|t| t.context.sampled()) {
             let finished = Finished {
                 route: &route,
                 status,
