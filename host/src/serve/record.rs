@@ -58,6 +58,7 @@ struct State {
     usage: Option<Usage>,
     guest_kind: Option<&'static str>,
     admitted: Option<Instant>,
+    head: Option<Instant>,
     guest_ended: Option<Instant>,
     penalized: bool,
     outgoing: Vec<OutgoingSpan>,
@@ -131,7 +132,10 @@ impl RequestRecord {
 
     /// The guest sent a response head with this status.
     pub(super) fn set_status(&self, status: StatusCode) {
-        self.with(|s| s.status = Some(status));
+        self.with(|s| {
+            s.status = Some(status);
+            s.head = Some(Instant::now());
+        });
     }
 
     /// The host answers instead of the guest: records the answer (its detail
@@ -141,6 +145,7 @@ impl RequestRecord {
             self.metrics.body_timeouts.inc();
         }
         self.with(|s| {
+            s.head = Some(Instant::now());
             s.status = Some(answer.status());
             s.host_outcome = Some(answer.outcome());
             s.detail = answer.detail().map(str::to_string);
@@ -322,9 +327,13 @@ impl RequestRecord {
         if let Some(admitted) = s.admitted {
             events.push((at(admitted), "admitted"));
         }
+        if let Some(head) = s.head {
+            events.push((at(head), "response head"));
+        }
         if let Some(ended) = s.guest_ended {
             events.push((at(ended), "guest ended"));
         }
+        events.sort_by_key(|(at, _)| *at);
         // An error, as OpenTelemetry's HTTP conventions have it for a
         // server: a 5xx, a body cut off, or a guest killed.
         let error = (f.status >= 500 || f.aborted || !f.trap_reason.is_empty()).then(|| {
