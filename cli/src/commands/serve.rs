@@ -536,6 +536,17 @@ fn otlp_environment() -> ServerSection {
             .ok()
             .filter(|v: &String| !v.trim().is_empty())
     };
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(protocol) = var(name).filter(|p| p != "http/protobuf") {
+            tracing::warn!(
+                "{name}={protocol}: wasm-run exports traces as http/protobuf only; give it a \
+                 collector's OTLP/HTTP endpoint (port 4318, not gRPC's 4317)"
+            );
+        }
+    }
     let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
         var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
