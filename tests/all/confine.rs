@@ -237,3 +237,52 @@ async fn a_server_started_as_root_runs_as_the_user_it_is_given() {
         "{stderr}"
     );
 }
+
+/// A reload reads guests only beneath the directories readable at start:
+/// one from elsewhere fails with a line that says why, and the old routes
+/// keep serving.
+#[tokio::test]
+async fn a_reload_from_a_directory_unreadable_at_start_fails_and_says_why() {
+    use crate::serve::{counter, eventually, get};
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (home, elsewhere) = (
+        scratch.join("confine-home"),
+        scratch.join("confine-elsewhere"),
+    );
+    for dir in [&home, &elsewhere] {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(
+            wasm_run_tests::guest("demo", wasm_run_tests::Target::P1),
+            dir.join("demo.wasm"),
+        )
+        .unwrap();
+    }
+    let config = home.join("wasm-run.toml");
+    std::fs::write(&config, "[[route]]\npath = \"/\"\nmodule = \"demo.wasm\"\n").unwrap();
+    let server = ServeGuard::with_config(&config, &["--admin-addr", "127.0.0.1:0"]);
+    let (addr, admin) = (server.addr, server.admin());
+    assert_eq!(get(addr, "/hello").await.text(), "Hello from wasm-run!\n");
+
+    let outside = elsewhere.join("demo.wasm");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\npath = \"/\"\nmodule = \"{}\"\n",
+            outside.display()
+        ),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let failed = r#"wasm_run_reloads_total{result="failed"}"#;
+    eventually(Duration::from_secs(10), "the failed reload", || async {
+        counter(admin, failed).await == 1
+    })
+    .await;
+    assert_eq!(get(addr, "/hello").await.text(), "Hello from wasm-run!\n");
+    let (_, stderr) = server.terminate(Duration::from_secs(30)).await;
+    assert!(
+        stderr.contains("a reload reads guests only beneath the directories readable at start"),
+        "{stderr}"
+    );
+}

@@ -383,7 +383,17 @@ impl ServeCommand {
                     let reload = tokio::task::spawn_blocking(move || match cmd.resolve() {
                         // `reload` logs and counts its own outcome.
                         Ok(config) => {
-                            let _ = srv.reload(config);
+                            if let Err(e) = srv.reload(config)
+                                && cmd.confine != Mode::Off
+                                && format!("{e:#}").contains("Permission denied")
+                            {
+                                tracing::warn!(
+                                    "the server confines itself (--confine): a reload reads \
+                                     guests only beneath the directories readable at start \
+                                     (its config's and its guests'); restart it to serve a guest \
+                                     from another directory"
+                                );
+                            }
                         }
                         Err(e) => srv.reload_failed(&format!("{e:#}")),
                     });
