@@ -497,6 +497,12 @@ fn conclude(
         host_memory_peak_bytes: store.data().account.peak(),
         wall_time: started.elapsed(),
         cpu_time: std::time::Duration::ZERO,
+        instantiate_time: store
+            .data()
+            .instantiated
+            .map_or(std::time::Duration::ZERO, |at| {
+                at.saturating_duration_since(started)
+            }),
     };
     Ok((kind, usage))
 }
@@ -528,6 +534,7 @@ async fn call_entry(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(Failure::Instantiating)?;
+            store.data_mut().instantiated = Some(Instant::now());
             let start = instance
                 .get_typed_func::<(), ()>(&mut *store, "_start")
                 .map_err(Failure::Instantiating)?;
@@ -538,6 +545,7 @@ async fn call_entry(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(Failure::Instantiating)?;
+            store.data_mut().instantiated = Some(Instant::now());
             command.wasi_cli_run().call_run(&mut *store).await
         }
         (Pre::Http(pre), Entry::Http { incoming, outparam }) => {
@@ -545,6 +553,7 @@ async fn call_entry(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(Failure::Instantiating)?;
+            store.data_mut().instantiated = Some(Instant::now());
             let handler = proxy.wasi_http_incoming_handler();
             handler
                 .call_handle(&mut *store, incoming, outparam)
@@ -556,6 +565,7 @@ async fn call_entry(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(Failure::Instantiating)?;
+            store.data_mut().instantiated = Some(Instant::now());
             store
                 .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
                 .await
@@ -566,6 +576,7 @@ async fn call_entry(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(Failure::Instantiating)?;
+            store.data_mut().instantiated = Some(Instant::now());
             call.call(store, service).await.map(Ok)
         }
         _ => unreachable!("`run` and `handle_http` check the guest's kind before calling"),

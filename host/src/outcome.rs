@@ -180,6 +180,9 @@ pub struct Usage {
     /// calls (measured around each poll of the invocation), not time spent
     /// waiting for I/O or timers.
     pub cpu_time: Duration,
+    /// Wall time instantiation took (the first part of
+    /// [`Usage::wall_time`]); zero when it did not finish.
+    pub instantiate_time: Duration,
 }
 
 /// The result of one invocation that ran: how it ended, what it used, and
@@ -474,6 +477,7 @@ mod tests {
                 host_memory_peak_bytes: 4096,
                 wall_time: Duration::from_micros(1500),
                 cpu_time: Duration::from_micros(900),
+                instantiate_time: Duration::from_micros(300),
             },
             stdout: None,
             stderr: None,

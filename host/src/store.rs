@@ -96,6 +96,8 @@ pub(crate) struct StoreState {
     pub(crate) account: Account,
     /// The CPU-time limit, when the invocation has one.
     pub(crate) cpu: Option<std::sync::Arc<crate::scheduler::CpuBudget>>,
+    /// When instantiation finished (for [`crate::Usage::instantiate_time`]).
+    pub(crate) instantiated: Option<std::time::Instant>,
 }
 
 impl StoreState {
@@ -120,6 +122,7 @@ impl StoreState {
             budget: BudgetInfo::default(),
             account,
             cpu: None,
+            instantiated: None,
         }
     }
 

@@ -302,6 +302,7 @@ impl RequestRecord {
                 ("wasm_run.fuel", int(u.fuel_consumed.unwrap_or(0))),
                 ("wasm_run.cpu_us", int(micros(u.cpu_time))),
                 ("wasm_run.wall_us", int(micros(u.wall_time))),
+                ("wasm_run.instantiate_us", int(micros(u.instantiate_time))),
                 ("wasm_run.peak_memory_bytes", int(u.peak_memory_bytes)),
                 (
                     "wasm_run.host_memory_peak_bytes",
@@ -326,6 +327,16 @@ impl RequestRecord {
         let mut events = Vec::new();
         if let Some(admitted) = s.admitted {
             events.push((at(admitted), "admitted"));
+        }
+        // The guest's run: instantiation started `wall_time` before it
+        // ended, and took `instantiate_time`.
+        if let (Some(ended), true) = (s.guest_ended, f.ran)
+            && let Some(began) = ended.checked_sub(f.usage.wall_time)
+        {
+            events.push((at(began), "instantiating"));
+            if !f.usage.instantiate_time.is_zero() {
+                events.push((at(began + f.usage.instantiate_time), "instantiated"));
+            }
         }
         if let Some(head) = s.head {
             events.push((at(head), "response head"));
