@@ -110,8 +110,8 @@ impl Files {
 
 /// Step 1: `no_new_privs`, then (unless `mode` is off) Landlock rules for
 /// `files`. Call it before the process starts any thread. Logs what it
-/// could not do; never fails the command (a kernel without Landlock gets a
-/// warning).
+/// could not do; never fails the command (a kernel without Landlock gets an
+/// info line).
 pub fn files(mode: Mode, files: &Files) {
     if let Err(e) = rustix::thread::set_no_new_privs(true) {
         tracing::warn!(error = %e, "cannot set no_new_privs");
