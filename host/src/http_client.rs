@@ -348,17 +348,31 @@ fn traced(trace: &InvocationTrace, request: &mut http::Request<WasiBody>) -> Tra
 }
 
 impl Traced {
-    fn report(self, result: OutgoingResult) {
-        if let Some(observer) = self.observer {
+    fn report(mut self, result: OutgoingResult) {
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: OutgoingResult) {
+        if let Some(observer) = self.observer.take() {
             observer(OutgoingSpan {
                 context: self.context,
-                method: self.method,
-                destination: self.destination,
+                method: std::mem::take(&mut self.method),
+                destination: std::mem::take(&mut self.destination),
                 start: self.start,
                 end: SystemTime::now(),
                 result,
             });
         }
+    }
+}
+
+/// A request dropped before it completed (the guest let go of it, or its
+/// invocation ended) is recorded too.
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.finish(OutgoingResult::Failed(
+            "cancelled before its response head arrived".to_string(),
+        ));
     }
 }
 
