@@ -261,11 +261,7 @@ struct Finished<'a> {
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
 fn text(s: &str) -> Value {
-    let mut end = s.len().min(MAX_ATTRIBUTE_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Value::Str(s[..end].to_string())
+    Value::Str(truncate(s).to_string())
 }
 
 fn int(n: u64) -> Value {
